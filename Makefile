@@ -1,0 +1,33 @@
+# Everything a fresh Debian machine needs, in two commands: `make demo` and `make test`.
+# Each target bootstraps what it uses (Debian packages when missing, the .venv) and is safe to repeat.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup system venv demo test bench clean
+
+setup: system venv
+
+system:
+	@scripts/ensure-debian-packages
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@scripts/bootstrap-venv "$(PYTHON)" "$(VENV)"
+	@touch $@
+
+demo: setup
+	$(BIN)/runbook run notebooks/00-environment-overview.ipynb --params params/lab.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/runner_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,127 @@
+"""What a runbook shows a person: tables, progress, banners and the plan/apply confirmation.
+
+Every display carries both an HTML and a plain-text form, so JupyterLab shows a formatted table,
+the archived HTML keeps it, and a terminal or a headless log still reads well. Text passes through
+the run's redactor first, so a secret resolved in the run never shows up in a cell's output.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from .secrets import Redactor
+
+_NO_REDACTION = Redactor()
+
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def show(obj: Any) -> None:
+    """Display in a notebook (rich), print elsewhere (text)."""
+    if in_notebook():
+        from IPython.display import display
+
+        display(obj)
+    else:
+        print(obj if isinstance(obj, str) else repr(obj))
+
+
+@dataclass
+class Table:
+    """A table with a title; ``rows`` are dicts or sequences matching ``columns``."""
+
+    rows: Sequence[Any]
+    columns: Sequence[str] | None = None
+    title: str = ""
+    redactor: Redactor = _NO_REDACTION
+    # cells to highlight: a function (row_index, column) -> "ok" | "bad" | "warn" | ""
+    status: Callable[[int, str], str] | None = None
+
+    def _grid(self) -> tuple[list[str], list[list[str]]]:
+        cols = list(self.columns or (self.rows[0].keys() if self.rows and isinstance(self.rows[0], dict) else []))
+        grid = []
+        for row in self.rows:
+            values = [row.get(c, "") for c in cols] if isinstance(row, dict) else list(row)
+            grid.append([self.redactor.scrub(_fmt(v)) for v in values])
+        return cols, grid
+
+    def __repr__(self) -> str:
+        cols, grid = self._grid()
+        widths = [max([len(c)] + [len(r[i]) for r in grid]) for i, c in enumerate(cols)]
+        line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+        out = [self.title] if self.title else []
+        out += [line, "  ".join("-" * w for w in widths)]
+        out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in grid]
+        if not grid:
+            out.append("(none)")
+        return "\n".join(out)
+
+    def _repr_html_(self) -> str:
+        cols, grid = self._grid()
+        colors = {"ok": "#e6f4ea", "bad": "#fce8e6", "warn": "#fef7e0"}
+        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in cols)
+        body = []
+        for i, r in enumerate(grid):
+            cells = []
+            for c, v in zip(cols, r):
+                tone = self.status(i, c) if self.status else ""
+                style = f" style='background:{colors[tone]}'" if tone in colors else ""
+                cells.append(f"<td{style}>{html.escape(v)}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        if not grid:
+            body.append(f"<tr><td colspan='{max(len(cols), 1)}'><em>(none)</em></td></tr>")
+        title = f"<p><strong>{html.escape(self.title)}</strong></p>" if self.title else ""
+        return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple, set)):
+        return ", ".join(_fmt(x) for x in v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+@dataclass
+class Banner:
+    """A one-block summary at the top of a run: what, where, which mode."""
+
+    lines: list[tuple[str, str]]
+    tone: str = "info"  # info | lab | apply
+
+    def __repr__(self) -> str:
+        width = max(len(k) for k, _ in self.lines)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in self.lines)
+
+    def _repr_html_(self) -> str:
+        colors = {"info": "#e8f0fe", "lab": "#fef7e0", "apply": "#fce8e6"}
+        rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
+                       f"<td>{html.escape(v)}</td></tr>" for k, v in self.lines)
+        return f"<div style='background:{colors.get(self.tone, '#eee')};padding:6px'><table>{rows}</table></div>"
+
+
+def progress(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None, headless: bool = False):
+    """A progress bar: a live widget in JupyterLab, plain text lines headless and in terminals."""
+    if headless or not in_notebook():
+        from tqdm.std import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, mininterval=1.0, ascii=True, dynamic_ncols=False, ncols=90)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total)

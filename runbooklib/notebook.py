@@ -1,0 +1,203 @@
+"""The in-notebook API: one call at the top of every runbook opens the run.
+
+    run = runbooklib.open_run(params_file, run_id=run_id, apply=apply)
+
+The run holds the validated parameters and hosts, the mode (plan or apply), the change log, and the
+display helpers. Under ``runbook run`` (headless) the runner passes ``run_id`` and ``apply``; the
+confirmation then follows ``apply`` instead of waiting for a click. Opened by hand in JupyterLab
+(``run_id`` left as None) the same notebook asks the engineer with buttons.
+
+Changes and kernel facts go to the run's journal (``$RUNBOOK_JOURNAL``, set by the runner), from
+which the runner builds the archived manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from . import __version__
+from .display import Banner, Table, progress, show
+from .params import Host, Params, load_params
+from .secrets import Redactor, Secret
+
+JOURNAL_ENV = "RUNBOOK_JOURNAL"
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Change:
+    """One change a run made to a host (recorded as it happens, archived in the manifest)."""
+
+    host: str
+    action: str
+    detail: str = ""
+    at: str = field(default_factory=utcnow)
+
+
+@dataclass
+class Confirmation:
+    """What became of a plan: ``applied``, ``planned`` (not applied), ``cancelled``, ``pending`` or ``empty``."""
+
+    status: str
+    result: Any = None
+    widget: Any = None
+
+
+class Run:
+    """One execution of a runbook against one environment."""
+
+    def __init__(self, params: Params, run_id: str | None, apply: bool, headless: bool):
+        self.params = params
+        self.run_id = run_id or f"interactive-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+        self.apply = bool(apply)
+        self.headless = headless
+        self.changes: list[Change] = []
+        self.redactor = Redactor()
+        self._journal = os.environ.get(JOURNAL_ENV)
+
+    # -- facts about the run -----------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return "apply" if self.apply else "plan"
+
+    @property
+    def environment(self):
+        return self.params.environment
+
+    @property
+    def is_lab(self) -> bool:
+        return self.params.environment.kind == "lab"
+
+    @property
+    def hosts(self) -> list[Host]:
+        return self.params.hosts
+
+    def hosts_with(self, role: str) -> list[Host]:
+        return self.params.hosts_with(role)
+
+    def secret(self, field: str) -> Secret:
+        """Resolve a secret field now; its value is scrubbed from everything this run shows."""
+        value = self.params.secret(field)
+        self.redactor.add(value.reveal(), field)
+        return value
+
+    # -- the record --------------------------------------------------------------------------
+    def _write_journal(self, event: dict) -> None:
+        if self._journal:
+            with open(self._journal, "a") as f:
+                f.write(json.dumps(self.redactor.scrub_obj(event)) + "\n")
+
+    def record_change(self, host: str, action: str, detail: str = "") -> Change:
+        """Note a change made to ``host``; every apply step calls this once per change."""
+        change = Change(host, self.redactor.scrub(action), self.redactor.scrub(detail))
+        self.changes.append(change)
+        self._write_journal({"event": "change", **asdict(change)})
+        return change
+
+    # -- displays ----------------------------------------------------------------------------
+    def table(self, rows: Sequence[Any], columns: Sequence[str] | None = None, title: str = "",
+              status: Callable[[int, str], str] | None = None) -> Table:
+        t = Table(rows, columns, title, self.redactor, status)
+        show(t)
+        return t
+
+    def progress(self, iterable: Iterable | None = None, desc: str = "", total: int | None = None):
+        return progress(iterable, desc=desc, total=total, headless=self.headless)
+
+    def banner(self) -> Banner:
+        env = self.params.environment
+        lines = [
+            ("runbook run", self.run_id),
+            ("environment", f"{env.name} ({env.kind}); personal data stays in {env.data_country}"),
+            ("parameters", f"{self.params.source} (sha256 {self.params.sha256[:12]})"),
+            ("hosts", str(len(self.params.hosts))),
+            ("mode", "APPLY: changes will be made" if self.apply else "PLAN: read-only, nothing is changed"),
+            ("driven by", "runbook runner (headless)" if self.headless else "an engineer (interactive)"),
+        ]
+        if self.is_lab:
+            lines.append(("lab", "rehearsal on the built-in lab: hosts are simulated VMs on one machine"))
+        tone = "apply" if self.apply else ("lab" if self.is_lab else "info")
+        return Banner(lines, tone)
+
+    def confirm(self, plan: Sequence[Any], action: Callable[[], Any], title: str = "Planned changes",
+                columns: Sequence[str] | None = None) -> Confirmation:
+        """Show ``plan``; run ``action`` only with consent.
+
+        Headless, consent is the ``apply`` parameter. Interactive, it is a click on *Apply* (the
+        action then runs in the button's callback, its output under the buttons).
+        """
+        if not plan:
+            show("Nothing to change: every host is already as planned.")
+            return Confirmation("empty")
+        self.table(plan, columns, f"{title} ({len(plan)})")
+        if self.headless:
+            if not self.apply:
+                show(f"PLAN mode: nothing was changed. Re-run with --apply to make these {len(plan)} changes.")
+                return Confirmation("planned")
+            return Confirmation("applied", action())
+        return self._confirm_widget(len(plan), action)
+
+    def _confirm_widget(self, count: int, action: Callable[[], Any]) -> Confirmation:
+        import ipywidgets as w
+
+        apply_btn = w.Button(description=f"Apply {count} change{'s' if count != 1 else ''}", button_style="danger",
+                             icon="check")
+        cancel_btn = w.Button(description="Cancel", icon="times")
+        out = w.Output()
+        box = w.VBox([w.HBox([apply_btn, cancel_btn]), out])
+        outcome = Confirmation("pending", widget=box)
+
+        def on_apply(_):
+            apply_btn.disabled = cancel_btn.disabled = True
+            with out:
+                self.apply = True
+                try:
+                    outcome.result = action()
+                    outcome.status = "applied"
+                    print(f"Applied. {len(self.changes)} change(s) recorded in this run.")
+                finally:
+                    self.apply = False
+
+        def on_cancel(_):
+            apply_btn.disabled = cancel_btn.disabled = True
+            outcome.status = "cancelled"
+            with out:
+                print("Cancelled: nothing was changed.")
+
+        apply_btn.on_click(on_apply)
+        cancel_btn.on_click(on_cancel)
+        show(box)
+        return outcome
+
+
+def open_run(params_file: str | Path, run_id: str | None = None, apply: bool = False,
+             headless: bool | None = None) -> Run:
+    """Open a run: validate the parameters, show the banner, start the journal.
+
+    ``headless`` defaults to True when a runner passed ``run_id``.
+    """
+    params = load_params(params_file)
+    run = Run(params, run_id, apply, headless=run_id is not None if headless is None else headless)
+    run._write_journal({
+        "event": "kernel",
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "implementation": platform.python_implementation(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "runbooklib": __version__,
+        "at": utcnow(),
+    })
+    show(run.banner())
+    return run
