@@ -152,9 +152,9 @@ class Archive:
         base = files["notebook"][0]
         mpath = base.with_name(base.name.removesuffix(".ipynb") + ".manifest.json")
         with self._ledger_lock():
-            entries = self._ledger_entries()
-            seq = len(entries) + 1
-            prev = entries[-1]["sha256"] if entries else GENESIS
+            last = self._ledger_last()
+            seq = last["seq"] + 1 if last else 1
+            prev = last["sha256"] if last else GENESIS
             manifest["seq"] = seq
             manifest["prev_manifest_sha256"] = prev
             data = manifest_bytes(manifest)
@@ -169,6 +169,26 @@ class Archive:
 
     def _rel(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.root.resolve()))
+
+    def _ledger_last(self) -> dict | None:
+        """The ledger's last line, read from the end (commits stay O(1) as the archive grows)."""
+        path = self.root / LEDGER
+        if not path.exists() or path.stat().st_size == 0:
+            return None
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            block = 4096
+            while True:
+                start = max(0, size - block)
+                f.seek(start)
+                lines = f.read().splitlines()
+                if start == 0 or len(lines) >= 2:
+                    break
+                block *= 2
+        try:
+            return json.loads(lines[-1])
+        except (ValueError, IndexError):
+            raise ArchiveError(f"{path}: the last ledger line is damaged; run `runbook verify`") from None
 
     def _ledger_entries(self) -> list[dict]:
         path = self.root / LEDGER

@@ -47,7 +47,11 @@ class Change:
 
 @dataclass
 class Confirmation:
-    """What became of a plan: ``applied``, ``planned`` (not applied), ``cancelled``, ``pending`` or ``empty``."""
+    """What became of a plan.
+
+    ``empty`` (nothing to do), ``planned`` (headless, not applied), ``pending`` (waiting for a click),
+    ``applying``, ``applied``, ``failed`` (the action raised) or ``cancelled``.
+    """
 
     status: str
     result: Any = None
@@ -159,6 +163,9 @@ class Run:
         outcome = Confirmation("pending", widget=box)
 
         def on_apply(_):
+            if outcome.status != "pending":  # a double click queued before the buttons disabled
+                return
+            outcome.status = "applying"
             apply_btn.disabled = cancel_btn.disabled = True
             with out:
                 self.apply = True
@@ -166,10 +173,15 @@ class Run:
                     outcome.result = action()
                     outcome.status = "applied"
                     print(f"Applied. {len(self.changes)} change(s) recorded in this run.")
+                except Exception:
+                    outcome.status = "failed"
+                    raise
                 finally:
                     self.apply = False
 
         def on_cancel(_):
+            if outcome.status != "pending":
+                return
             apply_btn.disabled = cancel_btn.disabled = True
             outcome.status = "cancelled"
             with out:

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,12 +141,35 @@ def _read_journal(path: Path) -> list[dict]:
     return events
 
 
-def render_html(nb: nbformat.NotebookNode) -> str:
-    from nbconvert import HTMLExporter
+class _HtmlRenderer:
+    """nbconvert's HTML exporter, warmed in a background thread while the kernel runs.
 
-    exporter = HTMLExporter(template_name="lab")
-    body, _ = exporter.from_notebook_node(nb)
-    return body
+    Loading the templates costs about as much as rendering; the runner is idle while the kernel
+    executes, so it pays that cost then instead of after the run.
+    """
+
+    def __init__(self) -> None:
+        self._exporter = None
+        self._thread = threading.Thread(target=self._warm, name="runbook-html-warmup", daemon=True)
+        self._thread.start()
+
+    def _warm(self) -> None:
+        from nbconvert import HTMLExporter
+
+        exporter = HTMLExporter(template_name="lab")
+        exporter.from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm-up")]))
+        self._exporter = exporter
+
+    def render(self, nb: nbformat.NotebookNode) -> str:
+        self._thread.join()
+        if self._exporter is None:  # the warm-up failed; render the slow way and let errors surface
+            self._warm()
+        body, _ = self._exporter.from_notebook_node(nb)
+        return body
+
+
+def render_html(nb: nbformat.NotebookNode) -> str:
+    return _HtmlRenderer().render(nb)
 
 
 def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool = False,
@@ -169,6 +193,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
     holder = {"operator": who, "pid": os.getpid(), "run_id": run_id, "since": started.isoformat(timespec="seconds")}
 
     with archive.run_lock(env, name, holder):
+        renderer = _HtmlRenderer()
         redactor, _ = secret_redactor(params)
         with tempfile.TemporaryDirectory(prefix="runbook-") as private:
             journal = Path(private) / "journal.jsonl"
@@ -177,7 +202,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
         ended = dt.datetime.now(dt.timezone.utc)
         # Secrets the notebook made appear during the run (a key file written by a step, say).
         redactor.merge(secret_redactor(params)[0])
-        return _archive(archive, notebook, params, run_id, apply, who, started, ended, outcome, events, redactor, stream)
+        return _archive(archive, notebook, params, run_id, apply, who, started, ended, outcome, events, redactor,
+                        renderer, stream)
 
 
 @dataclass
@@ -218,7 +244,8 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
         )
     except PapermillExecutionError as e:
         status = "failed"
-        failure = {"cell_index": e.cell_index, "execution_count": e.exec_count, "ename": e.ename, "evalue": e.evalue}
+        failure = {"cell_index": e.cell_index, "execution_count": e.exec_count, "ename": e.ename, "evalue": e.evalue,
+                   "source_first_line": (e.source or "").strip().splitlines()[0][:120] if (e.source or "").strip() else ""}
     except KeyboardInterrupt:
         status = "interrupted"
         failure = {"ename": "KeyboardInterrupt", "evalue": "the operator interrupted the run"}
@@ -236,19 +263,24 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
     buf = _MemoryIO.store.pop(out_key, None)
     nb = nbformat.reads(buf, as_version=4) if buf else nbformat.read(notebook, as_version=4)
     used = nb.metadata.get("kernelspec", {}).get("name") or kernel_name
+    if failure and failure.get("cell_index") is not None:
+        # papermill's index counts its injected-parameters cell; engineers read the committed notebook
+        injected = sum(1 for c in nb.cells[: failure["cell_index"]]
+                       if "injected-parameters" in c.get("metadata", {}).get("tags", []))
+        failure["notebook_cell"] = failure["cell_index"] - injected
     return _Outcome(nb, status, failure, used, elapsed)
 
 
 def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, apply: bool, who: str,
              started: dt.datetime, ended: dt.datetime, outcome: _Outcome, events: list[dict], redactor: Redactor,
-             stream: TextIO | None) -> RunResult:
+             renderer: _HtmlRenderer, stream: TextIO | None) -> RunResult:
     import papermill
 
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
     changes = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "change"]
     nb = nbformat.from_dict(redactor.scrub_obj(outcome.nb))
     nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
-    html_bytes = redactor.scrub(render_html(nb)).encode()
+    html_bytes = redactor.scrub(renderer.render(nb)).encode()
     manifest: dict[str, Any] = {
         "record": "runbook run",
         "run_id": run_id,
@@ -293,7 +325,8 @@ def summary(result: RunResult) -> str:
              f"({m['mode']} mode, {len(m['changes'])} change(s) applied)"]
     if m.get("failure"):
         f = m["failure"]
-        cell = f" at cell {f['cell_index']}" if f.get("cell_index") is not None else ""
+        cell = (f" at cell {f['notebook_cell']} of the notebook (In [{f['execution_count']}])"
+                if f.get("notebook_cell") is not None else "")
         lines.append(f"  failed{cell}: {f['ename']}: {f['evalue']}")
     lines.append(f"  record:   {result.notebook_path}")
     lines.append(f"  html:     {result.html_path}")

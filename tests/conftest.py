@@ -1,0 +1,77 @@
+"""Shared fixtures. Every test gets its own archive root: no test ever writes to outputs/."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB_PARAMS = ROOT / "params" / "lab.yaml"
+RUNBOOK = [sys.executable, "-m", "runbooklib.cli"]
+
+
+@pytest.fixture(autouse=True)
+def _own_archive(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNBOOK_ARCHIVE", str(tmp_path / "archive"))
+    monkeypatch.setenv("RUNBOOK_OPERATOR", "tester@ci")
+
+
+@pytest.fixture
+def archive_root(tmp_path) -> Path:
+    return tmp_path / "archive"
+
+
+def lab_data() -> dict:
+    return copy.deepcopy(yaml.safe_load(LAB_PARAMS.read_text()))
+
+
+def _split(path: str) -> list:
+    return [int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path)]
+
+
+def set_path(data: dict, path: str, value) -> None:
+    parts = _split(path)
+    node = data
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def delete_path(data: dict, path: str) -> None:
+    parts = _split(path)
+    node = data
+    for part in parts[:-1]:
+        node = node[part]
+    del node[parts[-1]]
+
+
+def write_params(directory: Path, data: dict, name: str = "params.yaml") -> Path:
+    """Write a parameter file next to a copy of the lab's relative paths (so file: refs resolve there)."""
+    path = directory / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def make_notebook(path: Path, *cells: str, parameters: str | None = None) -> Path:
+    """A runbook-shaped notebook: a tagged parameters cell, then the given code cells."""
+    params = parameters or 'params_file = "../params/lab.yaml"\nrun_id = None\napply = False'
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells.append(nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}))
+    nb.cells.extend(nbformat.v4.new_code_cell(src) for src in cells)
+    nbformat.write(nb, path)
+    return path
+
+
+def runbook(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real command line, in a child process, as an operator would run it."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([*RUNBOOK, *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=timeout)

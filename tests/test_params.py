@@ -1,0 +1,112 @@
+"""Parameter validation, table-driven from tests/data/params_cases.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runbooklib.errors import ParamsError
+from runbooklib.params import load_params, parse_params
+
+from conftest import LAB_PARAMS, delete_path, lab_data, runbook, set_path, write_params
+
+CASES = yaml.safe_load((Path(__file__).parent / "data" / "params_cases.yaml").read_text())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_validation_case(case, tmp_path):
+    data = lab_data()
+    for path, value in (case.get("set") or {}).items():
+        set_path(data, path, value)
+    for path in case.get("delete") or []:
+        delete_path(data, path)
+    file = write_params(tmp_path, data)
+    if not case["expect"]:
+        params = load_params(file)
+        assert params.environment.name == data["environment"]["name"]
+        return
+    with pytest.raises(ParamsError) as info:
+        load_params(file)
+    err = info.value
+    assert err.file == str(file)
+    found = {p.path: p.message for p in err.problems}
+    for path, fragment in case["expect"]:
+        assert path in found, f"no problem reported at {path}; got {found}"
+        assert fragment in found[path], f"{path}: {found[path]!r} lacks {fragment!r}"
+    assert len(err.problems) == len(case["expect"]), f"unexpected extra problems: {found}"
+    assert str(file) in str(err)
+
+
+def test_problem_points_at_the_line_of_the_field():
+    text = LAB_PARAMS.read_text().replace("cluster_dns: 10.43.0.10", "cluster_dns: 10.44.0.10")
+    with pytest.raises(ParamsError) as info:
+        parse_params(text, "lab.yaml")
+    (problem,) = info.value.problems
+    line = text.splitlines()[problem.line - 1]
+    assert line.strip().startswith("cluster_dns: 10.44.0.10")
+    assert f"lab.yaml:{problem.line}: kubernetes.cluster_dns:" in str(info.value)
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    data = lab_data()
+    set_path(data, "inventory.hosts[4].address", "10.77.0.21")
+    set_path(data, "kubernetes.cluster_dns", "10.44.0.10")
+    set_path(data, "database.replica", "w1")
+    with pytest.raises(ParamsError) as info:
+        load_params(write_params(tmp_path, data))
+    assert {p.path for p in info.value.problems} == {
+        "inventory.hosts[4].address", "kubernetes.cluster_dns", "database.replica"}
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("environment: [unclosed", "not valid YAML"),
+    ("- just\n- a list\n", "expected a mapping"),
+    ("", "expected a mapping"),
+])
+def test_unreadable_files(text, fragment):
+    with pytest.raises(ParamsError) as info:
+        parse_params(text, "x.yaml")
+    assert fragment in str(info.value)
+
+
+def test_missing_file_names_the_file(tmp_path):
+    with pytest.raises(ParamsError) as info:
+        load_params(tmp_path / "nope.yaml")
+    assert "nope.yaml" in str(info.value) and "file not found" in str(info.value)
+
+
+def test_example_production_template_is_valid():
+    params = load_params(LAB_PARAMS.parent / "example-production.yaml")
+    assert params.environment.kind == "production"
+    assert all(not ref.is_literal for _, ref in params.secret_refs())
+
+
+def test_check_command_exits_2_and_names_field(tmp_path):
+    data = lab_data()
+    set_path(data, "kubernetes.cluster_dns", "10.44.0.10")
+    bad = write_params(tmp_path, data)
+    done = runbook("check", str(bad))
+    assert done.returncode == 2
+    assert "kubernetes.cluster_dns" in done.stderr and str(bad) in done.stderr
+    ok = runbook("check", str(LAB_PARAMS))
+    assert ok.returncode == 0, ok.stderr
+    assert "valid" in ok.stdout
+
+
+def test_run_with_bad_params_exits_2_before_running(tmp_path, archive_root):
+    data = lab_data()
+    set_path(data, "inventory.hosts[0].roles", ["etcd", "master"])
+    bad = write_params(tmp_path, data)
+    done = runbook("run", "notebooks/00-environment-overview.ipynb", "--params", str(bad))
+    assert done.returncode == 2
+    assert "inventory.hosts[0].roles[1]" in done.stderr
+    assert not archive_root.exists(), "nothing may be archived (or locked) for invalid parameters"
+
+
+def test_hosts_helpers():
+    params = load_params(LAB_PARAMS)
+    assert [h.name for h in params.hosts_with("database")] == ["db1", "db2", "db3"]
+    assert params.host("edge2").roles == ["edge"]
+    assert params.path("../.lab/ssh/known_hosts") == (LAB_PARAMS.parent / "../.lab/ssh/known_hosts")

@@ -1,0 +1,255 @@
+"""The runner end to end: real papermill, a real kernel, the real command line, a temporary archive."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import LAB_PARAMS, ROOT, RUNBOOK, lab_data, make_notebook, runbook, set_path, write_params
+
+OVERVIEW = "notebooks/00-environment-overview.ipynb"
+MANIFEST_FIELDS = {
+    "run_id", "notebook", "environment", "simulated", "mode", "params", "operator", "git", "versions",
+    "started_at", "ended_at", "duration_s", "status", "failure", "changes", "files", "seq", "prev_manifest_sha256",
+}
+
+
+def manifests(root: Path) -> list[dict]:
+    lines = (root / "ledger.jsonl").read_text().splitlines()
+    return [json.loads((root / json.loads(line)["manifest"]).read_text()) for line in lines]
+
+
+FAILING = ('import runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)',
+           'raise RuntimeError("the database refused the change")')
+
+
+@pytest.fixture(scope="module")
+def archive3(tmp_path_factory):
+    """An archive with two overview runs and one failed run, made through the command line."""
+    root = tmp_path_factory.mktemp("archive3")
+    nbdir = tmp_path_factory.mktemp("nbs")
+    failing = make_notebook(nbdir / "99-fails.ipynb", *FAILING)
+    env = {"RUNBOOK_OPERATOR": "tester@ci"}  # module fixtures run outside the per-test environment
+    results = [
+        runbook("--archive", str(root), "run", OVERVIEW, "--params", "params/lab.yaml", env=env),
+        runbook("--archive", str(root), "run", str(failing), "--params", "params/lab.yaml", env=env),
+        runbook("--archive", str(root), "run", OVERVIEW, "--params", "params/lab.yaml", env=env),
+    ]
+    return root, results
+
+
+def test_overview_run_is_archived_with_every_field(archive3):
+    root, (first, _, _) = archive3
+    assert first.returncode == 0, first.stderr
+    m = manifests(root)[0]
+    assert MANIFEST_FIELDS <= set(m)
+    assert m["status"] == "succeeded" and m["failure"] is None
+    assert m["notebook"] == "00-environment-overview"
+    assert m["environment"] == {"name": "lab", "kind": "lab", "data_country": "RU"}
+    assert m["simulated"] is True and m["mode"] == "plan" and m["changes"] == []
+    assert m["operator"] == "tester@ci"
+    assert m["params"]["sha256"] == __import__("hashlib").sha256(LAB_PARAMS.read_bytes()).hexdigest()
+    assert "lab-root-password" not in m["params"]["content_redacted"]
+    assert "[redacted:database.root_password]" in m["params"]["content_redacted"]
+    assert len(m["git"]["commit"] or "") == 40
+    assert m["versions"]["kernel"]["executable"] and m["versions"]["kernel"]["python"]
+    assert m["versions"]["papermill"] and m["versions"]["runbooklib"]
+    assert m["duration_s"] > 0 and m["started_at"] < m["ended_at"]
+    # the record's files sit where the layout says, and the CLI said where
+    nb_path = root / m["files"]["notebook"]["path"]
+    assert nb_path.parent.parent.name == "lab"
+    assert nb_path.name == f"{m['run_id']}-00-environment-overview.ipynb"
+    assert str(nb_path.name) in first.stderr
+    html = (root / m["files"]["html"]["path"]).read_text()
+    assert "Inventory of lab" in html and "<img" in html  # the table and the topology figure
+    nb = nbformat.read(nb_path, as_version=4)
+    assert set(nb.metadata.papermill.parameters) == {"params_file", "run_id", "apply"}
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_failed_notebook_is_archived_with_its_error(archive3):
+    root, (_, failed, _) = archive3
+    assert failed.returncode == 1
+    m = manifests(root)[1]
+    assert m["status"] == "failed"
+    assert m["failure"]["ename"] == "RuntimeError"
+    assert "the database refused the change" in m["failure"]["evalue"]
+    assert m["failure"]["notebook_cell"] == 2  # as numbered in the committed notebook (0-based)
+    assert m["failure"]["cell_index"] == 3  # in the executed one, after papermill's injected cell
+    assert m["failure"]["source_first_line"] == 'raise RuntimeError("the database refused the change")'
+    assert "failed at cell 2 of the notebook (In [4]): RuntimeError" in failed.stderr
+    nb = nbformat.read(root / m["files"]["notebook"]["path"], as_version=4)
+    assert any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    listed = runbook("--archive", str(root), "runs", "--status", "failed", "--json")
+    assert [r["run_id"] for r in json.loads(listed.stdout)] == [m["run_id"]]
+
+
+def test_show_prints_the_manifest(archive3):
+    root, _ = archive3
+    m = manifests(root)[2]
+    shown = runbook("--archive", str(root), "show", m["run_id"][:20])
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["run_id"] == m["run_id"]
+
+
+def _tampered(root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    return copy
+
+
+def test_verify_passes_then_fails_after_a_byte_changes(archive3, tmp_path):
+    root, _ = archive3
+    ok = runbook("--archive", str(root), "verify")
+    assert ok.returncode == 0 and "3 records" in ok.stdout
+    copy = _tampered(root, tmp_path)
+    nb = copy / manifests(copy)[1]["files"]["notebook"]["path"]
+    data = bytearray(nb.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    nb.write_bytes(bytes(data))
+    bad = runbook("--archive", str(copy), "verify")
+    assert bad.returncode == 1
+    assert "> record 2 " in bad.stdout and "notebook" in bad.stdout
+
+
+def test_verify_fails_after_a_record_is_deleted(archive3, tmp_path):
+    copy = _tampered(archive3[0], tmp_path)
+    m = manifests(copy)[1]
+    for f in m["files"].values():
+        (copy / f["path"]).unlink()
+    (copy / f["path"]).with_name(f"{m['run_id']}-{m['notebook']}.manifest.json").unlink()
+    bad = runbook("--archive", str(copy), "verify")
+    assert bad.returncode == 1 and "> record 2 " in bad.stdout and "removed" in bad.stdout
+
+
+def test_verify_fails_after_two_records_are_swapped(archive3, tmp_path):
+    copy = _tampered(archive3[0], tmp_path)
+    ledger = copy / "ledger.jsonl"
+    lines = ledger.read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    ledger.write_text("\n".join(lines) + "\n")
+    bad = runbook("--archive", str(copy), "verify")
+    assert bad.returncode == 1 and "> record 1 " in bad.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_secret_canary_never_reaches_the_archive_or_the_terminal(tmp_path, archive_root):
+    """Unique random secrets, a notebook that prints them every way it can, then a byte search."""
+    canaries = {"env": "envcanary" + secrets.token_hex(12), "file": "filecanary" + secrets.token_hex(12)}
+    (tmp_path / "key.json").write_text('{"private_key": "' + canaries["file"] + '"}\n')
+    data = lab_data()
+    set_path(data, "environment.kind", "staging")
+    set_path(data, "database.root_password", "env:RB_CANARY")
+    set_path(data, "database.replication_password", "file:key.json")
+    set_path(data, "logging.password", "env:RB_CANARY")
+    set_path(data, "registry.json_key", "file:key.json")
+    params = write_params(tmp_path, data)
+    nb = make_notebook(
+        tmp_path / "leaky.ipynb",
+        "import base64, logging, runbooklib\n"
+        "run = runbooklib.open_run(params_file, run_id=run_id, apply=apply)\n"
+        "pw = run.params.secret('database.root_password').reveal()\n"
+        "key = run.params.secret('registry.json_key').reveal()",
+        "print('plain:', pw, key)\n"
+        "print('b64:', base64.b64encode(pw.encode()).decode(), base64.b64encode(key.encode()).decode())\n"
+        "print('blob:', base64.b64encode(b'{\"auths\": {\"x\": ' + key.encode() + b'}}').decode())\n"
+        "logging.getLogger().warning('logged %s', pw)\n"
+        "display({'text/html': f'<b>{pw}</b>'}, raw=True)\n"
+        "run.record_change('db1', f'set root password to {pw}')\n"
+        "pw",
+        "raise RuntimeError(f'could not log in with {pw}')",
+    )
+    done = runbook("run", str(nb), "--params", str(params), env={"RB_CANARY": canaries["env"]})
+    assert done.returncode == 1, done.stderr  # the last cell fails on purpose
+    files = [p for p in archive_root.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".ipynb" for p in files) and any(p.suffix == ".html" for p in files)
+    forms = []
+    for value in canaries.values():
+        forms += [value.encode(), base64.b64encode(value.encode()), base64.b64encode(value.encode()).rstrip(b"=")]
+    key_json = (tmp_path / "key.json").read_text().rstrip("\n").encode()
+    forms.append(base64.b64encode(key_json))
+    for path in files:
+        blob = path.read_bytes()
+        for form in forms:
+            assert form not in blob, f"{path.name} contains a secret form {form[:12]!r}..."
+    blob_output = base64.b64encode(b'{"auths": {"x": ' + key_json + b'}}')
+    assert not any(blob_output in p.read_bytes() for p in files)
+    for stream in (done.stdout, done.stderr):
+        for form in forms:
+            assert form.decode() not in stream
+    # the record still says what happened, with the secret replaced by its field name
+    m = json.loads(next(archive_root.rglob("*.manifest.json")).read_text())
+    assert m["failure"]["evalue"] == "could not log in with [redacted:database.root_password]"
+    assert m["changes"][0]["action"] == "set root password to [redacted:database.root_password]"
+
+
+def test_second_concurrent_run_is_refused(tmp_path, archive_root):
+    nb = make_notebook(tmp_path / "10-slow.ipynb",
+                       "import time, runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+                       "time.sleep(6)")
+    first = subprocess.Popen([*RUNBOOK, "run", str(nb), "--params", str(LAB_PARAMS)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = archive_root / ".locks" / "lab--10-slow.lock"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (lock.exists() and lock.read_text()):
+            time.sleep(0.1)
+        assert lock.read_text(), "the first run never took its lock"
+        second = runbook("run", str(nb), "--params", str(LAB_PARAMS))
+        assert second.returncode == 3
+        assert "already running on environment lab" in second.stderr
+        assert "tester@ci" in second.stderr and str(first.pid) in second.stderr
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert len((archive_root / "ledger.jsonl").read_text().splitlines()) == 1  # only the first was archived
+
+
+def test_plan_then_apply_records_changes(tmp_path, archive_root):
+    nb = make_notebook(
+        tmp_path / "20-change.ipynb",
+        "import runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+        "plan = [{'host': h.name, 'change': 'write /etc/motd'} for h in run.hosts_with('edge')]\n"
+        "def act():\n"
+        "    for row in run.progress(plan, desc='motd'):\n"
+        "        run.record_change(row['host'], row['change'], 'lab rehearsal')\n"
+        "outcome = run.confirm(plan, act)\n"
+        "print('outcome', outcome.status)",
+    )
+    plan = runbook("run", str(nb), "--params", str(LAB_PARAMS))
+    applied = runbook("run", str(nb), "--params", str(LAB_PARAMS), "--apply")
+    assert plan.returncode == 0 and applied.returncode == 0, applied.stderr
+    first, second = manifests(archive_root)
+    assert first["mode"] == "plan" and first["changes"] == []
+    assert "PLAN mode: nothing was changed" in plan.stderr and "outcome planned" in plan.stderr
+    assert second["mode"] == "apply" and "outcome applied" in applied.stderr
+    assert [(c["host"], c["action"]) for c in second["changes"]] == [("edge1", "write /etc/motd"),
+                                                                      ("edge2", "write /etc/motd")]
+
+
+def test_timeout_fails_the_run_and_keeps_the_record(tmp_path, archive_root):
+    nb = make_notebook(tmp_path / "30-hangs.ipynb", "import time\ntime.sleep(60)")
+    t0 = time.monotonic()
+    done = runbook("run", str(nb), "--params", str(LAB_PARAMS), "--timeout", "3")
+    assert time.monotonic() - t0 < 45
+    assert done.returncode == 1
+    (m,) = manifests(archive_root)
+    assert m["status"] == "failed" and "3 seconds" in m["failure"]["evalue"] + m["failure"]["ename"] + json.dumps(m)
+
+
+def test_not_a_notebook_is_refused_before_anything(tmp_path, archive_root):
+    done = runbook("run", str(tmp_path / "missing.ipynb"), "--params", str(LAB_PARAMS))
+    assert done.returncode == 1 and "not a notebook file" in done.stderr
+    assert not archive_root.exists()
