@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup system venv demo test bench clean
+.PHONY: setup system venv demo lab-down test bench clean
 
 setup: system venv
 
@@ -20,13 +20,19 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: setup
+	$(BIN)/runbook lab up
 	$(BIN)/runbook run notebooks/00-environment-overview.ipynb --params params/lab.yaml
+	@echo "The lab stays up for you to explore: $(BIN)/runbook lab status | lab down"
+
+lab-down: venv
+	$(BIN)/runbook lab down
 
 test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
 	$(BIN)/python bench/runner_overhead.py
+	$(BIN)/python bench/fleet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

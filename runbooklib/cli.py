@@ -77,6 +77,59 @@ def cmd_reindex(args) -> int:
     return 0
 
 
+def cmd_lab(args) -> int:
+    from .lab import Lab
+
+    lab = Lab(args.lab_dir)
+    action = args.lab_command
+    if action == "up":
+        done = lab.up(profile=args.profile, hosts=args.hosts)
+        for line in done:
+            print(f"  {line}")
+        print(f"lab {'is up' if done else 'was already up as asked; nothing changed'}: "
+              f"{len(lab.vms())} VMs on {lab.subnet}")
+        print(f"  parameters:  {lab.params_file}")
+        print(f"  known hosts: {lab.known_hosts}")
+        return 0
+    if action == "down":
+        done = lab.down()
+        for line in done:
+            print(f"  {line}")
+        print("lab is down: no namespace, link, mount or process of it is left" if done else "no lab was up")
+        return 0
+    if action == "status":
+        rows = lab.status_rows()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            print(f"no lab at {lab.root}; `runbook lab up` builds one")
+            return 0
+        cols = ["name", "address", "roles", "state", "link", "ssh", "processes"]
+        table = [{c: (", ".join(r[c]) if isinstance(r[c], list) else ("yes" if r[c] is True else "no" if r[c] is False
+                  else str(r[c]))) for c in cols} for r in rows]
+        widths = {c: max(len(c), *(len(t[c]) for t in table)) for c in cols}
+        print("  ".join(c.ljust(widths[c]) for c in cols))
+        for t in table:
+            print("  ".join(t[c].ljust(widths[c]) for c in cols))
+        return 0
+    vm = args.vm
+    if action == "stop":
+        print(f"{vm}: stopped" if lab.stop(vm) else f"{vm}: was already stopped")
+    elif action == "start":
+        print(f"{vm}: started" if lab.start(vm) else f"{vm}: was already running")
+    elif action == "cut":
+        lab.cut(vm)
+        print(f"{vm}: network link cut (the VM keeps running; `runbook lab heal {vm}` restores it)")
+    elif action == "heal":
+        lab.heal(vm)
+        print(f"{vm}: network link restored")
+    elif action == "rekey":
+        print(f"{vm}: new host key {lab.rekey(vm)}; the pinned key was NOT updated, so connections now fail "
+              "as they would against a man-in-the-middle")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runbook", description=__doc__)
     parser.add_argument("--archive", metavar="DIR",
@@ -111,6 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="recompute the archive's hash chain and file hashes (exit 1 if broken)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("lab", help="the built-in lab: VMs as network namespaces on this machine (root)")
+    p.add_argument("--lab-dir", metavar="DIR", help="lab folder (default: $RUNBOOK_LAB_DIR, else .lab/)")
+    p.set_defaults(func=cmd_lab)
+    lab = p.add_subparsers(dest="lab_command", required=True)
+    q = lab.add_parser("up", help="build the lab, or bring it back to the profile (idempotent)")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--profile", choices=["seed", "small"], help="seed: the founding story's 16 hosts (default); small: 4")
+    g.add_argument("--hosts", type=int, metavar="N", help="N generic hosts instead of a profile")
+    lab.add_parser("down", help="remove every VM, namespace, link and process of the lab")
+    q = lab.add_parser("status", help="each VM, its address, whether SSH answers, what it runs")
+    q.add_argument("--json", action="store_true")
+    for name, text in (("stop", "power a VM off (its disk is kept)"), ("start", "power a VM on"),
+                       ("cut", "take a VM's network link down"), ("heal", "bring a VM's link back up"),
+                       ("rekey", "replace a VM's host key without updating the pin (a man-in-the-middle drill)")):
+        q = lab.add_parser(name, help=text)
+        q.add_argument("vm")
 
     p = sub.add_parser("reindex", help="rebuild the query index from the ledger")
     p.set_defaults(func=cmd_reindex)

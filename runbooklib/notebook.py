@@ -90,6 +90,14 @@ class Run:
     def hosts_with(self, role: str) -> list[Host]:
         return self.params.hosts_with(role)
 
+    def fleet(self):
+        """SSH to this environment's hosts (pinned keys, bounded parallelism), with progress bars."""
+        if getattr(self, "_fleet", None) is None:
+            from .ssh import Fleet
+
+            self._fleet = Fleet(self.params, progress=lambda total, desc: self.progress(total=total, desc=desc))
+        return self._fleet
+
     def secret(self, field: str) -> Secret:
         """Resolve a secret field now; its value is scrubbed from everything this run shows."""
         value = self.params.secret(field)

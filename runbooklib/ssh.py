@@ -1,0 +1,215 @@
+"""SSH to the inventory: the one place in the library that opens connections.
+
+Every connection checks the host key strictly against the pinned known-hosts file from the
+parameters (``ssh.known_hosts``): an unknown or changed key is refused before anything runs on that
+host, never trusted on first use. The key comes from the ``ssh.key`` secret reference. Fleet
+commands run with bounded parallelism (``ssh.parallelism``), per-host timeouts, and return a result
+or an error per host, each naming its host, while a progress bar ticks once per host.
+
+    fleet = Fleet(params)
+    results = fleet.run("uname -r")
+    for host, r in results.items(): print(host, r.ok, r.stdout or r.error)
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import paramiko
+
+from .errors import HostError, RunbookError
+from .params import Host, Params
+
+
+class HostKeyError(HostError):
+    """The host's key is not the pinned one (or is not pinned at all). Nothing ran there."""
+
+
+class Unreachable(HostError):
+    """The host did not answer on its SSH port in time."""
+
+
+@dataclass
+class HostResult:
+    """What one host did with one command."""
+
+    host: str
+    ok: bool
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+    def check(self) -> "HostResult":
+        """Raise HostError naming the host unless the command succeeded."""
+        if not self.ok:
+            raise HostError(self.host, self.error or f"exit code {self.exit_code}: {self.stderr.strip()[:500]}")
+        return self
+
+
+class FleetResult(dict):
+    """host name -> HostResult, in inventory order, with helpers for the usual questions."""
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.values())
+
+    @property
+    def failed(self) -> dict[str, HostResult]:
+        return {h: r for h, r in self.items() if not r.ok}
+
+    def rows(self) -> list[dict]:
+        return [{"host": h, "ok": r.ok, "exit": r.exit_code, "seconds": round(r.seconds, 2),
+                 "output": (r.stdout.strip().splitlines() or [""])[-1][:100] if r.ok else r.error[:160]}
+                for h, r in self.items()]
+
+
+def _load_pkey(text: str) -> paramiko.PKey:
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key(io.StringIO(text))
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise RunbookError("ssh.key: the secret is not a private key paramiko can read (ed25519, ecdsa or rsa)")
+
+
+class Fleet:
+    """Connections to the hosts of one parameter file, opened lazily and reused."""
+
+    def __init__(self, params: Params, progress: Callable[..., Iterable] | None = None):
+        self.params = params
+        self.ssh = params.ssh
+        self.known_hosts = params.path(self.ssh.known_hosts)
+        self._progress = progress
+        self._conns: dict[str, object] = {}
+        self._lock = threading.Lock()
+        ref = self.ssh.key
+        if ref.scheme == "file":
+            key_file = ref.path(params.source_dir)
+            if not key_file.exists():
+                raise RunbookError(f"ssh.key: key file {key_file} does not exist (for the lab, run `runbook lab up`)")
+            self._connect_kwargs = {"key_filename": str(key_file)}
+        else:
+            self._connect_kwargs = {"pkey": _load_pkey(ref.resolve(params.source_dir, "ssh.key"))}
+        if not self.known_hosts.exists():
+            raise RunbookError(f"ssh.known_hosts: {self.known_hosts} does not exist; host keys must be pinned "
+                               "before any connection (for the lab, run `runbook lab up`)")
+
+    # -- single host -------------------------------------------------------------------------
+    def connection(self, host: Host):
+        """An open fabric Connection to ``host`` with the pinned key checked."""
+        with self._lock:
+            conn = self._conns.get(host.name)
+        if conn is not None and conn.is_connected:
+            return conn
+        import fabric
+
+        config = fabric.Config(ssh_config=paramiko.SSHConfig(), overrides={
+            "run": {"hide": True, "warn": True, "in_stream": False},
+            "timeouts": {"connect": int(self.ssh.connect_timeout)},
+        })
+        conn = fabric.Connection(str(host.address), user=host.user, port=host.ssh_port, config=config,
+                                 connect_timeout=int(self.ssh.connect_timeout),
+                                 connect_kwargs={**self._connect_kwargs, "look_for_keys": False,
+                                                 "allow_agent": False, "banner_timeout": self.ssh.connect_timeout,
+                                                 "auth_timeout": self.ssh.connect_timeout})
+        client = paramiko.SSHClient()  # fabric's default client trusts unknown keys; ours never does
+        client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        conn.client = client
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException:
+            raise HostKeyError(host.name, (
+                f"host key at {host.address}:{host.ssh_port} does not match the one pinned in {self.known_hosts}. "
+                "This is what a man-in-the-middle looks like; it is also what a rebuilt VM looks like. Compare "
+                "the key on the VM's console (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) before you "
+                "update the pin. Nothing was run on this host.")) from None
+        except paramiko.SSHException as e:
+            if "not found in known_hosts" in str(e):
+                raise HostKeyError(host.name, (
+                    f"{host.address}:{host.ssh_port} has no pinned key in {self.known_hosts}; add the VM's "
+                    "verified key there (keys are never trusted on first use). Nothing was run on this host.")) from None
+            raise HostError(host.name, f"SSH to {host.address}:{host.ssh_port} failed: {e}") from None
+        except paramiko.ssh_exception.NoValidConnectionsError:
+            raise Unreachable(host.name, f"connection refused at {host.address}:{host.ssh_port}: nothing listens "
+                                         "on the SSH port; is the VM running and sshd up?") from None
+        except (socket.timeout, TimeoutError):
+            raise Unreachable(host.name, f"no answer on {host.address}:{host.ssh_port} within "
+                                         f"{self.ssh.connect_timeout:g} s; is the VM up and its network connected?") from None
+        except OSError as e:
+            raise Unreachable(host.name, f"cannot reach {host.address}:{host.ssh_port}: {e.strerror or e}") from None
+        # small request/response exchanges: without TCP_NODELAY each command waits on delayed ACKs
+        conn.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._conns[host.name] = conn
+        return conn
+
+    def run_on(self, host: Host, command: str, timeout: float | None = None) -> HostResult:
+        """Run ``command`` on one host; errors come back in the result, naming the host."""
+        t0 = time.monotonic()
+        try:
+            conn = self.connection(host)
+            r = conn.run(command, timeout=timeout or self.ssh.command_timeout)
+            return HostResult(host.name, r.exited == 0, r.stdout, r.stderr, r.exited,
+                              "" if r.exited == 0 else f"{command.split()[0]!r} exited {r.exited}: "
+                                                       f"{r.stderr.strip()[-300:]}", time.monotonic() - t0)
+        except HostError as e:
+            return HostResult(host.name, False, error=str(e), seconds=time.monotonic() - t0)
+        except Exception as e:  # invoke's CommandTimedOut, a dropped transport, ...
+            self._drop(host.name)
+            name = type(e).__name__
+            text = f"{name}: {e}" if str(e) else name
+            if name == "CommandTimedOut":
+                text = f"command did not finish within {timeout or self.ssh.command_timeout:g} s"
+            return HostResult(host.name, False, error=f"{host.name}: {text}", seconds=time.monotonic() - t0)
+
+    # -- many hosts --------------------------------------------------------------------------
+    def run(self, command: str | Callable[[Host], str], hosts: Iterable[Host] | None = None,
+            timeout: float | None = None, desc: str = "") -> FleetResult:
+        """Run a command (or a per-host command) on many hosts at once, one progress tick per host."""
+        targets = list(hosts) if hosts is not None else self.params.hosts
+        results: dict[str, HostResult] = {}
+        bar = self._bar(len(targets), desc or (command if isinstance(command, str) else "fleet")[:40])
+        with ThreadPoolExecutor(max_workers=min(self.ssh.parallelism, max(len(targets), 1))) as pool:
+            futures = {pool.submit(self.run_on, h, command(h) if callable(command) else command, timeout): h
+                       for h in targets}
+            for fut in as_completed(futures):
+                results[futures[fut].name] = fut.result()
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        return FleetResult((h.name, results[h.name]) for h in targets)
+
+    def _bar(self, total: int, desc: str):
+        if self._progress is None:
+            return None
+        return self._progress(total=total, desc=desc)
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            conn = self._conns.pop(name, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        for name in list(self._conns):
+            self._drop(name)
+
+    def __enter__(self) -> "Fleet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,180 @@
+"""The lab against itself: real namespaces, real sshd, real SSH from the library's fleet layer.
+
+Runs as root on Linux (CI does). Each test module builds its own lab instance in a temporary folder
+with its own name prefix and subnet, so a developer's running lab is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runbooklib.lab import Lab, LabError
+from runbooklib.params import load_params
+from runbooklib.ssh import Fleet
+
+CAN_RUN = os.geteuid() == 0 and Path("/usr/sbin/sshd").exists() and shutil.which("ip")
+if not CAN_RUN:
+    if os.environ.get("CI"):
+        raise RuntimeError("the lab tests need root, iproute2 and openssh-server; CI must provide them")
+    pytest.skip("the lab needs root and openssh-server (`make setup` as root)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("lab"), name="rbtest", subnet="10.78.0.0/24")
+    lab.down()  # a lab left by an interrupted run of these tests
+    lab.up(profile="small")
+    yield lab
+    lab.down()
+
+
+@pytest.fixture
+def fleet(lab):
+    f = Fleet(load_params(lab.params_file))
+    yield f
+    f.close()
+
+
+def host(fleet, name):
+    return fleet.params.host(name)
+
+
+def test_every_vm_answers_with_its_pinned_key(lab, fleet):
+    results = fleet.run("hostname")
+    assert results.ok, results.failed
+    assert {h: r.stdout.strip() for h, r in results.items()} == {"cp1": "cp1", "w1": "w1", "db1": "db1", "edge1": "edge1"}
+    pins = lab.known_hosts.read_text().splitlines()
+    assert sorted(p.split()[0] for p in pins) == ["10.78.0.11", "10.78.0.21", "10.78.0.31", "10.78.0.41"]
+
+
+def test_params_file_written_by_up_is_valid(lab):
+    params = load_params(lab.params_file)
+    assert params.environment.kind == "lab"
+    assert str(params.host("db1").address) == "10.78.0.31"
+    assert params.path(params.ssh.known_hosts) == lab.known_hosts
+
+
+def test_second_up_changes_nothing(lab):
+    assert lab.up(profile="small") == []
+
+
+def test_files_written_in_one_vm_stay_there(lab, fleet):
+    marker = f"/etc/lab-isolation-{secrets.token_hex(4)}"
+    assert fleet.run_on(host(fleet, "cp1"), f"echo cp1 > {marker}").ok
+    assert fleet.run_on(host(fleet, "cp1"), f"cat {marker}").stdout.strip() == "cp1"
+    other = fleet.run_on(host(fleet, "w1"), f"test -e {marker}")
+    assert other.exit_code == 1, "another VM sees the file"
+    assert not Path(marker).exists(), "the host sees the file"
+
+
+def test_vms_have_their_own_pid_namespace_and_no_route_out(lab, fleet):
+    r = fleet.run_on(host(fleet, "w1"), "cat /proc/1/comm; ip route").check()
+    first, *routes = r.stdout.strip().splitlines()
+    assert first == "sshd"  # sshd is PID 1 of the VM
+    assert not any(line.startswith("default") for line in routes)
+
+
+def test_daemon_started_over_ssh_survives_the_session_and_dies_with_the_vm(lab, fleet):
+    db1 = host(fleet, "db1")
+    started = fleet.run_on(db1, "setsid sleep 3600 </dev/null >/dev/null 2>&1 & echo $!").check()
+    inner_pid = started.stdout.strip()
+    fleet.close()  # the SSH session ends
+    again = Fleet(load_params(lab.params_file))
+    try:
+        assert again.run_on(db1, f"kill -0 {inner_pid} && cat /proc/{inner_pid}/comm").check().stdout.strip() == "sleep"
+    finally:
+        again.close()
+    assert "sleep" in [s.processes for s in lab.status() if s.name == "db1"][0]
+    lab.stop("db1")
+    assert lab.pids("db1") == []
+    lab.start("db1")
+    assert "sleep" not in [s.processes for s in lab.status() if s.name == "db1"][0]
+
+
+def test_rekey_makes_that_vm_fail_with_the_host_key_error(lab, fleet):
+    lab.rekey("w1")
+    results = fleet.run("hostname")
+    assert set(results.failed) == {"w1"}
+    error = results["w1"].error
+    assert error.startswith("w1: host key at 10.78.0.21:22 does not match the one pinned in")
+    assert "Nothing was run on this host" in error
+    assert all(results[h].ok for h in ("cp1", "db1", "edge1"))
+    actions = lab.up(profile="small")  # the lab re-pins the key it provisioned
+    assert actions == ["w1: pinned its current host key"]
+    fresh = Fleet(load_params(lab.params_file))
+    try:
+        assert fresh.run_on(host(fresh, "w1"), "true").ok
+    finally:
+        fresh.close()
+
+
+def test_stopped_vm_fails_alone_with_a_clear_error(lab, fleet):
+    lab.stop("edge1")
+    try:
+        results = fleet.run("uptime")
+        assert set(results.failed) == {"edge1"}
+        assert "edge1: connection refused at 10.78.0.41:22" in results["edge1"].error
+        status = {s.name: s for s in lab.status()}
+        assert status["edge1"].state == "stopped" and not status["edge1"].ssh
+    finally:
+        assert lab.start("edge1") is True
+    assert fleet.run_on(host(fleet, "edge1"), "true").ok
+
+
+def test_cut_link_times_out_and_heal_restores(lab, fleet):
+    lab.cut("cp1")
+    try:
+        r = fleet.run_on(host(fleet, "cp1"), "true")
+        assert not r.ok and r.error.startswith("cp1: no answer on 10.78.0.11:22 within")
+        assert {s.name: s.link for s in lab.status()}["cp1"] == "down"
+    finally:
+        lab.heal("cp1")
+    assert fleet.run_on(host(fleet, "cp1"), "true").ok
+
+
+def test_up_recovers_a_lab_whose_processes_were_killed(lab):
+    for vm in lab.vms():
+        for pid in lab.pids(vm):
+            os.kill(pid, 9)  # as when every process on the machine is stopped before CI runs
+    assert all(s.state == "stopped" for s in lab.status())
+    actions = lab.up(profile="small")
+    assert sorted(a.split(":")[0] for a in actions if "booted" in a) == ["cp1", "db1", "edge1", "w1"]
+    f = Fleet(load_params(lab.params_file))
+    try:
+        assert f.run("true").ok
+    finally:
+        f.close()
+
+
+def test_unknown_vm_is_named(lab):
+    with pytest.raises(LabError, match="no VM named vm9"):
+        lab.stop("vm9")
+
+
+def test_down_leaves_nothing_behind_even_after_a_failed_up(tmp_path):
+    lab = Lab(tmp_path / "lab", name="rbdown", subnet="10.79.0.0/24")
+    lab.up(hosts=2)
+    pids = [p for vm in lab.vms() for p in lab.pids(vm)]
+    assert pids
+    # the debris of an interrupted `up`: a namespace with no VM running in it, and no state file
+    subprocess.run(["ip", "netns", "add", "rbdown-ghost"], check=True)
+    lab.state_file.unlink()
+    lab.down()
+    assert [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+            if n.startswith("rbdown-")] == []
+    assert subprocess.run(["ip", "link", "show", "rbdown0"], capture_output=True).returncode != 0
+    assert subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("rbdown-") == 0
+    assert lab.mounts() == []
+    for pid in pids:  # every process the lab started is gone (at most a zombie awaiting its reaper)
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        assert state == "Z", f"process {pid} is still alive"
+    assert lab.down() == []  # and a second down has nothing to do
