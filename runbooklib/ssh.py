@@ -84,7 +84,13 @@ def _load_pkey(text: str) -> paramiko.PKey:
 class Fleet:
     """Connections to the hosts of one parameter file, opened lazily and reused."""
 
-    def __init__(self, params: Params, progress: Callable[..., Iterable] | None = None):
+    def __init__(self, params: Params, progress: Callable[..., Iterable] | str | None = "auto"):
+        """``progress``: a tqdm-like factory ``(total=, desc=)``, "auto" (a widget in notebooks, text on
+        stderr elsewhere) or None for no bar."""
+        if progress == "auto":
+            from .display import progress as auto_progress
+
+            progress = lambda total, desc: auto_progress(total=total, desc=desc)  # noqa: E731
         self.params = params
         self.ssh = params.ssh
         self.known_hosts = params.path(self.ssh.known_hosts)

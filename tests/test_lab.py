@@ -53,6 +53,24 @@ def test_every_vm_answers_with_its_pinned_key(lab, fleet):
     assert sorted(p.split()[0] for p in pins) == ["10.78.0.11", "10.78.0.21", "10.78.0.31", "10.78.0.41"]
 
 
+def test_fleet_ticks_once_per_host(lab):
+    ticks = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            ticks.append(("open", total, desc))
+
+        def update(self, n):
+            ticks.append(("tick", n))
+
+        def close(self):
+            ticks.append(("close",))
+
+    with Fleet(load_params(lab.params_file), progress=Bar) as f:
+        assert f.run("true", desc="noop").ok
+    assert ticks == [("open", 4, "noop"), *[("tick", 1)] * 4, ("close",)]
+
+
 def test_params_file_written_by_up_is_valid(lab):
     params = load_params(lab.params_file)
     assert params.environment.kind == "lab"
