@@ -27,13 +27,15 @@ def in_notebook() -> bool:
 
 
 def show(obj: Any) -> None:
-    """Display in a notebook (rich), print elsewhere (text)."""
-    if in_notebook():
+    """Display in a notebook (rich), print elsewhere (text). Plain strings are printed as they are."""
+    if isinstance(obj, str):
+        print(obj)
+    elif in_notebook():
         from IPython.display import display
 
         display(obj)
     else:
-        print(obj if isinstance(obj, str) else repr(obj))
+        print(repr(obj))
 
 
 @dataclass

@@ -19,6 +19,7 @@ import os
 import platform
 import socket
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -69,6 +70,7 @@ class Run:
         self.changes: list[Change] = []
         self.redactor = Redactor()
         self._journal = os.environ.get(JOURNAL_ENV)
+        self._lock = threading.Lock()
 
     # -- facts about the run -----------------------------------------------------------------
     @property
@@ -113,8 +115,9 @@ class Run:
     def record_change(self, host: str, action: str, detail: str = "") -> Change:
         """Note a change made to ``host``; every apply step calls this once per change."""
         change = Change(host, self.redactor.scrub(action), self.redactor.scrub(detail))
-        self.changes.append(change)
-        self._write_journal({"event": "change", **asdict(change)})
+        with self._lock:  # apply steps on many hosts record from many threads
+            self.changes.append(change)
+            self._write_journal({"event": "change", **asdict(change)})
         return change
 
     # -- displays ----------------------------------------------------------------------------

@@ -149,6 +149,8 @@ class Lab:
         data = _map_addresses(copy.deepcopy(data), self)
         data["ssh"]["key"] = f"file:{self.key.relative_to(self.root)}"
         data["ssh"]["known_hosts"] = str(self.known_hosts.relative_to(self.root))
+        if (data.get("vm") or {}).get("deploy_user"):
+            data["vm"]["deploy_user"]["authorized_key"] = f"file:{self.key.relative_to(self.root)}.pub"
         return data
 
     def _state(self) -> dict:
