@@ -196,10 +196,14 @@ def test_secret_canary_never_reaches_the_archive_or_the_terminal(tmp_path, archi
 
 
 def test_second_concurrent_run_is_refused(tmp_path, archive_root):
+    release = tmp_path / "release"  # the first run holds its lock until the test creates this file
     nb = make_notebook(tmp_path / "10-slow.ipynb",
-                       "import time, runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
-                       "time.sleep(6)")
+                       "import os, time, runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+                       "deadline = time.time() + 120\n"
+                       "while not os.path.exists(os.environ['RB_RELEASE']) and time.time() < deadline:\n"
+                       "    time.sleep(0.1)")
     first = subprocess.Popen([*RUNBOOK, "run", str(nb), "--params", str(LAB_PARAMS)], cwd=ROOT,
+                             env=dict(os.environ, RB_RELEASE=str(release)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = archive_root / ".locks" / "lab--10-slow.lock"
@@ -208,10 +212,11 @@ def test_second_concurrent_run_is_refused(tmp_path, archive_root):
             time.sleep(0.1)
         assert lock.read_text(), "the first run never took its lock"
         second = runbook("run", str(nb), "--params", str(LAB_PARAMS))
-        assert second.returncode == 3
+        assert second.returncode == 3, second.stderr
         assert "already running on environment lab" in second.stderr
         assert "tester@ci" in second.stderr and str(first.pid) in second.stderr
     finally:
+        release.touch()
         out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert len((archive_root / "ledger.jsonl").read_text().splitlines()) == 1  # only the first was archived
