@@ -7,6 +7,7 @@ output: tests feed them recorded outputs (``tests/data/facts/``).
 
 from __future__ import annotations
 
+import base64
 import re
 import shlex
 from dataclasses import dataclass
@@ -187,22 +188,16 @@ def parse_deploy_user(text: str) -> dict:
 
 
 def parse_files(text: str) -> dict:
-    """``--file path--``-sectioned contents; None for a file that does not exist."""
+    """``@@FILE <path> present <base64>`` / ``@@FILE <path> absent`` lines -> {path: content or None}.
+
+    Contents travel base64-encoded so that any byte, and a missing final newline, survive intact.
+    """
     out: dict[str, str | None] = {}
-    current = None
-    buf: list[str] = []
-    for line in text.splitlines(keepends=True):
-        m = re.fullmatch(r"@@FILE (\S+) (present|absent)\n?", line)
-        if m:
-            if current is not None:
-                out[current] = "".join(buf) if out.get(current, "") is not None else None
-            current, buf = m.group(1), []
-            out[current] = "" if m.group(2) == "present" else None
-            continue
-        if current is not None and out[current] is not None:
-            buf.append(line)
-    if current is not None and out[current] is not None:
-        out[current] = "".join(buf)
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "@@FILE":
+            out[parts[1]] = base64.b64decode(parts[3]).decode(errors="replace") if parts[2] == "present" and len(parts) > 3 \
+                else ("" if parts[2] == "present" else None)
     return out
 
 
@@ -240,7 +235,7 @@ FACTS: tuple[Fact, ...] = (
          "getent passwd {deploy_user}; echo --groups--; id -nG {deploy_user} 2>/dev/null; echo --keys--; "
          "cat ~{deploy_user}/.ssh/authorized_keys 2>/dev/null", parse_deploy_user),
     Fact("managed_files", "contents of the files the baseline manages",
-         "for f in " + " ".join(MANAGED_FILES) + "; do if [ -f $f ]; then echo \"@@FILE $f present\"; cat $f; "
+         "for f in " + " ".join(MANAGED_FILES) + "; do if [ -f $f ]; then echo \"@@FILE $f present $(base64 -w0 < $f)\"; "
          "else echo \"@@FILE $f absent\"; fi; done", parse_files),
 )
 FACTS_BY_NAME = {f.name: f for f in FACTS}

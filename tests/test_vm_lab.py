@@ -1,0 +1,147 @@
+"""The VM phase against a real lab: preflight, plan without change, apply, converge, a host lost mid-apply.
+
+The runbooks run headless through the real runner, as automation would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runbooklib.lab import Lab
+from runbooklib.params import load_params
+from runbooklib.ssh import Fleet
+from runbooklib.vm import baseline, facts as vm_facts, readiness
+
+from conftest import runbook
+
+if not (os.geteuid() == 0 and Path("/usr/sbin/sshd").exists() and shutil.which("ip")):
+    if os.environ.get("CI"):
+        raise RuntimeError("the lab tests need root, iproute2 and openssh-server; CI must provide them")
+    pytest.skip("the lab needs root and openssh-server (`make setup` as root)", allow_module_level=True)
+
+# what a fresh small lab (RKE2) really lacks, host by host
+FRESH_FAILURES = {
+    "cp1": {"bridge sysctl", "ip forward", "kernel modules", "name resolution", "time sync", "ssh hardening", "deploy user"},
+    "w1": {"bridge sysctl", "ip forward", "kernel modules", "name resolution", "time sync", "ssh hardening", "deploy user"},
+    "db1": {"name resolution", "time sync", "ssh hardening", "deploy user"},
+    "edge1": {"name resolution", "time sync", "ssh hardening", "deploy user"},
+}
+WATCHED = ["/etc/hosts", "/etc/hostname", "/etc/passwd", "/etc/group", "/etc/fstab", "/etc/sysctl.d",
+           "/etc/modules-load.d", "/etc/ssh/sshd_config.d", "/etc/chrony"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("vmlab"), name="rbvm", subnet="10.81.0.0/24")
+    lab.down()
+    lab.up(profile="small")
+    yield lab
+    lab.down()
+
+
+def fingerprint(fleet) -> dict:
+    """sha256 of every file the baseline could touch, plus the running daemons, per host."""
+    cmd = ("find " + " ".join(WATCHED) + " -type f 2>/dev/null | sort | xargs sha256sum; "
+           "cat /proc/sys/net/ipv4/ip_forward; pgrep -x chronyd || true")
+    results = fleet.run(cmd)
+    assert results.ok, results.failed
+    return {h: r.stdout for h, r in results.items()}
+
+
+def manifest(stdout_err: str, archive: Path) -> dict:
+    path = next(line.split("manifest:", 1)[1].strip() for line in stdout_err.splitlines() if "manifest:" in line)
+    return json.loads(Path(path).read_text())
+
+
+def test_preflight_finds_the_failures_the_lab_really_has(lab, tmp_path):
+    params = load_params(lab.params_file)
+    with Fleet(params, progress=None) as fleet:
+        facts, errors = vm_facts.gather(fleet)
+    assert errors == {}
+    found: dict[str, set] = {}
+    for row in readiness.failures(readiness.evaluate(params, facts, errors)):
+        found.setdefault(row["host"], set()).add(row["rule"])
+    assert found == FRESH_FAILURES
+    done = runbook("--archive", str(tmp_path), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file))
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = manifest(done.stderr, tmp_path)
+    assert m["status"] == "succeeded" and m["changes"] == [] and m["simulated"] is True
+
+
+def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
+    params = load_params(lab.params_file)
+    host_forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    with Fleet(params, progress=None) as fleet:
+        before = fingerprint(fleet)
+        plan = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params", str(lab.params_file))
+        assert plan.returncode == 0, plan.stderr[-3000:]
+        assert "PLAN mode: nothing was changed" in plan.stderr
+        assert fingerprint(fleet) == before
+        assert manifest(plan.stderr, tmp_path)["changes"] == []
+
+        applied = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params",
+                          str(lab.params_file), "--apply")
+        assert applied.returncode == 0, applied.stderr[-3000:]
+        changes = manifest(applied.stderr, tmp_path)["changes"]
+        assert {c["host"] for c in changes} == set(FRESH_FAILURES)
+        assert fingerprint(fleet) != before
+        facts, errors = vm_facts.gather(fleet)
+        assert readiness.failures(readiness.evaluate(params, facts, errors)) == []
+        # nothing leaked onto the machine running the lab
+        assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == host_forwarding
+        assert not Path("/etc/sysctl.d/90-kubernetes.conf").exists()
+
+        again = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params",
+                        str(lab.params_file), "--apply")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert manifest(again.stderr, tmp_path)["changes"] == []
+        assert "Nothing to change" in again.stderr
+    verify = runbook("--archive", str(tmp_path), "verify")
+    assert verify.returncode == 0 and "3 records" in verify.stdout
+
+
+def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):
+    lab = Lab(tmp_path / "lab", name="rbmid", subnet="10.82.0.0/24")
+    lab.down()
+    lab.up(profile="small")
+    try:
+        params = load_params(lab.params_file)
+        fleet = Fleet(params, progress=None)
+        facts, _ = vm_facts.gather(fleet)
+        steps = baseline.plan(params, facts)
+        seen = []
+
+        def on_step(step):
+            if step.host == "db1":
+                seen.append(step)
+                if len(seen) == 2:  # db1 dies after its first change, before its second
+                    lab.stop("db1")
+
+        recorded = []
+        results = baseline.apply(fleet, steps, record=lambda h, a, d: recorded.append(h), on_step=on_step)
+        assert {h for h, r in results.items() if not r.ok} == {"db1"}
+        assert results["db1"].error.startswith("db1: ")
+        assert len(results["db1"].applied) == 1
+        assert all(r.ok for h, r in results.items() if h != "db1")
+        assert recorded.count("db1") == 1
+
+        lab.start("db1")
+        fleet.close()
+        fleet = Fleet(params, progress=None)
+        facts, errors = vm_facts.gather(fleet)
+        rerun = baseline.plan(params, facts)
+        assert {s.host for s in rerun} == {"db1"}  # only what db1 still lacks
+        # all of db1's steps but the one it finished before it died (chronyd, started later, was never up)
+        assert [s.change for s in rerun] == [s.change for s in steps if s.host == "db1"][1:]
+        results = baseline.apply(fleet, rerun)
+        assert all(r.ok for r in results.values()), {h: r.error for h, r in results.items()}
+        facts, _ = vm_facts.gather(fleet)
+        assert baseline.plan(params, facts) == []
+        fleet.close()
+    finally:
+        lab.down()
