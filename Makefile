@@ -31,8 +31,10 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/runner_overhead.py
 	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/facts_vs_peers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

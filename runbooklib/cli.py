@@ -34,6 +34,32 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_facts(args) -> int:
+    from .params import load_params
+    from .ssh import Fleet
+    from .vm import facts as vm_facts
+
+    params = load_params(args.params)
+    hosts = params.hosts
+    if args.hosts:
+        wanted = args.hosts.split(",")
+        unknown = [n for n in wanted if n not in {h.name for h in hosts}]
+        if unknown:
+            raise RunbookError(f"--hosts: no host named {', '.join(unknown)} in {args.params}")
+        hosts = [h for h in hosts if h.name in wanted]
+    with Fleet(params, progress=None if args.json else "auto") as fleet:
+        facts, errors = vm_facts.gather(fleet, hosts)
+    if args.json:
+        print(json.dumps({"facts": facts, "errors": errors}, indent=2, default=str))
+    else:
+        from .display import Table
+
+        print(repr(Table(vm_facts.fact_rows(facts), title=f"Facts from {len(facts)} of {len(hosts)} hosts")))
+        for host, error in errors.items():
+            print(f"  {error}")
+    return 1 if errors else 0
+
+
 def cmd_runs(args) -> int:
     rows = _archive(args).runs(environment=args.env, notebook=args.notebook, status=args.status,
                                since=args.since, until=args.until, limit=args.limit)
@@ -146,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a parameter file and exit (2 when invalid)")
     p.add_argument("params", type=Path)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("facts", help="gather VM facts over SSH (read-only) and print them")
+    p.add_argument("--params", required=True, type=Path)
+    p.add_argument("--hosts", help="comma-separated host names (default: every host)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_facts)
 
     p = sub.add_parser("runs", help="list archived runs, newest first")
     p.add_argument("--env", help="environment name")
