@@ -19,30 +19,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import BIN, timed  # noqa: E402
 from runbooklib.lab import Lab  # noqa: E402
 from runbooklib.params import load_params  # noqa: E402
 
-BIN = Path(sys.executable).parent
 PYINFRA_FACTS = ["server.OsRelease", "server.KernelVersion", "hardware.Cpus", "hardware.Memory", "server.Mounts",
                  "server.Sysctl", "server.KernelModules", "server.User", "server.Groups", "server.Hostname",
                  "server.EtcHosts", "server.Ports", "server.Processes"]
-
-
-def timed(cmd: list[str], env: dict, cwd: Path) -> float:
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
-    if done.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
-    return elapsed
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,20 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.timing import BIN, timed  # noqa: E402
 from runbooklib.archive import Archive  # noqa: E402
 
 NOTEBOOK = ROOT / "notebooks" / "00-environment-overview.ipynb"
 PARAMS = ROOT / "params" / "lab.yaml"
-BIN = Path(sys.executable).parent
-
-
-def timed(cmd: list[str], env: dict) -> float:
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
-    if done.returncode != 0:
-        sys.exit(f"benchmark command failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
-    return elapsed
 
 
 def runner_vs_papermill(rounds: int, work: Path) -> None:

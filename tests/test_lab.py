@@ -177,6 +177,7 @@ def test_unknown_vm_is_named(lab):
 
 def test_down_leaves_nothing_behind_even_after_a_failed_up(tmp_path):
     lab = Lab(tmp_path / "lab", name="rbdown", subnet="10.79.0.0/24")
+    lab.down()  # debris of an interrupted earlier run of this test
     lab.up(hosts=2)
     pids = [p for vm in lab.vms() for p in lab.pids(vm)]
     assert pids
