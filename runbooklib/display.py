@@ -77,7 +77,8 @@ class Table:
             cells = []
             for c, v in zip(cols, r):
                 tone = self.status(i, c) if self.status else ""
-                style = f" style='background:{colors[tone]}'" if tone in colors else ""
+                style = f"text-align:left;background:{colors[tone]}" if tone in colors else "text-align:left"
+                style = f" style='{style}'"
                 cells.append(f"<td{style}>{html.escape(v)}</td>")
             body.append("<tr>" + "".join(cells) + "</tr>")
         if not grid:

@@ -1,0 +1,122 @@
+"""An engineer in JupyterLab: the baseline runbook driven in a real browser, applied by a click.
+
+Real JupyterLab on loopback, Debian's Chromium driven by Playwright, the lab's real VMs. The
+headless tests prove `--apply`; this one proves the other half of the promise: opened by hand,
+the same notebook plans, waits, and changes the hosts only when *Apply* is clicked.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from runbooklib.lab import Lab
+from runbooklib.params import load_params
+from runbooklib.ssh import Fleet
+from runbooklib.vm import facts as vm_facts, readiness
+
+from conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+if not (os.geteuid() == 0 and Path("/usr/sbin/sshd").exists() and Path(CHROMIUM).exists()):
+    if os.environ.get("CI"):
+        raise RuntimeError("the JupyterLab test needs root, openssh-server and chromium; CI must provide them")
+    pytest.skip("needs root, openssh-server and Debian's chromium (`make setup`)", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = Lab(tmp_path / "lab", name="rbui", subnet="10.84.0.0/24")
+    lab.down()
+    lab.up(profile="small")
+    yield lab
+    lab.down()
+
+
+@pytest.fixture
+def jupyter(tmp_path):
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, **{k: str(tmp_path / k.lower()) for k in
+                              ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR")})
+    env.pop("RUNBOOK_JOURNAL", None)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip", "127.0.0.1",
+                             f"--port={port}", f"--ServerApp.token={token}", f"--ServerApp.root_dir={work}",
+                             "--ServerApp.open_browser=False", "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "jupyter.log", "wb"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("JupyterLab did not start: " + (tmp_path / "jupyter.log").read_text()[-2000:])
+    yield f"http://127.0.0.1:{port}", token, work
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def failing_checks(params) -> set:
+    with Fleet(params, progress=None) as fleet:
+        facts, errors = vm_facts.gather(fleet)
+    return {(r["host"], r["rule"]) for r in readiness.failures(readiness.evaluate(params, facts, errors))}
+
+
+def test_engineer_plans_then_applies_with_a_click(lab, jupyter, tmp_path):
+    url, token, work = jupyter
+    params = load_params(lab.params_file)
+    before = failing_checks(params)
+    assert before, "a fresh lab has something for the baseline to fix"
+    nb = nbformat.read(ROOT / "notebooks" / "02-vm-baseline.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = cell.source.replace('"../params/lab.yaml"', repr(str(lab.params_file)))
+    nbformat.write(nb, work / "02-vm-baseline.ipynb")
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/lab/tree/02-vm-baseline.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook", timeout=60_000)
+            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+            page.click("text=Run", timeout=10_000)
+            page.click("text=Run All Cells", timeout=10_000)
+            apply_button = page.locator(".jp-OutputArea-output button.jupyter-button", has_text="Apply")
+            apply_button.wait_for(timeout=90_000)
+            page.wait_for_selector("text=Nothing applied (pending)", timeout=90_000)
+            assert failing_checks(params) == before, "the plan alone changed a host"
+            page.screenshot(path=str(tmp_path / "before-click.png"))
+            apply_button.click()
+            page.wait_for_selector("text=Applied.", timeout=120_000)
+            page.screenshot(path=str(tmp_path / "after-click.png"), full_page=False)
+        finally:
+            browser.close()
+    after = failing_checks(params)
+    assert after == set(), f"still failing after the click: {after}"
+    shutil.copy(tmp_path / "after-click.png", Path(os.environ.get("RB_SCREENSHOT_DIR", tmp_path)) / "after-click.png")
