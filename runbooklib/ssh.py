@@ -178,6 +178,15 @@ class Fleet:
                 text = f"command did not finish within {timeout or self.ssh.command_timeout:g} s"
             return HostResult(host.name, False, error=f"{host.name}: {text}", seconds=time.monotonic() - t0)
 
+    def put(self, host: Host, local: str | Path, remote: str, mode: int = 0o644) -> None:
+        """Copy a local file to ``host`` over SFTP (the parent folder must exist)."""
+        conn = self.connection(host)
+        try:
+            conn.put(str(local), remote)
+            conn.sftp().chmod(remote, mode)
+        except (OSError, paramiko.SSHException) as e:
+            raise HostError(host.name, f"cannot copy {local} to {remote}: {e}") from None
+
     # -- many hosts --------------------------------------------------------------------------
     def run(self, command: str | Callable[[Host], str], hosts: Iterable[Host] | None = None,
             timeout: float | None = None, desc: str = "") -> FleetResult:

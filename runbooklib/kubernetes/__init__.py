@@ -1,0 +1,1 @@
+"""The Kubernetes phase: cluster definitions rendered from the parameter file."""

@@ -1,0 +1,95 @@
+"""The lab cluster's PKI: a CA, the API server's serving certificate, and x509 client certificates.
+
+As RKE does with ``authentication.strategy: x509``: clients (kubectl, the Python client, node
+heartbeats) present certificates signed by the cluster CA; the subject's CN is the user and O the
+groups. Everything here is for the lab only; every certificate says so in its subject.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+LAB_OU = "runbook lab simulation"
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, LAB_OU)]
+    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+    return x509.Name(attrs)
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _pem_cert(cert) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class Pki:
+    """Files under ``root``: ca.pem/ca-key.pem, kube-apiserver.pem/-key.pem, <user>.pem/-key.pem."""
+
+    root: Path
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def ensure_ca(self, cluster: str) -> None:
+        if self.path("ca.pem").exists():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        key = _key()
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(_name(f"kube-ca {cluster}")).issuer_name(_name(f"kube-ca {cluster}"))
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                             key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                             encipher_only=False, decipher_only=False), critical=True)
+                .sign(key, hashes.SHA256()))
+        self.path("ca-key.pem").write_bytes(_pem_key(key))
+        self.path("ca-key.pem").chmod(0o600)
+        self.path("ca.pem").write_bytes(_pem_cert(cert))
+
+    def issue(self, name: str, cn: str, orgs: tuple[str, ...] = (), server_names: tuple[str, ...] = (),
+              client: bool = True) -> tuple[Path, Path]:
+        """Issue (or reissue) ``<name>.pem`` and ``<name>-key.pem`` signed by the CA."""
+        ca_key = serialization.load_pem_private_key(self.path("ca-key.pem").read_bytes(), None)
+        ca = x509.load_pem_x509_certificate(self.path("ca.pem").read_bytes())
+        key = _key()
+        now = dt.datetime.now(dt.timezone.utc)
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        builder = (x509.CertificateBuilder().subject_name(_name(cn, orgs)).issuer_name(ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=825))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+        if server_names:
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+            sans = []
+            for n in server_names:
+                try:
+                    sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+                except ValueError:
+                    sans.append(x509.DNSName(n))
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        cert_path, key_path = self.path(f"{name}.pem"), self.path(f"{name}-key.pem")
+        key_path.write_bytes(_pem_key(key))
+        key_path.chmod(0o600)
+        cert_path.write_bytes(_pem_cert(cert))
+        return cert_path, key_path

@@ -1,0 +1,423 @@
+"""``rke`` for the lab: a stand-in for Rancher's RKE1 binary (LAB SIMULATION).
+
+It reads ``cluster.yml`` as RKE does and rejects what RKE rejects, reaches every node over SSH with
+the user, key and port the file gives, checks RKE's prerequisites on each node (a Docker engine of
+a supported version that the SSH user may use) and fails like RKE when one is missing, then starts
+the real etcd on the etcd nodes and the API server stand-in on the control-plane nodes, registers
+every node with its roles, labels and taints, and writes ``kube_config_cluster.yml`` and
+``cluster.rkestate`` beside ``cluster.yml``. A later ``rke up`` adds and removes nodes as the file
+now says; ``--update-only`` touches workers only.
+
+    rke up [--config cluster.yml] [--update-only]
+    rke remove [--config cluster.yml] [--force]
+    rke etcd snapshot-save --name NAME [--config cluster.yml]
+    rke etcd snapshot-restore --name NAME [--config cluster.yml]
+    rke --version
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ipaddress
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from ..params import parse_params
+from ..ssh import Fleet
+from . import cluster as lab_cluster
+from . import daemon
+from . import etcd as lab_etcd
+from .pki import Pki
+
+VERSION = "v1.8.0-lab-simulation"
+TOP_LEVEL_KEYS = {
+    "nodes", "services", "network", "authentication", "authorization", "ignore_docker_version", "kubernetes_version",
+    "private_registries", "ingress", "cluster_name", "ssh_key_path", "ssh_cert_path", "ssh_agent_auth", "bastion_host",
+    "upgrade_strategy", "addons", "addons_include", "system_images", "prefix_path", "win_prefix_path", "monitoring",
+    "dns", "restore", "rotate_encryption_key", "enable_cri_dockerd", "cloud_provider", "addon_job_timeout",
+    "docker_socket",
+}
+NODE_KEYS = {"address", "port", "internal_address", "role", "hostname_override", "user", "docker_socket",
+             "ssh_agent_auth", "ssh_key", "ssh_key_path", "ssh_cert", "ssh_cert_path", "labels", "taints", "node_name"}
+ROLES = ("etcd", "controlplane", "worker")
+PLUGINS = ("canal", "flannel", "calico", "weave", "aci", "none")
+DOCKER_SUPPORTED = ("1.13.", "17.03.", "17.06.", "17.09.", "18.06.", "18.09.", "19.03.", "20.10.", "23.0.", "24.0.",
+                    "25.0.", "26.0.", "26.1.", "27.")
+SNAPSHOT_DIR = "/opt/rke/etcd-snapshots"
+
+
+class RkeFatal(Exception):
+    pass
+
+
+class Log:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def _line(self, level: str, msg: str) -> None:
+        print(f"{level}[{int(time.monotonic() - self.t0):04d}] {msg}", file=sys.stderr, flush=True)
+
+    def info(self, msg: str) -> None:
+        self._line("INFO", msg)
+
+    def warn(self, msg: str) -> None:
+        self._line("WARN", msg)
+
+
+# -- cluster.yml --------------------------------------------------------------------------------
+
+def load_cluster(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RkeFatal(f"Failed to resolve cluster file: Can not find cluster configuration file: open {path}: "
+                       "no such file or directory") from None
+    except yaml.YAMLError as e:
+        raise RkeFatal(f"Failed to parse the cluster file: {e}") from None
+    if not isinstance(data, dict):
+        raise RkeFatal("Failed to parse the cluster file: expected a mapping")
+    validate_cluster(data)
+    return data
+
+
+def validate_cluster(c: dict) -> None:
+    """RKE's own validation (cluster/validation.go), plus unknown keys, with RKE's wording."""
+    unknown = sorted(set(c) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise RkeFatal(f"Failed to parse the cluster file: unknown key(s) {', '.join(unknown)} in cluster.yml")
+    nodes = c.get("nodes") or []
+    if not nodes:
+        raise RkeFatal("Failed to validate cluster: Cluster must have at least one etcd plane host: please specify one "
+                       "or more etcd in cluster config")
+    seen = set()
+    for i, n in enumerate(nodes):
+        bad = sorted(set(n) - NODE_KEYS)
+        if bad:
+            raise RkeFatal(f"Failed to parse the cluster file: unknown key(s) {', '.join(bad)} for host ({i})")
+        if not n.get("address"):
+            raise RkeFatal(f"Failed to validate cluster: Address for host ({i}) is not provided")
+        try:
+            ipaddress.ip_address(str(n["address"]))
+        except ValueError:
+            raise RkeFatal(f"Failed to validate cluster: Address [{n['address']}] for host ({i}) is not a valid IP "
+                           "address (the lab stand-in needs addresses, not names)") from None
+        if not n.get("user"):
+            raise RkeFatal(f"Failed to validate cluster: User for host ({i}) is not provided")
+        if not n.get("role"):
+            raise RkeFatal(f"Failed to validate cluster: Role for host ({i}) is not provided")
+        for role in n["role"]:
+            if role not in ROLES:
+                raise RkeFatal(f"Failed to validate cluster: Role [{role}] for host ({i}) is not recognized")
+        key = (str(n["address"]), str(n.get("port", "22")))
+        if key in seen:
+            raise RkeFatal(f"Failed to validate cluster: Cluster can't have duplicate node: {n['address']}")
+        seen.add(key)
+    for role, word in (("etcd", "etcd"), ("controlplane", "control"), ("worker", "worker")):
+        if not any(role in n["role"] for n in nodes):
+            raise RkeFatal(f"Failed to validate cluster: Cluster must have at least one {role if role != 'controlplane' else 'control'} "
+                           f"plane host: please specify one or more {word} in cluster config")
+    plugin = (c.get("network") or {}).get("plugin", "canal")
+    if plugin not in PLUGINS:
+        raise RkeFatal(f"Failed to validate cluster: Network plugin [{plugin}] is not supported")
+    auth = (c.get("authentication") or {}).get("strategy", "x509")
+    if "x509" not in str(auth):
+        raise RkeFatal(f"Failed to validate cluster: Authentication strategy [{auth}] is not supported")
+    services = c.get("services") or {}
+    api = (services.get("kube-api") or {}).get("service_cluster_ip_range")
+    ctrl = (services.get("kube-controller") or {}).get("service_cluster_ip_range")
+    if api and ctrl and api != ctrl:
+        raise RkeFatal("Failed to validate cluster: Kube-api and kube-controller service_cluster_ip_range must be the same")
+
+
+def node_specs(c: dict) -> list[lab_cluster.NodeSpec]:
+    out = []
+    for n in c["nodes"]:
+        name = n.get("hostname_override") or str(n["address"])
+        taints = [{"key": t["key"], "value": t.get("value", ""), "effect": t.get("effect", "NoSchedule")}
+                  for t in n.get("taints") or []]
+        out.append(lab_cluster.NodeSpec(name, str(n["address"]), list(n["role"]), n.get("user", "root"),
+                                        int(n.get("port", 22)), {str(k): str(v) for k, v in (n.get("labels") or {}).items()},
+                                        taints))
+    return out
+
+
+def k8s_version(c: dict) -> str:
+    v = str(c.get("kubernetes_version") or "v1.31.9")
+    return v.split("-rancher")[0] if v.startswith("v") else "v" + v.split("-rancher")[0]
+
+
+def make_fleet(c: dict, config_dir: Path, nodes: list[lab_cluster.NodeSpec]) -> Fleet:
+    """SSH to the nodes exactly as cluster.yml says (user, port, key), host keys pinned by the lab."""
+    key = None
+    for n in c["nodes"]:
+        key = key or n.get("ssh_key_path")
+    key = key or c.get("ssh_key_path") or "~/.ssh/id_rsa"
+    key_path = Path(os.path.expanduser(str(key)))
+    key_path = key_path if key_path.is_absolute() else config_dir / key_path
+    known = os.environ.get("RKE_LAB_KNOWN_HOSTS") or str(
+        Path(os.environ.get("RUNBOOK_LAB_DIR") or Path(__file__).resolve().parents[2] / ".lab") / "ssh" / "known_hosts")
+    params = {
+        "environment": {"name": "rke-lab", "kind": "lab", "data_country": "RU"},
+        "inventory": {"hosts": [{"name": _host_name(n.name), "address": n.address, "ssh_port": n.port, "user": n.user,
+                                 "roles": ["worker"], "location": {"country": "RU"}} for n in nodes]},
+        "ssh": {"key": f"file:{key_path}", "known_hosts": known, "connect_timeout": 5, "command_timeout": 60},
+    }
+    return Fleet(parse_params(yaml.safe_dump(params), "cluster.yml (as SSH inventory)", config_dir / "cluster.yml"),
+                 progress=None)
+
+
+def _host_name(name: str) -> str:
+    return name.replace(".", "-").lower()
+
+
+# -- state --------------------------------------------------------------------------------------
+
+def load_state(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def pki_from_state(state: dict, root: Path) -> Pki:
+    pki = Pki(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, b64 in state.get("certificatesBundle", {}).items():
+        (root / name).write_bytes(base64.b64decode(b64))
+        if name.endswith("-key.pem"):
+            (root / name).chmod(0o600)
+    return pki
+
+
+def save_state(path: Path, c: dict, nodes: list[lab_cluster.NodeSpec], pki: Pki) -> None:
+    bundle = {p.name: base64.b64encode(p.read_bytes()).decode() for p in sorted(pki.root.glob("*.pem"))}
+    state = {"simulation": "runbooklib lab rke stand-in: this is not Rancher's cluster.rkestate",
+             "desiredState": {"rkeConfig": c}, "currentState": {
+                 "rkeConfig": c, "nodes": [n.__dict__ for n in nodes]}, "certificatesBundle": bundle}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+def check_prerequisites(fleet: Fleet, c: dict, nodes: list[lab_cluster.NodeSpec], log: Log) -> None:
+    hosts = {h.name: h for h in fleet.params.hosts}
+    results = fleet.run("docker version --format '{{.Server.Version}}'", hosts=list(hosts.values()), desc="docker")
+    for n in nodes:
+        r = results[_host_name(n.name)]
+        log.info(f"[dialer] Setup tunnel for host [{n.address}]")
+        if r.exit_code is None:
+            raise RkeFatal(f"Failed to set up SSH tunneling for host [{n.address}]: {r.error}")
+        if not r.ok:
+            raise RkeFatal(f"Failed to set up SSH tunneling for host [{n.address}]: Can't retrieve Docker Info: "
+                           f"{(r.stderr.strip() or 'Cannot connect to the Docker daemon').splitlines()[-1]}")
+        version = r.stdout.strip()
+        if not c.get("ignore_docker_version") and not version.startswith(DOCKER_SUPPORTED):
+            raise RkeFatal(f"Unsupported Docker version found [{version}] on host [{n.address}], supported versions are "
+                           f"[{' '.join(v + 'x' for v in DOCKER_SUPPORTED)}]")
+
+
+def cmd_up(args, log: Log) -> None:
+    config = Path(args.config).resolve()
+    c = load_cluster(config)
+    nodes = node_specs(c)
+    cluster_name = str(c.get("cluster_name") or "local")
+    version = k8s_version(c)
+    state_path = config.with_name("cluster.rkestate")
+    kube_path = config.with_name("kube_config_cluster.yml")
+    state = load_state(state_path)
+    log.info(f"Running RKE version: {VERSION}")
+    log.info("Initiating Kubernetes cluster" if state is None else "Updating Kubernetes cluster")
+    if args.update_only and state is None:
+        raise RkeFatal("--update-only needs an existing cluster: cluster.rkestate not found beside cluster.yml")
+    etcd_nodes = [n for n in nodes if "etcd" in n.roles]
+    cp_nodes = [n for n in nodes if "controlplane" in n.roles]
+    with tempfile.TemporaryDirectory(prefix="rke-lab-pki-") as tmp:
+        fleet = make_fleet(c, config.parent, nodes)
+        hosts = {h.name: h for h in fleet.params.hosts}
+        try:
+            check_prerequisites(fleet, c, nodes, log)
+            if state is None:
+                probe = lab_etcd.EtcdClient(lab_etcd.endpoints([hosts[_host_name(n.name)] for n in etcd_nodes]), timeout=2)
+                if probe.healthy():
+                    raise RkeFatal("etcd already holds a cluster on these nodes but cluster.rkestate is missing: the state "
+                                   "file is required for every later run. Restore it from your backup; do not "
+                                   "run rke up without it")
+                pki = Pki(Path(tmp))
+                log.info("[certificates] Generating CA kubernetes certificates")
+            else:
+                pki = pki_from_state(state, Path(tmp))
+                if args.update_only:
+                    previous = {n["name"]: n for n in state["currentState"]["nodes"]}
+                    changed = [n.name for n in nodes if "worker" not in n.roles and previous.get(n.name, {}).get("roles") != n.roles]
+                    if changed:
+                        log.warn(f"--update-only: ignoring changes to non-worker nodes {', '.join(changed)}")
+            lab_cluster.issue_certificates(pki, cluster_name, cp_nodes, nodes)
+            save_state(state_path, c, nodes, pki)
+            log.info(f"Successfully Deployed state file at [{state_path}]")
+            for n in nodes:
+                lab_cluster.copy_certificates(fleet, hosts[_host_name(n.name)], pki, n, "controlplane" in n.roles)
+            if not args.update_only:
+                log.info("[etcd] Building up etcd plane..")
+                lab_etcd.start_cluster(fleet, [hosts[_host_name(n.name)] for n in etcd_nodes])
+                log.info("[etcd] Successfully started etcd plane.. Checking etcd cluster health")
+                log.info("[controlplane] Building up Controller Plane..")
+                lab_cluster.start_api_servers(fleet, [hosts[_host_name(n.name)] for n in cp_nodes],
+                                              [hosts[_host_name(n.name)] for n in etcd_nodes], version)
+            servers = [f"https://{n.address}:{lab_cluster.API_PORT}" for n in cp_nodes]
+            api = lab_cluster.ApiClient(servers, pki)
+            lab_cluster.wait_ready(api)
+            lab_cluster.ensure_namespaces(api)
+            log.info("[controlplane] Successfully started Controller Plane..")
+            log.info("[worker] Building up Worker Plane..")
+            wanted = {n.name for n in nodes}
+            code, existing = api.request("GET", "/api/v1/nodes")
+            for old in existing.get("items", []):
+                name = old["metadata"]["name"]
+                if name not in wanted:
+                    addr = next((a["address"] for a in old.get("status", {}).get("addresses", [])
+                                 if a.get("type") == "InternalIP"), None)
+                    log.info(f"[remove/{name}] Removing node from cluster")
+                    lab_cluster.remove_node(api, name)
+                    _stop_on_removed(fleet, addr, log)
+            for n in nodes:
+                if args.update_only and "worker" not in n.roles:
+                    continue
+                if lab_cluster.register_node(api, n, version):
+                    log.info(f"[worker] Added node [{n.name}] ({', '.join(n.roles)})")
+                lab_cluster.start_heartbeat(fleet, hosts[_host_name(n.name)], servers)
+            kube_path.write_text(f"# kubeconfig of a LAB SIMULATION cluster (runbooklib rke stand-in)\n"
+                                 + lab_cluster.kubeconfig(pki, cluster_name, servers[0]))
+            kube_path.chmod(0o600)
+            log.info(f"Wrote kubeconfig file [{kube_path}]")
+            log.info("Finished building Kubernetes cluster successfully")
+        finally:
+            fleet.close()
+
+
+def _stop_on_removed(fleet: Fleet, address: str | None, log: Log) -> None:
+    """A removed node: stop what the cluster ran there, if the node still answers (it may be gone)."""
+    if not address:
+        return
+    from ..params import Host
+
+    host = Host(name="removed-node", address=address, roles=["worker"], location={"country": "RU"},
+                user=fleet.params.hosts[0].user, ssh_port=fleet.params.hosts[0].ssh_port)
+    r = fleet.run_on(host, daemon.stop("lab-heartbeat") + "; " + daemon.stop("lab-apiserver"))
+    if not r.ok:
+        log.warn(f"[remove] could not clean up {address}: {r.error}")
+
+
+def cmd_remove(args, log: Log) -> None:
+    config = Path(args.config).resolve()
+    c = load_cluster(config)
+    nodes = node_specs(c)
+    if not args.force:
+        raise RkeFatal("rke remove deletes the cluster and its etcd data on every node; re-run with --force to confirm")
+    fleet = make_fleet(c, config.parent, nodes)
+    try:
+        for h in fleet.params.hosts:
+            fleet.run_on(h, f"{daemon.stop('lab-heartbeat')}; {daemon.stop('lab-apiserver')}; {daemon.stop('lab-etcd')}; "
+                            f"rm -rf {lab_etcd.DATA_DIR} {lab_cluster.SSL_DIR}; true")
+            log.info(f"[remove] Cleaned host [{h.address}]")
+    finally:
+        fleet.close()
+    for name in ("kube_config_cluster.yml", "cluster.rkestate"):
+        config.with_name(name).unlink(missing_ok=True)
+    log.info("Cluster removed successfully")
+
+
+def cmd_etcd(args, log: Log) -> None:
+    config = Path(args.config).resolve()
+    c = load_cluster(config)
+    nodes = node_specs(c)
+    etcd_nodes = [n for n in nodes if "etcd" in n.roles]
+    fleet = make_fleet(c, config.parent, nodes)
+    hosts = {h.name: h for h in fleet.params.hosts}
+    members = [hosts[_host_name(n.name)] for n in etcd_nodes]
+    snapshot = f"{SNAPSHOT_DIR}/{args.name}"
+    try:
+        if args.etcd_command == "snapshot-save":
+            for h in members:
+                fleet.run_on(h, f"mkdir -p {SNAPSHOT_DIR} && ETCDCTL_API=3 etcdctl --endpoints http://{h.address}:2379 "
+                                f"snapshot save {snapshot}").check()
+                log.info(f"[etcd] Saved snapshot [{args.name}] on host [{h.address}]")
+            log.info(f"Finished saving/uploading snapshot [{args.name}] on all etcd hosts")
+            return
+        # restore: every member from the same snapshot (the first member's), then start again
+        missing = [h.name for h in members if not fleet.run_on(h, f"test -f {snapshot}").ok]
+        if len(missing) == len(members):
+            raise RkeFatal(f"Failed to restore etcd snapshot: snapshot [{args.name}] not found on any etcd host")
+        source = next(h for h in members if h.name not in missing)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / args.name
+            fleet.connection(source).get(snapshot, str(local))
+            for h in members:
+                if h.name in missing:
+                    fleet.run_on(h, f"mkdir -p {SNAPSHOT_DIR}").check()
+                    fleet.put(h, local, snapshot)
+        cp = [hosts[_host_name(n.name)] for n in nodes if "controlplane" in n.roles]
+        for h in cp:
+            lab_cluster.stop_api_server(fleet, h)
+        initial = ",".join(f"{h.name}=http://{h.address}:2380" for h in members)
+        for h in members:
+            fleet.run_on(h, f"{daemon.stop('lab-etcd')}; "
+                            f"rm -rf {lab_etcd.DATA_DIR}/{h.name}.etcd && ETCDCTL_API=3 etcdctl snapshot restore {snapshot} "
+                            f"--name {h.name} --initial-cluster {initial} --initial-cluster-token lab "
+                            f"--initial-advertise-peer-urls http://{h.address}:2380 "
+                            f"--data-dir {lab_etcd.DATA_DIR}/{h.name}.etcd").check()
+            log.info(f"[etcd] Restored snapshot [{args.name}] on host [{h.address}]")
+        lab_etcd.start_cluster(fleet, members)
+        lab_cluster.start_api_servers(fleet, cp, members, k8s_version(c))
+        log.info(f"Finished restoring snapshot [{args.name}] on all etcd hosts")
+    finally:
+        fleet.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rke", description="rke stand-in for the runbooklib lab (LAB SIMULATION)")
+    parser.add_argument("--version", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("up")
+    p.add_argument("--config", default="cluster.yml")
+    p.add_argument("--update-only", action="store_true")
+    p = sub.add_parser("remove")
+    p.add_argument("--config", default="cluster.yml")
+    p.add_argument("--force", action="store_true")
+    p = sub.add_parser("etcd")
+    etcd = p.add_subparsers(dest="etcd_command", required=True)
+    for name in ("snapshot-save", "snapshot-restore"):
+        q = etcd.add_parser(name)
+        q.add_argument("--config", default="cluster.yml")
+        q.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    if args.version:
+        print(f"rke version {VERSION} (runbooklib lab stand-in, not Rancher's rke)")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 1
+    log = Log()
+    log.warn("This is the runbooklib LAB SIMULATION of rke: it builds a simulated cluster on lab VMs")
+    try:
+        {"up": cmd_up, "remove": cmd_remove, "etcd": cmd_etcd}[args.command](args, log)
+        return 0
+    except RkeFatal as e:
+        print(f"FATA[{int(time.monotonic() - log.t0):04d}] {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # SSH, etcd, API errors: RKE's FATA line with the cause
+        print(f"FATA[{int(time.monotonic() - log.t0):04d}] {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
