@@ -126,21 +126,21 @@ def start_api_servers(fleet, hosts, etcd_hosts, version: str) -> None:
     for i, h in enumerate(hosts):
         cmd = (f"{python} -m runbooklib.lab.apiserver --listen {h.address}:{API_PORT} --etcd {endpoints} "
                f"--tls-dir {SSL_DIR} --kubernetes-version {version}" + (" --controllers" if i == 0 else ""))
-        fleet.run_on(h, daemon.start("lab-apiserver", cmd, API_LOG)).check()
+        fleet.run_on(h, daemon.enable("lab-apiserver", cmd, API_LOG)).check()
 
 
 def stop_api_server(fleet, host) -> None:
-    fleet.run_on(host, daemon.stop("lab-apiserver"))
+    fleet.run_on(host, daemon.disable("lab-apiserver"))
 
 
 def start_heartbeat(fleet, host, servers: list[str]) -> None:
     python = shlex.quote(sys.executable)
     cmd = (f"{python} -m runbooklib.lab.heartbeat --server {','.join(servers)} --node {host.name} --tls-dir {SSL_DIR}")
-    fleet.run_on(host, daemon.start("lab-heartbeat", cmd, HEARTBEAT_LOG)).check()
+    fleet.run_on(host, daemon.enable("lab-heartbeat", cmd, HEARTBEAT_LOG)).check()
 
 
 def stop_heartbeat(fleet, host) -> None:
-    fleet.run_on(host, daemon.stop("lab-heartbeat"))
+    fleet.run_on(host, daemon.disable("lab-heartbeat"))
 
 
 def wait_ready(api: ApiClient, timeout: float = 30.0) -> None:

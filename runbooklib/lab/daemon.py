@@ -19,3 +19,24 @@ def stop(name: str) -> str:
     pid = f"/run/{name}.pid"
     return (f"if [ -f {pid} ]; then p=$(cat {pid}); kill $p 2>/dev/null; "
             f"for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; rm -f {pid}; fi; true")
+
+
+BOOT_DIR = "/etc/runbook-lab/boot.d"
+
+
+def enable(name: str, command: str, log: str) -> str:
+    """Start the daemon now and at every boot of the VM (the lab runs BOOT_DIR's scripts, as an init would)."""
+    import base64
+
+    script = "#!/bin/sh\n# started at every boot of this lab VM (written by the runbooklib lab)\n" + start(name, command, log) + "\n"
+    data = base64.b64encode(script.encode()).decode()
+    return f"mkdir -p {BOOT_DIR} && echo {data} | base64 -d > {BOOT_DIR}/{name}.sh && sh {BOOT_DIR}/{name}.sh"
+
+
+def disable(name: str) -> str:
+    """Stop the daemon and keep it from starting at boot."""
+    return f"rm -f {BOOT_DIR}/{name}.sh; " + stop(name)
+
+
+def run_boot_scripts() -> str:
+    return f"for f in {BOOT_DIR}/*.sh; do [ -f \"$f\" ] && sh \"$f\"; done; true"

@@ -123,7 +123,7 @@ def member_command(name: str, address: str, initial_cluster: str, state: str = "
         "--initial-advertise-peer-urls", f"http://{address}:2380",
         "--initial-cluster", initial_cluster, "--initial-cluster-state", state, "--initial-cluster-token", token,
     ]
-    return (f"mkdir -p {DATA_DIR} && " + daemon.start("lab-etcd", " ".join(shlex.quote(a) for a in args), LOG))
+    return (f"mkdir -p {DATA_DIR} && " + daemon.enable("lab-etcd", " ".join(shlex.quote(a) for a in args), LOG))
 
 
 def start_cluster(fleet, hosts, timeout: float = 30.0) -> list[str]:

@@ -312,7 +312,7 @@ def _stop_on_removed(fleet: Fleet, address: str | None, log: Log) -> None:
 
     host = Host(name="removed-node", address=address, roles=["worker"], location={"country": "RU"},
                 user=fleet.params.hosts[0].user, ssh_port=fleet.params.hosts[0].ssh_port)
-    r = fleet.run_on(host, daemon.stop("lab-heartbeat") + "; " + daemon.stop("lab-apiserver"))
+    r = fleet.run_on(host, daemon.disable("lab-heartbeat") + "; " + daemon.disable("lab-apiserver"))
     if not r.ok:
         log.warn(f"[remove] could not clean up {address}: {r.error}")
 
@@ -326,7 +326,7 @@ def cmd_remove(args, log: Log) -> None:
     fleet = make_fleet(c, config.parent, nodes)
     try:
         for h in fleet.params.hosts:
-            fleet.run_on(h, f"{daemon.stop('lab-heartbeat')}; {daemon.stop('lab-apiserver')}; {daemon.stop('lab-etcd')}; "
+            fleet.run_on(h, f"{daemon.disable('lab-heartbeat')}; {daemon.disable('lab-apiserver')}; {daemon.disable('lab-etcd')}; "
                             f"rm -rf {lab_etcd.DATA_DIR} {lab_cluster.SSL_DIR}; true")
             log.info(f"[remove] Cleaned host [{h.address}]")
     finally:

@@ -369,6 +369,8 @@ class Lab:
                     booted[vm] = info["address"]
                     actions.append(f"{vm}: booted at {info['address']}")
             self._wait_ssh(booted)
+            for vm in booted:
+                self._run_boot_scripts(vm)
             docker_vms = [h.name for h in params.hosts if params.kubernetes and params.kubernetes.distribution == "rke1"
                           and set(h.roles) & {"etcd", "controlplane", "worker"}]
             for vm in docker_vms:
@@ -395,11 +397,35 @@ class Lab:
 
     def exec_in(self, vm: str, command: str) -> subprocess.CompletedProcess:
         """Run a shell command inside the VM (its namespaces and root), as on its console."""
-        pid = self._init_pid(vm)
-        if pid is None:
-            raise LabError(f"{vm} is not running")
+        pid = self._booted_pid(vm)
         return subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-p", "-n", "-r", "-w", "--", "/bin/sh", "-c", command],
                               capture_output=True, text=True, timeout=30)
+
+    def _booted_pid(self, vm: str, timeout: float = 10.0) -> int:
+        """PID 1 of the VM once it is sshd, i.e. the VM's root is mounted (never the host's root)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self._init_pid(vm)
+            if pid is not None:
+                try:
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                        return pid
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise LabError(f"{vm} is not running (or did not finish booting within {timeout:g} s)")
+
+    def _run_boot_scripts(self, vm: str) -> None:
+        """What an init system would do at boot: start the daemons enabled in the VM."""
+        from . import daemon
+
+        self.exec_in(vm, daemon.run_boot_scripts())
+
+    def start_docker(self, vm: str) -> bool:
+        """Start the Docker API stand-in in a VM, now and at every boot (a lab-only 'install Docker')."""
+        self._require_vm(vm)
+        with self._locked():
+            return self._start_docker(vm)
 
     def _start_docker(self, vm: str) -> bool:
         """Start the Docker API stand-in in the VM unless it runs. True if started."""
@@ -407,8 +433,8 @@ class Lab:
 
         from . import daemon
 
-        r = self.exec_in(vm, daemon.start("lab-dockerd", f"{shlex.quote(sys.executable)} -m runbooklib.lab.dockerd",
-                                          "/var/log/lab-dockerd.log"))
+        r = self.exec_in(vm, daemon.enable("lab-dockerd", f"{shlex.quote(sys.executable)} -m runbooklib.lab.dockerd",
+                                           "/var/log/lab-dockerd.log"))
         if r.returncode != 0:
             raise LabError(f"{vm}: could not start the Docker stand-in: {r.stderr.strip()}")
         return "running" not in r.stdout
@@ -492,10 +518,7 @@ class Lab:
             self._boot(vm)
             if not self._state().get("cut", {}).get(vm):
                 self._wait_ssh({vm: info["address"]})
-            else:
-                time.sleep(0.5)
-            if vm in self._state().get("docker", []):
-                self._start_docker(vm)
+            self._run_boot_scripts(vm)
             return True
 
     def cut(self, vm: str) -> None:
