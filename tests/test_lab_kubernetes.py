@@ -99,6 +99,18 @@ def test_rke_up_lists_every_node_with_its_roles(cluster):
     assert "lab-simulation" in rows["w1"][3]
 
 
+def test_etcd_is_a_real_three_member_cluster(cluster):
+    endpoints = ",".join(f"http://10.85.0.{i}:2379" for i in (11, 12, 13))
+    env = dict(os.environ, ETCDCTL_API="3")
+    health = subprocess.run(["etcdctl", "--endpoints", endpoints, "endpoint", "health"], capture_output=True, text=True, env=env)
+    assert health.returncode == 0 and health.stderr.count("is healthy") + health.stdout.count("is healthy") == 3
+    members = subprocess.run(["etcdctl", "--endpoints", endpoints, "member", "list"], capture_output=True, text=True, env=env)
+    assert sorted(line.split(", ")[2] for line in members.stdout.splitlines()) == ["cp1", "cp2", "cp3"]
+    keys = subprocess.run(["etcdctl", "--endpoints", endpoints, "get", "/registry/core/nodes/", "--prefix", "--keys-only"],
+                          capture_output=True, text=True, env=env).stdout.split()
+    assert "/registry/core/nodes/w1" in keys  # the API objects live in etcd
+
+
 def test_everything_served_says_it_is_simulated(cluster, client):
     k8s, api = client
     version = k8s.VersionApi(api).get_code()
@@ -211,6 +223,40 @@ def test_claims_bind_when_the_class_has_a_known_provisioner(cluster, client):
              what="the claim to bind")
 
 
+def test_patches_watch_and_daemonsets(cluster, client):
+    k8s, api = client
+    from kubernetes import watch
+
+    apps, v1 = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
+    v1.create_namespace({"metadata": {"name": "wk"}})
+    pod = {"containers": [{"name": "app", "image": "app:1"}, {"name": "sidecar", "image": "proxy:1"}]}
+    apps.create_namespaced_deployment("wk", {"metadata": {"name": "app"}, "spec": {
+        "replicas": 1, "selector": {"matchLabels": {"app": "a"}},
+        "template": {"metadata": {"labels": {"app": "a"}}, "spec": pod}}})
+    # strategic merge (the client's default): containers merge by name, the sidecar stays
+    apps.patch_namespaced_deployment("app", "wk", {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2"}]}}}})
+    got = apps.read_namespaced_deployment("app", "wk")
+    assert [(c.name, c.image) for c in got.spec.template.spec.containers] == [("app", "app:2"), ("sidecar", "proxy:1")]
+    assert got.metadata.generation == 2
+    # JSON patch
+    kubectl(cluster, "-n", "wk", "patch", "deployment", "app", "--type=json",
+            "-p", '[{"op": "replace", "path": "/spec/replicas", "value": 3}]')
+    assert apps.read_namespaced_deployment("app", "wk").spec.replicas == 3
+    # a watch sees what happens after the list it started from
+    listed = v1.list_namespaced_config_map("wk")
+    v1.create_namespaced_config_map("wk", {"metadata": {"name": "watched"}})
+    events = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
+        v1.list_namespaced_config_map, "wk", resource_version=listed.metadata.resource_version, timeout_seconds=2)]
+    assert ("ADDED", "watched") in events
+    # a DaemonSet is scheduled on the Ready nodes its selector matches
+    apps.create_namespaced_daemon_set("wk", {"metadata": {"name": "agent"}, "spec": {
+        "selector": {"matchLabels": {"app": "agent"}},
+        "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {
+            "nodeSelector": {"node-role.kubernetes.io/worker": "true"}, "containers": [{"name": "a", "image": "agent:1"}]}}}})
+    wait_for(lambda: getattr(apps.read_namespaced_daemon_set("agent", "wk").status, "number_ready", 0) == 5,
+             what="the DaemonSet ready on the 5 workers")
+
+
 def test_node_goes_not_ready_when_its_vm_stops(cluster):
     cluster.stop("w4")
     try:
@@ -231,6 +277,7 @@ def test_rke_rejects_what_rke_rejects(cluster):
         (lambda c: c["nodes"][3].pop("role"), "Role for host (3) is not provided"),
         (lambda c: c["nodes"].append(dict(c["nodes"][0])), "Cluster can't have duplicate node: 10.85.0.11"),
         (lambda c: c["network"].update(plugin="cilium"), "Network plugin [cilium] is not supported"),
+        (lambda c: c["nodes"][0].update(role=["controlplane"]), "does not add or remove etcd members"),
     ]
     try:
         for change, reason in cases:
@@ -246,7 +293,8 @@ def test_rke_rejects_what_rke_rejects(cluster):
 def test_adding_the_old_elk_vms_then_removing_a_worker(cluster):
     original = (cluster.root / "cluster.yml").read_text()
     elk = [{"address": f"10.85.0.{50 + i}", "port": "22", "user": "root", "role": ["worker"], "hostname_override": f"elk{i}",
-            "ssh_key_path": str(cluster.key)} for i in (1, 2, 3)]
+            "ssh_key_path": str(cluster.key), "labels": {"legacy": "elk"},
+            "taints": [{"key": "legacy", "value": "elk", "effect": "NoSchedule"}]} for i in (1, 2, 3)]
     edit_cluster(cluster, lambda c: c["nodes"].extend(elk))
     first = rke(cluster, "up")  # the ELK VMs have no Docker yet: RKE stops at the first one
     assert first.returncode == 1
@@ -257,6 +305,11 @@ def test_adding_the_old_elk_vms_then_removing_a_worker(cluster):
     assert done.returncode == 0, done.stderr[-2000:]
     wait_for(lambda: {k: v for k, v in node_states(cluster).items() if k.startswith("elk")} ==
              {"elk1": "Ready", "elk2": "Ready", "elk3": "Ready"}, what="the ELK VMs Ready as workers")
+    elk1 = json.loads(kubectl(cluster, "get", "node", "elk1", "-o", "json").stdout)
+    assert elk1["metadata"]["labels"]["legacy"] == "elk"
+    assert elk1["spec"]["taints"] == [{"key": "legacy", "value": "elk", "effect": "NoSchedule"}]
+    assert kubectl(cluster, "get", "nodes", "-l", "legacy=elk", "-o", "name").stdout.split() == [
+        "node/elk1", "node/elk2", "node/elk3"]
     edit_cluster(cluster, lambda c: c.update(nodes=[n for n in c["nodes"] if n.get("hostname_override") != "w5"]))
     done = rke(cluster, "up")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -286,3 +339,13 @@ def _cm_names(v1, ns):
         return [c.metadata.name for c in v1.list_namespaced_config_map(ns).items]
     except Exception:
         return None
+
+
+def test_rke_remove_takes_the_cluster_down(cluster):
+    refused = rke(cluster, "remove")
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    done = rke(cluster, "remove", "--force")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (cluster.root / "cluster.rkestate").exists() and not (cluster.root / "kube_config_cluster.yml").exists()
+    assert cluster.exec_in("cp1", "pgrep -x etcd").returncode == 1
+    assert cluster.exec_in("cp1", "test -d /var/lib/etcd-lab").returncode == 1

@@ -256,6 +256,11 @@ def cmd_up(args, log: Log) -> None:
                 log.info("[certificates] Generating CA kubernetes certificates")
             else:
                 pki = pki_from_state(state, Path(tmp))
+                before = sorted(n["name"] for n in state["currentState"]["nodes"] if "etcd" in n["roles"])
+                if before != sorted(n.name for n in etcd_nodes):
+                    raise RkeFatal(f"etcd membership would change from [{', '.join(before)}] to "
+                                   f"[{', '.join(n.name for n in etcd_nodes)}]: the lab stand-in does not add or remove "
+                                   "etcd members; keep the etcd nodes as they are, or rke remove and rke up again")
                 if args.update_only:
                     previous = {n["name"]: n for n in state["currentState"]["nodes"]}
                     changed = [n.name for n in nodes if "worker" not in n.roles and previous.get(n.name, {}).get("roles") != n.roles]

@@ -475,7 +475,9 @@ class Lab:
             for leftover in self.mounts():
                 _run("umount", "-l", leftover, check=False)
                 actions.append(f"unmounted {leftover}")
-            for f in (self.state_file, self.known_hosts, self.params_file):
+            # the simulated cluster lived on these VMs: its rke files describe nothing any more
+            for f in (self.state_file, self.known_hosts, self.params_file, self.root / "cluster.yml",
+                      self.root / "cluster.rkestate", self.root / "kube_config_cluster.yml"):
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
             link = Path("/usr/local/bin/rke")
