@@ -25,7 +25,9 @@ def test_environment_yml_lists_the_pyproject_dependencies():
     wanted = dict(_name_spec(r) for r in project["dependencies"] + project["optional-dependencies"]["test"])
     wanted = {CONDA_NAMES.get(n, n): spec for n, spec in wanted.items()}
     conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
-    listed = dict(_name_spec(d) for d in conda if isinstance(d, str) and not d.startswith("python>") and d != "python")
+    pip_section = [d for entry in conda if isinstance(entry, dict) for d in entry.get("pip", [])]
+    listed = dict(_name_spec(d) for d in conda + pip_section
+                  if isinstance(d, str) and not d.startswith("python>") and d not in ("python", "pip"))
     assert listed == wanted
 
 
