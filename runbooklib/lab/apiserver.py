@@ -822,6 +822,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(503, ApiError(503, "ServiceUnavailable", f"etcd is unavailable: {e}").status())
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception as e:  # a stand-in bug must surface as a 500 the client can read, not a dropped connection
+            self._send(500, ApiError(500, "InternalError", f"lab API server stand-in: {type(e).__name__}: {e}").status())
 
     def _route(self, method, path, query, body, ctype):
         api = self.api
