@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/runbook lab up
 	$(BIN)/runbook run notebooks/00-environment-overview.ipynb --params params/lab.yaml
-	@echo "The lab stays up for you to explore: $(BIN)/runbook lab status | lab down"
+	$(BIN)/runbook run notebooks/01-vm-preflight.ipynb --params params/lab.yaml
+	@echo "The lab stays up for you to explore: $(BIN)/runbook lab status | runbook runs | make lab-down"
 
 lab-down: venv
 	$(BIN)/runbook lab down

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -75,3 +76,30 @@ def runbook(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     """The real command line, in a child process, as an operator would run it."""
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([*RUNBOOK, *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=timeout)
+
+
+def require_lab(*tools: str) -> None:
+    """Skip a test module that needs root and the lab's packages, or fail it in CI, which must have them."""
+    import shutil
+
+    missing = [t for t in ("ip", "/usr/sbin/sshd", *tools) if not (shutil.which(t) or Path(t).exists())]
+    if os.geteuid() == 0 and not missing:
+        return
+    reason = f"the lab needs root and {', '.join(missing) or 'its packages'} (`make setup` as root)"
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{reason}; CI must provide them")
+    pytest.skip(reason, allow_module_level=True)
+
+
+@contextlib.contextmanager
+def running_lab(root: Path, name: str, subnet: str, profile: str = "small"):
+    """A lab instance of its own (name prefix, subnet, folder), cleared of debris first, always torn down."""
+    from runbooklib.lab import Lab
+
+    lab = Lab(root, name=name, subnet=subnet)
+    lab.down()  # what an interrupted earlier run may have left
+    lab.up(profile=profile)
+    try:
+        yield lab
+    finally:
+        lab.down()

@@ -19,18 +19,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from runbooklib.lab import Lab
 from runbooklib.params import load_params
 from runbooklib.ssh import Fleet
 from runbooklib.vm import facts as vm_facts, readiness
 
-from conftest import ROOT
+from conftest import ROOT, require_lab, running_lab
 
 CHROMIUM = "/usr/bin/chromium"
-if not (os.geteuid() == 0 and Path("/usr/sbin/sshd").exists() and Path(CHROMIUM).exists()):
-    if os.environ.get("CI"):
-        raise RuntimeError("the JupyterLab test needs root, openssh-server and chromium; CI must provide them")
-    pytest.skip("needs root, openssh-server and Debian's chromium (`make setup`)", allow_module_level=True)
+require_lab(CHROMIUM)
 playwright = pytest.importorskip("playwright.sync_api")
 
 
@@ -42,11 +38,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def lab(tmp_path):
-    lab = Lab(tmp_path / "lab", name="rbui", subnet="10.84.0.0/24")
-    lab.down()
-    lab.up(profile="small")
-    yield lab
-    lab.down()
+    with running_lab(tmp_path / "lab", "rbui", "10.84.0.0/24") as lab:
+        yield lab
 
 
 @pytest.fixture

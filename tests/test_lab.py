@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,20 +18,15 @@ from runbooklib.lab import Lab, LabError
 from runbooklib.params import load_params
 from runbooklib.ssh import Fleet
 
-CAN_RUN = os.geteuid() == 0 and Path("/usr/sbin/sshd").exists() and shutil.which("ip")
-if not CAN_RUN:
-    if os.environ.get("CI"):
-        raise RuntimeError("the lab tests need root, iproute2 and openssh-server; CI must provide them")
-    pytest.skip("the lab needs root and openssh-server (`make setup` as root)", allow_module_level=True)
+from conftest import require_lab, running_lab
+
+require_lab()
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("lab"), name="rbtest", subnet="10.78.0.0/24")
-    lab.down()  # a lab left by an interrupted run of these tests
-    lab.up(profile="small")
-    yield lab
-    lab.down()
+    with running_lab(tmp_path_factory.mktemp("lab"), "rbtest", "10.78.0.0/24") as lab:
+        yield lab
 
 
 @pytest.fixture

@@ -12,28 +12,23 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from runbooklib.lab import Lab
 
-if not (os.geteuid() == 0 and Path("/usr/sbin/sshd").exists() and shutil.which("etcd")):
-    if os.environ.get("CI"):
-        raise RuntimeError("the lab Kubernetes tests need root, openssh-server and etcd-server; CI must provide them")
-    pytest.skip("needs root, openssh-server and etcd (`make setup`)", allow_module_level=True)
+from conftest import require_lab, running_lab
+
+require_lab("etcd", "etcdctl", "kubectl")
 
 KUBECTL = shutil.which("kubectl")
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("k8slab"), name="rbk8s", subnet="10.85.0.0/24")
-    lab.down()
-    lab.up(profile="seed")
-    yield lab
-    lab.down()
+    with running_lab(tmp_path_factory.mktemp("k8slab"), "rbk8s", "10.85.0.0/24", profile="seed") as lab:
+        yield lab
 
 
 def rke(lab: Lab, *args: str) -> subprocess.CompletedProcess:

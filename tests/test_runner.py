@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -196,23 +195,31 @@ def test_secret_canary_never_reaches_the_archive_or_the_terminal(tmp_path, archi
 
 
 def test_second_concurrent_run_is_refused(tmp_path, archive_root):
-    release = tmp_path / "release"  # the first run holds its lock until the test creates this file
+    started, release = tmp_path / "started", tmp_path / "release"
     nb = make_notebook(tmp_path / "10-slow.ipynb",
-                       "import os, time, runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+                       "import os, pathlib, time, runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+                       # tell the test the run is under way, then hold the lock until the test releases it
+                       "pathlib.Path(os.environ['RB_STARTED']).touch()\n"
                        "deadline = time.time() + 120\n"
                        "while not os.path.exists(os.environ['RB_RELEASE']) and time.time() < deadline:\n"
                        "    time.sleep(0.1)")
     first = subprocess.Popen([*RUNBOOK, "run", str(nb), "--params", str(LAB_PARAMS)], cwd=ROOT,
-                             env=dict(os.environ, RB_RELEASE=str(release)),
+                             env=dict(os.environ, RB_RELEASE=str(release), RB_STARTED=str(started)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lock = archive_root / ".locks" / "lab--10-slow.lock"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (lock.exists() and lock.read_text()):
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not started.exists() and first.poll() is None:
             time.sleep(0.1)
-        assert lock.read_text(), "the first run never took its lock"
+        if not started.exists():
+            release.touch()
+            out, err = first.communicate(timeout=120)
+            pytest.fail(f"the first run never reached its notebook (exit {first.returncode}):\n{err[-3000:]}")
         second = runbook("run", str(nb), "--params", str(LAB_PARAMS))
-        assert second.returncode == 3, second.stderr
+        if second.returncode != 3:
+            release.touch()
+            out, err = first.communicate(timeout=120)
+            pytest.fail(f"second run not refused (exit {second.returncode}); first run: exit {first.returncode}\n"
+                        f"first:\n{err[-2000:]}\nsecond:\n{second.stderr[-2000:]}")
         assert "already running on environment lab" in second.stderr
         assert "tester@ci" in second.stderr and str(first.pid) in second.stderr
     finally:

@@ -6,23 +6,17 @@ The runbooks run headless through the real runner, as automation would run them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from runbooklib.lab import Lab
 from runbooklib.params import load_params
 from runbooklib.ssh import Fleet
 from runbooklib.vm import baseline, facts as vm_facts, readiness
 
-from conftest import runbook
+from conftest import require_lab, runbook, running_lab
 
-if not (os.geteuid() == 0 and Path("/usr/sbin/sshd").exists() and shutil.which("ip")):
-    if os.environ.get("CI"):
-        raise RuntimeError("the lab tests need root, iproute2 and openssh-server; CI must provide them")
-    pytest.skip("the lab needs root and openssh-server (`make setup` as root)", allow_module_level=True)
+require_lab()
 
 # what a fresh small lab (RKE2) really lacks, host by host
 FRESH_FAILURES = {
@@ -37,11 +31,8 @@ WATCHED = ["/etc/hosts", "/etc/hostname", "/etc/passwd", "/etc/group", "/etc/fst
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("vmlab"), name="rbvm", subnet="10.81.0.0/24")
-    lab.down()
-    lab.up(profile="small")
-    yield lab
-    lab.down()
+    with running_lab(tmp_path_factory.mktemp("vmlab"), "rbvm", "10.81.0.0/24") as lab:
+        yield lab
 
 
 def fingerprint(fleet) -> dict:
@@ -106,10 +97,7 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
 
 
 def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):
-    lab = Lab(tmp_path / "lab", name="rbmid", subnet="10.82.0.0/24")
-    lab.down()
-    lab.up(profile="small")
-    try:
+    with running_lab(tmp_path / "lab", "rbmid", "10.82.0.0/24") as lab:
         params = load_params(lab.params_file)
         fleet = Fleet(params, progress=None)
         facts, _ = vm_facts.gather(fleet)
@@ -143,5 +131,3 @@ def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):
         facts, _ = vm_facts.gather(fleet)
         assert baseline.plan(params, facts) == []
         fleet.close()
-    finally:
-        lab.down()

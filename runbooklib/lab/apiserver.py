@@ -580,10 +580,10 @@ class ApiServer:
             elif ctype == "application/json-patch+json":
                 new = json_patch(current, patch)
             else:
-                raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
-                                                            f"accepted media types include: application/json-patch+json, "
-                                                            f"application/merge-patch+json, application/apply-patch+yaml, "
-                                                            f"application/strategic-merge-patch+json")
+                raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                                                            "accepted media types include: application/json-patch+json, "
+                                                            "application/merge-patch+json, application/apply-patch+yaml, "
+                                                            "application/strategic-merge-patch+json")
             wanted_rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
             if wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
                 raise self._conflict(rt, name)

@@ -300,7 +300,7 @@ def cmd_up(args, log: Log) -> None:
                 if lab_cluster.register_node(api, n, version):
                     log.info(f"[worker] Added node [{n.name}] ({', '.join(n.roles)})")
                 lab_cluster.start_heartbeat(fleet, hosts[_host_name(n.name)], servers)
-            kube_path.write_text(f"# kubeconfig of a LAB SIMULATION cluster (runbooklib rke stand-in)\n"
+            kube_path.write_text("# kubeconfig of a LAB SIMULATION cluster (runbooklib rke stand-in)\n"
                                  + lab_cluster.kubeconfig(pki, cluster_name, servers[0]))
             kube_path.chmod(0o600)
             log.info(f"Wrote kubeconfig file [{kube_path}]")

@@ -148,7 +148,7 @@ def cluster_hosts_file(p: Params, h: Host, f: dict) -> list[Step]:
     if current == want:
         return []
     return [Step(h.name, "cluster hosts", f"/etc/hosts: managed block with the {len(p.hosts)} inventory hosts",
-                 f"cp -a /etc/hosts /etc/hosts.runbook-bak && " + write_file("/etc/hosts", want),
+                 "cp -a /etc/hosts /etc/hosts.runbook-bak && " + write_file("/etc/hosts", want),
                  "cp /etc/hosts.runbook-bak /etc/hosts")]
 
 
