@@ -115,7 +115,7 @@ class Banner:
     def _repr_html_(self) -> str:
         colors = {"info": "#e8f0fe", "lab": "#fef7e0", "apply": "#fce8e6"}
         rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
-                       f"<td>{html.escape(v)}</td></tr>" for k, v in self.lines)
+                       f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in self.lines)
         return f"<div style='background:{colors.get(self.tone, '#eee')};padding:6px'><table>{rows}</table></div>"
 
 
