@@ -178,3 +178,14 @@ def test_write_file_survives_any_content():
         assert open("/tmp/runbook-test-write/f").read() == content
     finally:
         subprocess.run(["rm", "-rf", "/tmp/runbook-test-write"])
+
+
+def test_fixed_and_problems_summaries():
+    before = [{"host": "w1", "rule": "swap off", "status": "fail"}, {"host": "w1", "rule": "time sync", "status": "fail"},
+              {"host": "w2", "rule": "os", "status": "ok"}]
+    after = [{"host": "w1", "rule": "swap off", "status": "ok"}, {"host": "w1", "rule": "time sync", "status": "fail"}]
+    assert readiness.fixed(before, after) == [("w1", "swap off")]
+    results = {"w1": baseline.HostApply("w1", applied=[]), "w2": baseline.HostApply("w2", error="w2: ssh hardened failed")}
+    assert baseline.problems(results, {"w3": "w3: connection refused"}) == [
+        "w2: ssh hardened failed", "w3: unreachable: w3: connection refused"]
+    assert baseline.result_rows(results)[1] == {"host": "w2", "steps applied": 0, "result": "w2: ssh hardened failed"}

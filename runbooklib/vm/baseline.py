@@ -283,3 +283,12 @@ def apply(fleet, steps: list[Step], record: Callable[[str, str, str], object] | 
     if bar is not None:
         bar.close()
     return results
+
+
+def result_rows(results: dict[str, HostApply]) -> list[dict]:
+    return [{"host": h, "steps applied": len(r.applied), "result": "ok" if r.ok else r.error} for h, r in results.items()]
+
+
+def problems(results: dict[str, HostApply], unreachable: dict[str, str]) -> list[str]:
+    """Why the baseline is incomplete: hosts whose apply stopped, hosts that could not be reached."""
+    return [r.error for r in results.values() if not r.ok] + [f"{h}: unreachable: {e}" for h, e in unreachable.items()]

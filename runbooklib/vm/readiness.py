@@ -253,3 +253,19 @@ def matrix_figure(rows: list[dict], title: str = "Readiness"):
     ax.set_title(f"{title}: {failed} failing checks (green ok, red fail, grey n/a)")
     fig.tight_layout()
     return fig
+
+
+TONES = {OK: "ok", FAIL: "bad", "unreachable": "bad", NA: ""}
+
+
+def show(run, rows: list[dict], title: str):
+    """The host x rule matrix as a coloured table and as a figure, in the run's output."""
+    table = matrix_rows(rows)
+    run.table(table, title=title, status=lambda i, col: TONES.get(table[i].get(col), "") if col != "host" else "")
+    return matrix_figure(rows, title=title)
+
+
+def fixed(before: list[dict], after: list[dict]) -> list[tuple[str, str]]:
+    """(host, rule) pairs that failed before and pass now."""
+    now = {(r["host"], r["rule"]) for r in failures(after)}
+    return sorted({(r["host"], r["rule"]) for r in failures(before)} - now)
