@@ -8,6 +8,7 @@ the same notebook plans, waits, and changes the hosts only when *Apply* is click
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -98,10 +99,24 @@ def test_engineer_plans_then_applies_with_a_click(lab, jupyter, tmp_path):
             page.goto(f"{url}/lab/tree/02-vm-baseline.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook", timeout=60_000)
             page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
-            page.click("text=Run", timeout=10_000)
-            page.click("text=Run All Cells", timeout=10_000)
             apply_button = page.locator(".jp-OutputArea-output button.jupyter-button", has_text="Apply")
-            apply_button.wait_for(timeout=90_000)
+            started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]"))
+            for attempt in range(4):  # a click can land before JupyterLab wired the kernel to the notebook
+                page.click("text=Run", timeout=10_000)
+                page.click("text=Run All Cells", timeout=10_000)
+                try:
+                    started.first.wait_for(timeout=10_000)  # some cell is running or has run
+                    break
+                except playwright.TimeoutError:
+                    page.screenshot(path=str(tmp_path / f"not-started-{attempt}.png"))
+                    page.keyboard.press("Escape")
+            else:
+                pytest.fail(f"Run All Cells never started the notebook; screenshots in {tmp_path}")
+            try:
+                apply_button.wait_for(timeout=120_000)
+            except playwright.TimeoutError:
+                text = page.inner_text(".jp-Notebook")[-3000:]
+                pytest.fail(f"the Apply button never appeared; notebook text:\n{text}")
             page.wait_for_selector("text=Nothing applied (pending)", timeout=90_000)
             assert failing_checks(params) == before, "the plan alone changed a host"
             page.screenshot(path=str(tmp_path / "before-click.png"))
