@@ -92,6 +92,9 @@ def test_rke_up_lists_every_node_with_its_roles(cluster):
     assert rows["cp1"][2] == "controlplane,etcd" and rows["w3"][2] == "worker"
     assert rows["w3"][4] == "10.85.0.23"  # INTERNAL-IP, an -o wide column
     assert "lab-simulation" in rows["w1"][3]
+    running = {st.name: st.processes for st in cluster.status()}
+    assert {"etcd", "lab-apiserver", "lab-heartbeat", "lab-dockerd"} <= set(running["cp1"])
+    assert "lab-apiserver" not in running["w1"] and "lab-heartbeat" in running["w1"]
 
 
 def test_etcd_is_a_real_three_member_cluster(cluster):

@@ -208,12 +208,16 @@ class Lab:
         return None
 
     def _comms(self, vm: str) -> list[str]:
+        """Process names in the VM; the lab's own Python daemons by what they are (``lab-apiserver``)."""
         names = []
         for pid in self.pids(vm):
             try:
-                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
             except OSError:
                 continue
+            module = next((a.decode() for a in argv if a.startswith(b"runbooklib.lab.")), None)
+            names.append(f"lab-{module.rsplit('.', 1)[1]}" if module else name)
         return names
 
     def _kill_vm(self, vm: str, timeout: float = 10.0) -> bool:
