@@ -10,6 +10,7 @@ parameter file's path, the run id and the apply flag.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
@@ -129,6 +130,53 @@ class _StreamFilter(logging.Filter):
         return True
 
 
+@contextlib.contextmanager
+def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
+    """Route this process's stdout and stderr, as file descriptors, through the redactor.
+
+    The kernel inherits them: whatever it writes below ipykernel's capture (a C library, an
+    ``os.write(2, ...)``, the kernel's own tracebacks) would otherwise reach the terminal, and
+    whatever records it, unscrubbed. Lines (and progress-bar redraws) are scrubbed whole.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    relays = []
+    for fd in fds:
+        saved = os.dup(fd)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+
+        def pump(read_end=read_end, saved=saved):
+            pending = b""
+            with os.fdopen(read_end, "rb", buffering=0) as src:
+                while True:
+                    chunk = src.read(65536)
+                    if not chunk:
+                        break
+                    pending += chunk
+                    cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1  # progress bars redraw with \r
+                    if cut:
+                        os.write(saved, redactor.scrub(pending[:cut].decode(errors="replace")).encode())
+                        pending = pending[cut:]
+            if pending:
+                os.write(saved, redactor.scrub(pending.decode(errors="replace")).encode())
+
+        thread = threading.Thread(target=pump, name=f"runbook-scrub-fd{fd}", daemon=True)
+        thread.start()
+        relays.append((fd, saved, thread))
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved, _ in relays:
+            os.dup2(saved, fd)  # our end of the pipe closes; the relay drains what the kernel wrote
+        for fd, saved, thread in relays:
+            thread.join(timeout=10)
+            os.close(saved)
+
+
 def _read_journal(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -236,12 +284,13 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
     status, failure = "succeeded", None
     t0 = time.monotonic()
     try:
-        pm.execute_notebook(
-            str(notebook), out_key,
-            parameters={"params_file": str(Path(params.source).resolve()), "run_id": run_id, "apply": bool(apply)},
-            kernel_name=kernel_name, progress_bar=stream is not None, log_output=stream is not None,
-            execution_timeout=timeout, cwd=str(notebook.resolve().parent), start_timeout=120,
-        )
+        with _scrubbed_fds(redactor):
+            pm.execute_notebook(
+                str(notebook), out_key,
+                parameters={"params_file": str(Path(params.source).resolve()), "run_id": run_id, "apply": bool(apply)},
+                kernel_name=kernel_name, progress_bar=stream is not None, log_output=stream is not None,
+                execution_timeout=timeout, cwd=str(notebook.resolve().parent), start_timeout=120,
+            )
     except PapermillExecutionError as e:
         status = "failed"
         failure = {"cell_index": e.cell_index, "execution_count": e.exec_count, "ename": e.ename, "evalue": e.evalue,
