@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,7 +30,7 @@ import nbformat
 
 from . import __version__
 from .archive import Archive, default_root
-from .errors import RunbookError
+from .errors import ArchiveError, RunbookError
 from .notebook import JOURNAL_ENV, utcnow
 from .params import Params, load_params
 from .secrets import Redactor
@@ -216,10 +215,6 @@ class _HtmlRenderer:
         return body
 
 
-def render_html(nb: nbformat.NotebookNode) -> str:
-    return _HtmlRenderer().render(nb)
-
-
 def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool = False,
                  timeout: float | None = None, archive_root: str | Path | None = None,
                  stream: TextIO | None = sys.stderr, kernel_name: str | None = None) -> RunResult:
@@ -260,7 +255,6 @@ class _Outcome:
     status: str
     failure: dict | None
     kernel_name: str | None
-    elapsed: float
 
 
 def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: float | None, journal: Path,
@@ -282,7 +276,6 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
     old_journal = os.environ.get(JOURNAL_ENV)
     os.environ[JOURNAL_ENV] = str(journal)
     status, failure = "succeeded", None
-    t0 = time.monotonic()
     try:
         with _scrubbed_fds(redactor):
             pm.execute_notebook(
@@ -308,7 +301,6 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
             os.environ[JOURNAL_ENV] = old_journal
         if handler is not None:
             logger.removeHandler(handler)
-    elapsed = time.monotonic() - t0
     buf = _MemoryIO.store.pop(out_key, None)
     nb = nbformat.reads(buf, as_version=4) if buf else nbformat.read(notebook, as_version=4)
     used = nb.metadata.get("kernelspec", {}).get("name") or kernel_name
@@ -317,7 +309,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
         injected = sum(1 for c in nb.cells[: failure["cell_index"]]
                        if "injected-parameters" in c.get("metadata", {}).get("tags", []))
         failure["notebook_cell"] = failure["cell_index"] - injected
-    return _Outcome(nb, status, failure, used, elapsed)
+    return _Outcome(nb, status, failure, used)
 
 
 def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, apply: bool, who: str,
@@ -361,6 +353,15 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
     base = archive.record_base(params.environment.name, started.strftime("%Y-%m-%d"), run_id, notebook.stem)
     files = {"notebook": (base.with_name(base.name + ".ipynb"), nb_bytes),
              "html": (base.with_name(base.name + ".html"), html_bytes)}
+    # last line of defence: a secret form that survived scrubbing (an encoding nobody foresaw) stops
+    # the write; better no record than a record that leaks
+    from .archive import manifest_bytes
+
+    for role, data in (("notebook", nb_bytes), ("html", html_bytes), ("manifest", manifest_bytes(manifest))):
+        leaked = redactor.leaks(data)
+        if leaked:
+            raise ArchiveError(f"run {run_id}: the {role} still holds secret {', '.join(leaked)} after scrubbing; "
+                               "nothing was archived. This is a runbooklib bug: please report it")
     mpath = archive.commit(manifest, files)
     result = RunResult(run_id, outcome.status, mpath, files["notebook"][0], files["html"][0], manifest)
     if stream is not None:

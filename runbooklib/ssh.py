@@ -66,11 +66,6 @@ class FleetResult(dict):
     def failed(self) -> dict[str, HostResult]:
         return {h: r for h, r in self.items() if not r.ok}
 
-    def rows(self) -> list[dict]:
-        return [{"host": h, "ok": r.ok, "exit": r.exit_code, "seconds": round(r.seconds, 2),
-                 "output": (r.stdout.strip().splitlines() or [""])[-1][:100] if r.ok else r.error[:160]}
-                for h, r in self.items()]
-
 
 def _load_pkey(text: str) -> paramiko.PKey:
     for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):

@@ -266,3 +266,19 @@ def test_not_a_notebook_is_refused_before_anything(tmp_path, archive_root):
     done = runbook("run", str(tmp_path / "missing.ipynb"), "--params", str(LAB_PARAMS))
     assert done.returncode == 1 and "not a notebook file" in done.stderr
     assert not archive_root.exists()
+
+
+def test_a_secret_that_survives_scrubbing_stops_the_archive(tmp_path, archive_root, monkeypatch):
+    """The last line of defence: if scrubbing ever missed a form, nothing is written at all."""
+    from runbooklib.errors import ArchiveError
+    from runbooklib.runner import run_notebook
+    from runbooklib.secrets import Redactor
+
+    nb = make_notebook(tmp_path / "40-prints.ipynb",
+                       "import runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)\n"
+                       "print(run.params.secret('database.root_password').reveal())")
+    monkeypatch.setattr(Redactor, "scrub", lambda self, text: text)  # a scrubber bug, simulated
+    monkeypatch.setattr(Redactor, "scrub_obj", lambda self, obj: obj)
+    with pytest.raises(ArchiveError, match="still holds secret database.root_password"):
+        run_notebook(nb, LAB_PARAMS, archive_root=archive_root, stream=None)
+    assert not list(archive_root.rglob("*.ipynb")) and not (archive_root / "ledger.jsonl").exists()

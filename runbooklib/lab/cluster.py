@@ -55,8 +55,9 @@ class ApiClient:
         self.ctx = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
         self.ctx.load_cert_chain(str(pki.path(f"{user}.pem")), str(pki.path(f"{user}-key.pem")))
 
-    def request(self, method: str, path: str, body: dict | None = None, ctype: str = "application/json",
-                ok: tuple[int, ...] = (200, 201)) -> tuple[int, dict]:
+    def request(self, method: str, path: str, body: dict | None = None,
+                ctype: str = "application/json") -> tuple[int, dict]:
+        """(status code, JSON body) from the first API server that answers; HTTP errors are answers too."""
         last = ""
         for server in self.servers:
             req = urllib.request.Request(server + path, method=method, headers={"Content-Type": ctype},
@@ -65,10 +66,7 @@ class ApiClient:
                 with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
                     return resp.status, json.loads(resp.read() or b"{}")
             except urllib.error.HTTPError as e:
-                payload = json.loads(e.read() or b"{}")
-                if e.code in ok:
-                    return e.code, payload
-                return e.code, payload
+                return e.code, json.loads(e.read() or b"{}")
             except (urllib.error.URLError, OSError) as e:
                 last = f"{server}: {e}"
         raise ClusterError(f"no API server answered ({last})")
@@ -136,10 +134,6 @@ def start_heartbeat(fleet, host, servers: list[str]) -> None:
     python = shlex.quote(sys.executable)
     cmd = (f"{python} -m runbooklib.lab.heartbeat --server {','.join(servers)} --node {host.name} --tls-dir {SSL_DIR}")
     fleet.run_on(host, daemon.enable("lab-heartbeat", cmd, HEARTBEAT_LOG)).check()
-
-
-def stop_heartbeat(fleet, host) -> None:
-    fleet.run_on(host, daemon.disable("lab-heartbeat"))
 
 
 def wait_ready(api: ApiClient, timeout: float = 30.0) -> None:
