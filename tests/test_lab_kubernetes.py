@@ -140,7 +140,9 @@ def test_kubectl_crud_selectors_apply_and_delete(cluster, tmp_path):
     assert got["metadata"]["uid"] and got["metadata"]["generation"] == 1 and got["metadata"]["creationTimestamp"]
     wait_for(lambda: json.loads(kubectl(cluster, "-n", "shop", "get", "deploy", "web", "-o", "json").stdout)
              .get("status", {}).get("readyReplicas") == 2, what="the deployment to become ready on schedulable nodes")
-    assert "w1" in kubectl(cluster, "describe", "node", "w1").stdout
+    described = kubectl(cluster, "describe", "node", "w1").stdout
+    assert "node-role.kubernetes.io/worker=true" in described and "runbook.lab/simulated=true" in described
+    assert "InternalIP:  10.85.0.21" in described
     assert 'deleted' in kubectl(cluster, "-n", "shop", "delete", "configmap", "settings").stdout
     assert kubectl(cluster, "-n", "shop", "get", "cm", "settings", check=False).returncode != 0
 

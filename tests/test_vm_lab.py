@@ -44,7 +44,7 @@ def fingerprint(fleet) -> dict:
     return {h: r.stdout for h, r in results.items()}
 
 
-def manifest(stdout_err: str, archive: Path) -> dict:
+def manifest(stdout_err: str) -> dict:
     path = next(line.split("manifest:", 1)[1].strip() for line in stdout_err.splitlines() if "manifest:" in line)
     return json.loads(Path(path).read_text())
 
@@ -60,7 +60,7 @@ def test_preflight_finds_the_failures_the_lab_really_has(lab, tmp_path):
     assert found == FRESH_FAILURES
     done = runbook("--archive", str(tmp_path), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file))
     assert done.returncode == 0, done.stderr[-3000:]
-    m = manifest(done.stderr, tmp_path)
+    m = manifest(done.stderr)
     assert m["status"] == "succeeded" and m["changes"] == [] and m["simulated"] is True
 
 
@@ -73,12 +73,12 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
         assert plan.returncode == 0, plan.stderr[-3000:]
         assert "PLAN mode: nothing was changed" in plan.stderr
         assert fingerprint(fleet) == before
-        assert manifest(plan.stderr, tmp_path)["changes"] == []
+        assert manifest(plan.stderr)["changes"] == []
 
         applied = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params",
                           str(lab.params_file), "--apply")
         assert applied.returncode == 0, applied.stderr[-3000:]
-        changes = manifest(applied.stderr, tmp_path)["changes"]
+        changes = manifest(applied.stderr)["changes"]
         assert {c["host"] for c in changes} == set(FRESH_FAILURES)
         assert fingerprint(fleet) != before
         facts, errors = vm_facts.gather(fleet)
@@ -90,7 +90,7 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
         again = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params",
                         str(lab.params_file), "--apply")
         assert again.returncode == 0, again.stderr[-3000:]
-        assert manifest(again.stderr, tmp_path)["changes"] == []
+        assert manifest(again.stderr)["changes"] == []
         assert "Nothing to change" in again.stderr
     verify = runbook("--archive", str(tmp_path), "verify")
     assert verify.returncode == 0 and "3 records" in verify.stdout

@@ -7,7 +7,7 @@ import pytest
 
 from runbooklib.params import load_params
 from runbooklib.vm import baseline, readiness
-from runbooklib.vm.facts import CHRONY_DROPIN, MODULES_FILE, SSHD_DROPIN, SYSCTL_FILE
+from runbooklib.vm.facts import CHRONY_DROPIN, SSHD_DROPIN, SYSCTL_FILE
 
 from conftest import lab_data, set_path, write_params
 
@@ -120,18 +120,11 @@ def test_unreachable_hosts_are_never_guessed(params):
 # -- baseline planning -----------------------------------------------------------------------------
 
 def converged(params, host):
-    """Facts as the baseline leaves a host (managed files with the contents it writes)."""
+    """Facts as the baseline leaves a host: its own files in place, the cluster block in /etc/hosts."""
     f = ready_facts(host, params)
-    files = {}
-    files[SYSCTL_FILE] = "# Kubernetes networking (written by runbooklib)\n" + "".join(
-        f"{k} = {v}\n" for k, v in baseline.SYSCTLS.items())
-    files[MODULES_FILE] = "# Kubernetes (written by runbooklib)\nbr_netfilter\noverlay\n"
-    files[SSHD_DROPIN] = "# SSH hardening (written by runbooklib): keys only\n" + "".join(
-        f"{k} {v}\n" for k, v in baseline.SSHD_SETTINGS.items())
-    files[CHRONY_DROPIN] = "# NTP servers (written by runbooklib)\nserver 10.77.0.1 iburst\n"
-    files["/etc/hosts"] = "127.0.0.1 localhost\n" + baseline.hosts_block(params)
-    files["/etc/hostname"] = host + "\n"
-    f["managed_files"] = files
+    f["managed_files"] = {**baseline.desired_files(params),
+                          "/etc/hosts": "127.0.0.1 localhost\n" + baseline.hosts_block(params),
+                          "/etc/hostname": host + "\n"}
     return f
 
 
@@ -189,3 +182,22 @@ def test_fixed_and_problems_summaries():
     assert baseline.problems(results, {"w3": "w3: connection refused"}) == [
         "w2: ssh hardened failed", "w3: unreachable: w3: connection refused"]
     assert baseline.result_rows(results)[1] == {"host": "w2", "steps applied": 0, "result": "w2: ssh hardened failed"}
+
+
+def test_desired_files_are_what_the_readiness_rules_accept(params):
+    """The files the baseline writes must satisfy the rules that send engineers to it."""
+    files = baseline.desired_files(params)
+    assert "net.bridge.bridge-nf-call-iptables = 1" in files[SYSCTL_FILE]
+    assert "PasswordAuthentication no" in files[SSHD_DROPIN]
+    assert files[CHRONY_DROPIN] == "# NTP servers (written by runbooklib)\nserver 10.77.0.1 iburst\n"
+    from runbooklib.vm.facts import parse_sysctls
+
+    configured = parse_sysctls("--configured--\n" + files[SYSCTL_FILE])["configured"]
+    assert configured == baseline.SYSCTLS
+
+
+def test_rke1_is_flagged_end_of_life(params, tmp_path):
+    assert "RKE1 reached end of life on 2025-07-31" in readiness.lifecycle_warning(params)
+    data = lab_data()
+    set_path(data, "kubernetes.distribution", "rke2")
+    assert readiness.lifecycle_warning(load_params(write_params(tmp_path, data, "rke2.yaml"))) is None

@@ -560,7 +560,8 @@ class ApiServer:
                         {"name": name, "group": rt.group, "kind": rt.plural})
 
     def patch(self, rt: ResourceType, namespace: str | None, name: str, body: bytes, content_type: str,
-              strict: bool = True, subresource: str = "", force: bool = False, dry_run: bool = False) -> dict:
+              strict: bool = True, subresource: str = "", dry_run: bool = False) -> dict:
+        """Apply a patch; server-side apply is a strategic merge here (no field ownership, so no conflicts)."""
         ctype = content_type.split(";")[0].strip()
         try:
             patch = yaml.safe_load(body) if ctype == "application/apply-patch+yaml" else json.loads(body or b"{}")
@@ -885,7 +886,7 @@ class Handler(BaseHTTPRequestHandler):
         if method == "PUT" and name:
             return 200, api.replace(rt, namespace, name, self._json(body), strict, sub, dry)
         if method == "PATCH" and name:
-            return 200, api.patch(rt, namespace, name, body, ctype, strict, sub, query.get("force") == "true", dry)
+            return 200, api.patch(rt, namespace, name, body, ctype, strict, sub, dry)
         if method == "DELETE" and name:
             return 200, api.delete(rt, namespace, name)
         if method == "DELETE":

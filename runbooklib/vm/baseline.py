@@ -59,6 +59,18 @@ def write_file(path: str, content: str, mode: str = "0644") -> str:
     return (f"mkdir -p $(dirname {p}) && echo {data} | base64 -d > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}")
 
 
+def desired_files(p: Params) -> dict[str, str]:
+    """The drop-in files the baseline owns, with the exact contents it writes (empty chrony list: none)."""
+    files = {
+        SYSCTL_FILE: "# Kubernetes networking (written by runbooklib)\n" + "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items()),
+        MODULES_FILE: "# Kubernetes (written by runbooklib)\n" + "".join(m + "\n" for m in MODULES),
+        SSHD_DROPIN: "# SSH hardening (written by runbooklib): keys only\n" + "".join(f"{k} {v}\n" for k, v in SSHD_SETTINGS.items()),
+    }
+    if p.vm.ntp_servers:
+        files[CHRONY_DROPIN] = "# NTP servers (written by runbooklib)\n" + "".join(f"server {s} iburst\n" for s in p.vm.ntp_servers)
+    return files
+
+
 def _is_k8s(host: Host) -> bool:
     return bool(set(host.roles) & set(K8S_ROLES))
 
@@ -88,7 +100,7 @@ def swap_disabled(p: Params, h: Host, f: dict) -> list[Step]:
 def kubernetes_sysctls(p: Params, h: Host, f: dict) -> list[Step]:
     if not _is_k8s(h):
         return []
-    want = "# Kubernetes networking (written by runbooklib)\n" + "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items())
+    want = desired_files(p)[SYSCTL_FILE]
     steps = []
     if _file(f, SYSCTL_FILE) != want:
         steps.append(Step(h.name, "kubernetes sysctls", f"write {SYSCTL_FILE}", write_file(SYSCTL_FILE, want),
@@ -105,7 +117,7 @@ def kubernetes_sysctls(p: Params, h: Host, f: dict) -> list[Step]:
 def kernel_modules(p: Params, h: Host, f: dict) -> list[Step]:
     if not _is_k8s(h):
         return []
-    want = "# Kubernetes (written by runbooklib)\n" + "".join(m + "\n" for m in MODULES)
+    want = desired_files(p)[MODULES_FILE]
     m = f.get("modules") or {}
     steps = []
     if _file(f, MODULES_FILE) != want:
@@ -153,7 +165,7 @@ def cluster_hosts_file(p: Params, h: Host, f: dict) -> list[Step]:
 
 
 def ssh_hardened(p: Params, h: Host, f: dict) -> list[Step]:
-    want = "# SSH hardening (written by runbooklib): keys only\n" + "".join(f"{k} {v}\n" for k, v in SSHD_SETTINGS.items())
+    want = desired_files(p)[SSHD_DROPIN]
     if _file(f, SSHD_DROPIN) == want:
         return []
     q = shlex.quote(SSHD_DROPIN)
@@ -204,7 +216,7 @@ def time_synced(p: Params, h: Host, f: dict) -> list[Step]:
     steps = []
     changed = False
     if p.vm.ntp_servers:
-        want = "# NTP servers (written by runbooklib)\n" + "".join(f"server {s} iburst\n" for s in p.vm.ntp_servers)
+        want = desired_files(p)[CHRONY_DROPIN]
         if _file(f, CHRONY_DROPIN) != want:
             steps.append(Step(h.name, "time synced", f"chrony servers: {', '.join(p.vm.ntp_servers)}",
                               write_file(CHRONY_DROPIN, want), f"rm {CHRONY_DROPIN}"))

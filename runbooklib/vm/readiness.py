@@ -196,14 +196,26 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def distribution(params: Params) -> str:
+    return params.kubernetes.distribution if params.kubernetes else "rke2"
+
+
+def lifecycle_warning(params: Params) -> str | None:
+    """What an engineer must hear before preparing nodes for a distribution past its end of life."""
+    if distribution(params) == "rke1":
+        return ("WARNING: RKE1 reached end of life on 2025-07-31 (final series 1.8). Prefer RKE2 for a new cluster; "
+                "these rules check RKE1's prerequisites because the parameters ask for it.")
+    return None
+
+
 def evaluate(params: Params, facts: dict[str, dict], errors: dict[str, str] | None = None) -> list[dict]:
     """A row per host and rule: host, rule, status (ok/fail/n/a/unreachable), reason."""
-    distribution = params.kubernetes.distribution if params.kubernetes else "rke2"
+    target = distribution(params)
     rows = []
     for host in params.hosts:
         f = facts.get(host.name)
         for rule in RULES:
-            if distribution not in rule.distributions or (rule.kubernetes_only and not set(host.roles) & set(K8S_ROLES)):
+            if target not in rule.distributions or (rule.kubernetes_only and not set(host.roles) & set(K8S_ROLES)):
                 rows.append({"host": host.name, "rule": rule.name, "status": NA, "reason": ""})
             elif f is None:
                 rows.append({"host": host.name, "rule": rule.name, "status": "unreachable",
