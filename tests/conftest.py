@@ -91,11 +91,28 @@ def require_lab(*tools: str) -> None:
     pytest.skip(reason, allow_module_level=True)
 
 
+def lab_identity(name: str, subnet: str) -> tuple[str, str]:
+    """A test lab's name and subnet, moved aside when ``RUNBOOK_TEST_LAB_TAG`` is set.
+
+    Two suites on one machine (two checkouts, a developer and a helper) would otherwise build labs
+    with the same names and subnets and tear down each other's. The tag (two lower-case letters)
+    replaces the names' ``rb`` prefix and moves the subnets by 100 in their second octet.
+    """
+    tag = os.environ.get("RUNBOOK_TEST_LAB_TAG")
+    if not tag:
+        return name, subnet
+    if not re.fullmatch(r"[a-z]{2}", tag) or tag == "rb":
+        raise RuntimeError(f"RUNBOOK_TEST_LAB_TAG={tag!r}: use two lower-case letters other than 'rb'")
+    a, b, rest = subnet.split(".", 2)
+    return tag + name.removeprefix("rb"), f"{a}.{(int(b) + 100) % 256}.{rest}"
+
+
 @contextlib.contextmanager
 def running_lab(root: Path, name: str, subnet: str, profile: str = "small"):
     """A lab instance of its own (name prefix, subnet, folder), cleared of debris first, always torn down."""
     from runbooklib.lab import Lab
 
+    name, subnet = lab_identity(name, subnet)
     lab = Lab(root, name=name, subnet=subnet)
     lab.down()  # what an interrupted earlier run may have left
     lab.up(profile=profile)

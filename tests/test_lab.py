@@ -18,9 +18,10 @@ from runbooklib.lab import Lab, LabError
 from runbooklib.params import load_params
 from runbooklib.ssh import Fleet
 
-from conftest import require_lab, running_lab
+from conftest import lab_identity, require_lab, running_lab
 
 require_lab()
+NET = lab_identity("rbtest", "10.78.0.0/24")[1].rsplit(".", 2)[0] + ".0"  # the lab subnet's first three octets
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_every_vm_answers_with_its_pinned_key(lab, fleet):
     assert results.ok, results.failed
     assert {h: r.stdout.strip() for h, r in results.items()} == {"cp1": "cp1", "w1": "w1", "db1": "db1", "edge1": "edge1"}
     pins = lab.known_hosts.read_text().splitlines()
-    assert sorted(p.split()[0] for p in pins) == ["10.78.0.11", "10.78.0.21", "10.78.0.31", "10.78.0.41"]
+    assert sorted(p.split()[0] for p in pins) == [f"{NET}.11", f"{NET}.21", f"{NET}.31", f"{NET}.41"]
 
 
 def test_fleet_ticks_once_per_host(lab):
@@ -69,7 +70,7 @@ def test_fleet_ticks_once_per_host(lab):
 def test_params_file_written_by_up_is_valid(lab):
     params = load_params(lab.params_file)
     assert params.environment.kind == "lab"
-    assert str(params.host("db1").address) == "10.78.0.31"
+    assert str(params.host("db1").address) == f"{NET}.31"
     assert params.path(params.ssh.known_hosts) == lab.known_hosts
 
 
@@ -115,7 +116,7 @@ def test_rekey_makes_that_vm_fail_with_the_host_key_error(lab, fleet):
     results = fleet.run("hostname")
     assert set(results.failed) == {"w1"}
     error = results["w1"].error
-    assert error.startswith("w1: host key at 10.78.0.21:22 does not match the one pinned in")
+    assert error.startswith(f"w1: host key at {NET}.21:22 does not match the one pinned in")
     assert "Nothing was run on this host" in error
     assert all(results[h].ok for h in ("cp1", "db1", "edge1"))
     actions = lab.up(profile="small")  # the lab re-pins the key it provisioned
@@ -132,7 +133,7 @@ def test_stopped_vm_fails_alone_with_a_clear_error(lab, fleet):
     try:
         results = fleet.run("uptime")
         assert set(results.failed) == {"edge1"}
-        assert "edge1: connection refused at 10.78.0.41:22" in results["edge1"].error
+        assert f"edge1: connection refused at {NET}.41:22" in results["edge1"].error
         status = {s.name: s for s in lab.status()}
         assert status["edge1"].state == "stopped" and not status["edge1"].ssh
     finally:
@@ -144,7 +145,7 @@ def test_cut_link_times_out_and_heal_restores(lab, fleet):
     lab.cut("cp1")
     try:
         r = fleet.run_on(host(fleet, "cp1"), "true")
-        assert not r.ok and r.error.startswith("cp1: no answer on 10.78.0.11:22 within")
+        assert not r.ok and r.error.startswith(f"cp1: no answer on {NET}.11:22 within")
         assert {s.name: s.link for s in lab.status()}["cp1"] == "down"
     finally:
         lab.heal("cp1")
@@ -172,19 +173,20 @@ def test_unknown_vm_is_named(lab):
 
 
 def test_down_leaves_nothing_behind_even_after_a_failed_up(tmp_path):
-    lab = Lab(tmp_path / "lab", name="rbdown", subnet="10.79.0.0/24")
+    name, subnet = lab_identity("rbdown", "10.79.0.0/24")
+    lab = Lab(tmp_path / "lab", name=name, subnet=subnet)
     lab.down()  # debris of an interrupted earlier run of this test
     lab.up(hosts=2)
     pids = [p for vm in lab.vms() for p in lab.pids(vm)]
     assert pids
     # the debris of an interrupted `up`: a namespace with no VM running in it, and no state file
-    subprocess.run(["ip", "netns", "add", "rbdown-ghost"], check=True)
+    subprocess.run(["ip", "netns", "add", f"{name}-ghost"], check=True)
     lab.state_file.unlink()
     lab.down()
     assert [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-            if n.startswith("rbdown-")] == []
-    assert subprocess.run(["ip", "link", "show", "rbdown0"], capture_output=True).returncode != 0
-    assert subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("rbdown-") == 0
+            if n.startswith(f"{name}-")] == []
+    assert subprocess.run(["ip", "link", "show", f"{name}0"], capture_output=True).returncode != 0
+    assert subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count(f"{name}-") == 0
     assert lab.mounts() == []
     for pid in pids:  # every process the lab started is gone (at most a zombie awaiting its reaper)
         try:

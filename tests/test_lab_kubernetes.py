@@ -18,9 +18,10 @@ import yaml
 
 from runbooklib.lab import Lab
 
-from conftest import require_lab, running_lab
+from conftest import lab_identity, require_lab, running_lab
 
 require_lab("etcd", "etcdctl", "kubectl")
+NET = lab_identity("rbk8s", "10.85.0.0/24")[1].rsplit(".", 2)[0] + ".0"  # the lab subnet's first three octets
 
 KUBECTL = shutil.which("kubectl")
 
@@ -90,7 +91,7 @@ def test_rke_up_lists_every_node_with_its_roles(cluster):
     rows = {line.split()[0]: line.split() for line in wide.splitlines()[1:]}
     assert sorted(rows) == ["cp1", "cp2", "cp3", "w1", "w2", "w3", "w4", "w5"]
     assert rows["cp1"][2] == "controlplane,etcd" and rows["w3"][2] == "worker"
-    assert rows["w3"][4] == "10.85.0.23"  # INTERNAL-IP, an -o wide column
+    assert rows["w3"][4] == f"{NET}.23"  # INTERNAL-IP, an -o wide column
     assert "lab-simulation" in rows["w1"][3]
     running = {st.name: st.processes for st in cluster.status()}
     assert {"etcd", "lab-apiserver", "lab-heartbeat", "lab-dockerd"} <= set(running["cp1"])
@@ -98,7 +99,7 @@ def test_rke_up_lists_every_node_with_its_roles(cluster):
 
 
 def test_etcd_is_a_real_three_member_cluster(cluster):
-    endpoints = ",".join(f"http://10.85.0.{i}:2379" for i in (11, 12, 13))
+    endpoints = ",".join(f"http://{NET}.{i}:2379" for i in (11, 12, 13))
     env = dict(os.environ, ETCDCTL_API="3")
     health = subprocess.run(["etcdctl", "--endpoints", endpoints, "endpoint", "health"], capture_output=True, text=True, env=env)
     assert health.returncode == 0 and health.stderr.count("is healthy") + health.stdout.count("is healthy") == 3
@@ -142,7 +143,7 @@ def test_kubectl_crud_selectors_apply_and_delete(cluster, tmp_path):
              .get("status", {}).get("readyReplicas") == 2, what="the deployment to become ready on schedulable nodes")
     described = kubectl(cluster, "describe", "node", "w1").stdout
     assert "node-role.kubernetes.io/worker=true" in described and "runbook.lab/simulated=true" in described
-    assert "InternalIP:  10.85.0.21" in described
+    assert f"InternalIP:  {NET}.21" in described
     assert 'deleted' in kubectl(cluster, "-n", "shop", "delete", "configmap", "settings").stdout
     assert kubectl(cluster, "-n", "shop", "get", "cm", "settings", check=False).returncode != 0
 
@@ -272,10 +273,10 @@ def test_rke_rejects_what_rke_rejects(cluster):
     original = (cluster.root / "cluster.yml").read_text()
     cases = [
         (lambda c: [n.update(role=["worker"]) for n in c["nodes"]], "Cluster must have at least one etcd plane host"),
-        (lambda c: c["nodes"][3].update(address="10.85.0.999"), "is not a valid IP address"),
+        (lambda c: c["nodes"][3].update(address=f"{NET}.999"), "is not a valid IP address"),
         (lambda c: c.update(clustr_name="x"), "unknown key(s) clustr_name"),
         (lambda c: c["nodes"][3].pop("role"), "Role for host (3) is not provided"),
-        (lambda c: c["nodes"].append(dict(c["nodes"][0])), "Cluster can't have duplicate node: 10.85.0.11"),
+        (lambda c: c["nodes"].append(dict(c["nodes"][0])), f"Cluster can't have duplicate node: {NET}.11"),
         (lambda c: c["network"].update(plugin="cilium"), "Network plugin [cilium] is not supported"),
         (lambda c: c["nodes"][0].update(role=["controlplane"]), "does not add or remove etcd members"),
     ]
@@ -292,13 +293,13 @@ def test_rke_rejects_what_rke_rejects(cluster):
 
 def test_adding_the_old_elk_vms_then_removing_a_worker(cluster):
     original = (cluster.root / "cluster.yml").read_text()
-    elk = [{"address": f"10.85.0.{50 + i}", "port": "22", "user": "root", "role": ["worker"], "hostname_override": f"elk{i}",
+    elk = [{"address": f"{NET}.{50 + i}", "port": "22", "user": "root", "role": ["worker"], "hostname_override": f"elk{i}",
             "ssh_key_path": str(cluster.key), "labels": {"legacy": "elk"},
             "taints": [{"key": "legacy", "value": "elk", "effect": "NoSchedule"}]} for i in (1, 2, 3)]
     edit_cluster(cluster, lambda c: c["nodes"].extend(elk))
     first = rke(cluster, "up")  # the ELK VMs have no Docker yet: RKE stops at the first one
     assert first.returncode == 1
-    assert "Failed to set up SSH tunneling for host [10.85.0.51]: Can't retrieve Docker Info" in first.stderr
+    assert f"Failed to set up SSH tunneling for host [{NET}.51]: Can't retrieve Docker Info" in first.stderr
     for vm in ("elk1", "elk2", "elk3"):
         cluster.start_docker(vm)  # the lab's "install Docker"
     done = rke(cluster, "up", "--update-only")
