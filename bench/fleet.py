@@ -38,7 +38,7 @@ def main() -> None:
             params = load_params(lab.params_file)
             cold, warm = [], []
             for _ in range(args.rounds):
-                fleet = Fleet(params, progress=None)
+                fleet = Fleet.from_params(params, progress=None)
                 t0 = time.perf_counter()
                 first = fleet.run(COMMAND)
                 cold.append(time.perf_counter() - t0)

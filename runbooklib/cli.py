@@ -21,7 +21,7 @@ def cmd_run(args) -> int:
 
     result = run_notebook(args.notebook, args.params, apply=args.apply, timeout=args.timeout,
                           archive_root=args.archive, stream=sys.stderr)
-    return 0 if result.ok else 1
+    return result.exit_code(allow_not_ready=args.allow_not_ready)
 
 
 def cmd_check(args) -> int:
@@ -47,8 +47,8 @@ def cmd_facts(args) -> int:
         if unknown:
             raise RunbookError(f"--hosts: no host named {', '.join(unknown)} in {args.params}")
         hosts = [h for h in hosts if h.name in wanted]
-    with Fleet(params, progress=None if args.json else "auto") as fleet:
-        facts, errors = vm_facts.gather(fleet, hosts)
+    with Fleet.from_params(params, progress=None if args.json else "auto") as fleet:
+        facts, errors, _ = vm_facts.gather(params, fleet, hosts)
     if args.json:
         print(json.dumps({"facts": facts, "errors": errors}, indent=2, default=str))
     else:
@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", required=True, type=Path, help="parameter file (params/<environment>.yaml)")
     p.add_argument("--apply", action="store_true", help="make changes (default: plan only, nothing changes)")
     p.add_argument("--timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
+    p.add_argument("--allow-not-ready", action="store_true",
+                   help="exit 0 when the runbook ends with a bad verdict (not ready, incomplete): a report, not a gate")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a parameter file and exit (2 when invalid)")

@@ -48,6 +48,7 @@ class Table:
     redactor: Redactor = _NO_REDACTION
     # cells to highlight: a function (row_index, column) -> "ok" | "bad" | "warn" | ""
     status: Callable[[int, str], str] | None = None
+    collapsed: bool = False  # HTML: folded under its title until clicked
 
     def _grid(self) -> tuple[list[str], list[list[str]]]:
         cols = list(self.columns or (self.rows[0].keys() if self.rows and isinstance(self.rows[0], dict) else []))
@@ -83,8 +84,11 @@ class Table:
             body.append("<tr>" + "".join(cells) + "</tr>")
         if not grid:
             body.append(f"<tr><td colspan='{max(len(cols), 1)}'><em>(none)</em></td></tr>")
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        if self.collapsed:
+            return f"<details><summary><strong>{html.escape(self.title or 'table')}</strong></summary>{table}</details>"
         title = f"<p><strong>{html.escape(self.title)}</strong></p>" if self.title else ""
-        return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return title + table
 
 
 def _fmt(v: Any) -> str:
@@ -99,6 +103,21 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
+
+
+@dataclass
+class Details:
+    """Long text (a diff, a log) folded under a one-line summary in HTML; printed whole as text."""
+
+    summary: str
+    text: str
+
+    def __repr__(self) -> str:
+        return f"{self.summary}\n{self.text}"
+
+    def _repr_html_(self) -> str:
+        return (f"<details><summary>{html.escape(self.summary)}</summary>"
+                f"<pre style='font-size:85%'>{html.escape(self.text)}</pre></details>")
 
 
 @dataclass

@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from . import __version__
-from .display import Banner, Table, progress, show
-from .params import Host, Params, load_params
+from .display import Banner, Details, Table, in_notebook, progress, show
+from .errors import RunbookError
+from .params import Params, load_params
+from .schema import Host
 from .secrets import Redactor, Secret
 
 JOURNAL_ENV = "RUNBOOK_JOURNAL"
+# verdicts that make `runbook run` exit 4: the notebook ran, but what it found is not good
+BAD_VERDICTS = ("not ready", "incomplete")
 
 
 def utcnow() -> str:
@@ -38,11 +42,14 @@ def utcnow() -> str:
 
 @dataclass
 class Change:
-    """One change a run made to a host (recorded as it happens, archived in the manifest)."""
+    """One change a run made to a host (recorded as it happens, archived in the manifest).
+
+    The same words as the step that made it: host, operation, change.
+    """
 
     host: str
-    action: str
-    detail: str = ""
+    operation: str
+    change: str = ""
     at: str = field(default_factory=utcnow)
 
 
@@ -93,12 +100,31 @@ class Run:
         return self.params.hosts_with(role)
 
     def fleet(self):
-        """SSH to this environment's hosts (pinned keys, bounded parallelism), with progress bars."""
+        """SSH to this environment's hosts (pinned keys, bounded parallelism), with progress bars.
+
+        One fleet per run, its connections opened on first use and reused by every cell; the run
+        closes them when it finishes (``finish``) or the kernel exits, so no cell closes them by hand.
+        """
         if getattr(self, "_fleet", None) is None:
+            import atexit
+
             from .ssh import Fleet
 
-            self._fleet = Fleet(self.params, progress=lambda total, desc: self.progress(total=total, desc=desc))
+            self._fleet = Fleet.from_params(self.params, progress=lambda total, desc: self.progress(total=total, desc=desc))
+            atexit.register(self.close)
         return self._fleet
+
+    def close(self) -> None:
+        """Close the run's connections (idempotent)."""
+        fleet = getattr(self, "_fleet", None)
+        if fleet is not None:
+            fleet.close()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def secret(self, field: str) -> Secret:
         """Resolve a secret field now; its value is scrubbed from everything this run shows."""
@@ -112,18 +138,23 @@ class Run:
             with open(self._journal, "a") as f:
                 f.write(json.dumps(self.redactor.scrub_obj(event)) + "\n")
 
-    def record_change(self, host: str, action: str, detail: str = "") -> Change:
-        """Note a change made to ``host``; every apply step calls this once per change."""
-        change = Change(host, self.redactor.scrub(action), self.redactor.scrub(detail))
+    def record_change(self, host: str, operation: str, change: str = "") -> Change:
+        """Note a change made to ``host``; every applied step is recorded once."""
+        entry = Change(host, self.redactor.scrub(operation), self.redactor.scrub(change))
         with self._lock:  # apply steps on many hosts record from many threads
-            self.changes.append(change)
-            self._write_journal({"event": "change", **asdict(change)})
-        return change
+            self.changes.append(entry)
+            self._write_journal({"event": "change", **asdict(entry)})
+        print(f"changed: {host}  {entry.operation}: {entry.change}", flush=True)
+        return entry
+
+    def record(self, step) -> Change:
+        """Record an applied :class:`~runbooklib.phase.steps.Step` (the ``on_change`` of an apply)."""
+        return self.record_change(step.host, step.operation, step.change)
 
     # -- displays ----------------------------------------------------------------------------
     def table(self, rows: Sequence[Any], columns: Sequence[str] | None = None, title: str = "",
-              status: Callable[[int, str], str] | None = None) -> Table:
-        t = Table(rows, columns, title, self.redactor, status)
+              status: Callable[[int, str], str] | None = None, collapsed: bool = False) -> Table:
+        t = Table(rows, columns, title, self.redactor, status, collapsed)
         show(t)
         return t
 
@@ -145,29 +176,73 @@ class Run:
         tone = "apply" if self.apply else ("lab" if self.is_lab else "info")
         return Banner(lines, tone)
 
-    def confirm(self, plan: Sequence[Any], action: Callable[[], Any], title: str = "Planned changes",
-                columns: Sequence[str] | None = None) -> Confirmation:
-        """Show ``plan``; run ``action`` only with consent.
+    def show_checks(self, checks: Sequence[Any], title: str) -> None:
+        """Checks as people read them: a recap per host, the failing rules, then the host x rule figure."""
+        from .phase import checks as C
+
+        recap = C.recap_by_host(checks)
+        tones = {"ready": "ok", "not ready": "bad", "unreachable": "bad"}
+        self.table(recap, title=f"{title}: recap per host",
+                   status=lambda i, col: tones.get(recap[i]["verdict"], "") if col == "verdict" else "")
+        by_rule = C.recap_by_rule(checks)
+        if by_rule:
+            self.table(by_rule, title=f"{len(by_rule)} rule(s) failing")
+        if checks and in_notebook():
+            C.matrix_figure(checks, title=title)  # the inline backend shows it under the cell
+
+    def show_plan(self, steps: Sequence[Any], title: str = "Plan") -> None:
+        """A plan: one summary line, a recap per host, every step with its undo (collapsed), file diffs (collapsed)."""
+        from .phase import steps as S
+
+        if not steps:
+            show("Nothing to change: every host is already as planned.")
+            return
+        show(f"{title}: {S.plan_summary(steps)}")
+        self.table(S.plan_recap(steps), title="Recap per host")
+        self.table(S.plan_rows(steps), title=f"Every step, with its undo ({len(steps)})", collapsed=True)
+        text = S.diffs(steps)
+        if text:
+            show(Details(f"File changes as diffs ({sum(1 for s in steps if s.diff)} files)", self.redactor.scrub(text)))
+
+    def confirm(self, steps: Sequence[Any], action: Callable[[], Any], title: str = "Plan") -> Confirmation:
+        """Show the plan of ``steps``; run ``action`` only with consent.
 
         Headless, consent is the ``apply`` parameter. Interactive, it is a click on *Apply* (the
         action then runs in the button's callback, its output under the buttons).
         """
-        if not plan:
+        if not steps:
             show("Nothing to change: every host is already as planned.")
             return Confirmation("empty")
-        self.table(plan, columns, f"{title} ({len(plan)})")
+        self.show_plan(steps, title)
         if self.headless:
             if not self.apply:
-                show(f"PLAN mode: nothing was changed. Re-run with --apply to make these {len(plan)} changes.")
+                show(f"PLAN mode: nothing was changed. Re-run with --apply to make these {len(steps)} changes.")
                 return Confirmation("planned")
             return Confirmation("applied", action())
-        return self._confirm_widget(len(plan), action)
+        return self._confirm_widget(len(steps), action)
+
+    def finish(self, problems: Sequence[str] = (), verdict: str | None = None) -> str:
+        """End the runbook with a verdict: the last output, journaled for the record, the runner's exit code.
+
+        A verdict in :data:`BAD_VERDICTS` (``not ready``, ``incomplete``) makes ``runbook run`` exit 4
+        (0 with ``--allow-not-ready``); every problem is listed under it. Nothing is raised: the
+        notebook ran to its end, and what it found is the verdict.
+        """
+        verdict = verdict or ("incomplete" if problems else "done")
+        problems = [self.redactor.scrub(p) for p in problems]
+        self._write_journal({"event": "verdict", "verdict": verdict, "problems": problems, "at": utcnow()})
+        self.close()
+        lines = [f"VERDICT: {verdict}" + (f" ({len(problems)} problem(s))" if problems else "")]
+        lines += [f"  - {p}" for p in problems[:50]] + ([f"  ... and {len(problems) - 50} more"] if len(problems) > 50 else [])
+        show("\n".join(lines))
+        return verdict
 
     def _confirm_widget(self, count: int, action: Callable[[], Any]) -> Confirmation:
         import ipywidgets as w
 
-        apply_btn = w.Button(description=f"Apply {count} change{'s' if count != 1 else ''}", button_style="danger",
-                             icon="check")
+        env = self.params.environment.name
+        apply_btn = w.Button(description=f"Apply {count} change{'s' if count != 1 else ''} to {env}",
+                             button_style="danger", icon="check", layout=w.Layout(width="auto"))
         cancel_btn = w.Button(description="Cancel", icon="times")
         out = w.Output()
         box = w.VBox([w.HBox([apply_btn, cancel_btn]), out])

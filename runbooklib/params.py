@@ -2,207 +2,39 @@
 
 ``load_params(path)`` returns a :class:`Params` or raises :class:`~runbooklib.errors.ParamsError`
 listing every problem at once, each with the file, the line, the field path
-(``inventory.hosts[3].address``) and what is expected. Structure and types are checked by the
-pydantic models below; rules that span fields (duplicate names, roles nobody has, an even etcd
-count, a cluster DNS address outside the service range, data outside its country) live in
-:func:`check_rules`.
+(``inventory.hosts[3].address``) and what is expected. The shared sections (environment,
+inventory, ssh) live in :mod:`runbooklib.schema`; each phase brings its own section and rules
+(``runbooklib/<phase>/settings.py``), composed here into one :class:`Params` model. Rules that span
+fields (duplicate names, data outside its country, and each phase's own) run in :func:`check_rules`.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import ipaddress
 import re
 import typing
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Optional
+from typing import Any, Iterator, Optional
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    IPvAnyAddress,
-    PlainSerializer,
-    PlainValidator,
-    PrivateAttr,
-    ValidationError,
-)
+from pydantic import BaseModel, PrivateAttr, ValidationError, create_model
 
 from .errors import ParamsError, Problem
+from .phases import phases
+from .schema import DATA_ROLES, K8S_ROLES, ROLES, SSH, Environment, Host, Inventory, Section
 from .secrets import Secret, SecretRef
 
-Role = Literal["etcd", "controlplane", "worker", "database", "edge", "elk"]
-ROLES: tuple[str, ...] = typing.get_args(Role)
-# Roles whose hosts can hold personal data (152-FZ Art. 18(5)): they must sit in the data country.
-DATA_ROLES = ("database", "worker", "edge", "elk")
-
-SecretField = Annotated[SecretRef, PlainValidator(SecretRef.parse), PlainSerializer(str)]
-Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
-Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code")]
-Port = Annotated[int, Field(ge=1, le=65535)]
+__all__ = ["DATA_ROLES", "K8S_ROLES", "ROLES", "Host", "Params", "check_rules", "load_params", "parse_params"]
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Environment(Section):
-    name: Name
-    kind: Literal["lab", "staging", "production"]
-    data_country: Country
-    description: str = ""
-
-
-class Location(Section):
-    country: Country
-    site: str = ""
-
-
-class Host(Section):
-    name: Name
-    address: IPvAnyAddress
-    ssh_port: Port = 22
-    user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]*$")] = "root"
-    roles: Annotated[list[Role], Field(min_length=1)]
-    labels: dict[str, str] = {}
-    location: Location
-
-
-class Inventory(Section):
-    hosts: Annotated[list[Host], Field(min_length=1)]
-
-
-class SSH(Section):
-    key: SecretField
-    known_hosts: str
-    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
-    command_timeout: Annotated[float, Field(gt=0)] = 300.0
-    parallelism: Annotated[int, Field(ge=1, le=256)] = 16
-
-
-RoleOrDefault = Literal["default", "etcd", "controlplane", "worker", "database", "edge", "elk"]
-
-
-class DeployUser(Section):
-    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]*$")]
-    groups: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]*$")]] = []
-    # a public key (not a secret): the key line itself, or file:PATH of a .pub file
-    authorized_key: str
-
-    def public_key(self, base_dir: Path) -> str:
-        if self.authorized_key.startswith("file:"):
-            path = Path(self.authorized_key[5:]).expanduser()
-            path = path if path.is_absolute() else base_dir / path
-            try:
-                return path.read_text().strip()
-            except OSError as e:
-                raise ParamsError(str(path), [Problem("vm.deploy_user.authorized_key", f"cannot read {path}: {e.strerror}")]) from None
-        return self.authorized_key.strip()
-
-
-class VM(Section):
-    """Thresholds and settings of the VM phase (preflight and baseline)."""
-
-    min_root_gb: dict[RoleOrDefault, Annotated[float, Field(ge=0)]] = {"default": 40, "worker": 100, "database": 100, "elk": 100}
-    min_free_gb: Annotated[float, Field(ge=0)] = 10
-    min_cpus: dict[RoleOrDefault, Annotated[int, Field(ge=1)]] = {"default": 2}
-    min_memory_gb: dict[RoleOrDefault, Annotated[float, Field(ge=0)]] = {"default": 2, "controlplane": 4}
-    ntp_servers: list[str] = []
-    # False only where the kernel clock is shared (the lab): chronyd then runs with -x
-    time_sync_controls_clock: bool = True
-    deploy_user: Optional[DeployUser] = None
-    # Docker series RKE1 accepts (kontainer-driver-metadata); ignored with kubernetes.ignore_docker_version
-    docker_versions: list[str] = ["20.10", "23.0", "24.0", "25.0", "26.0", "26.1", "27.0", "27.1", "27.2", "27.3"]
-
-    def threshold(self, table: dict, roles: list[str]):
-        """The strictest threshold among the host's roles (falling back to ``default``)."""
-        values = [table[r] for r in roles if r in table] or [table.get("default", 0)]
-        return max(values)
-
-
-class Kubernetes(Section):
-    distribution: Literal["rke1", "rke2"] = "rke2"
-    version: Annotated[str, Field(pattern=r"^v1\.\d+\.\d+$")]
-    cluster_name: Name = "local"
-    cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.42.0.0/16")
-    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.43.0.0/16")
-    cluster_dns: ipaddress.IPv4Address = ipaddress.IPv4Address("10.43.0.10")
-    cluster_domain: str = "cluster.local"
-    network_plugin: Literal["canal", "flannel", "calico", "cilium", "weave", "none"] = "canal"
-    ignore_docker_version: bool = False
-
-
-class Registry(Section):
-    server: str
-    secret_name: Name = "registry-pull"
-    namespaces: list[Name] = ["default"]
-    json_key: SecretField
-
-
-class Database(Section):
-    flavour: Literal["mariadb", "mysql-8.0", "mysql-8.4"] = "mariadb"
-    primary: Name
-    replica: Optional[Name] = None
-    delayed_replica: Optional[Name] = None
-    delay_seconds: Annotated[int, Field(ge=0, le=2**31 - 1)] = 2_592_000
-    binlog_retention_seconds: Annotated[int, Field(ge=0)] = 2_678_400
-    port: Port = 3306
-    root_password: SecretField
-    replication_password: SecretField
-
-
-class Gluster(Section):
-    volume: Name = "cdn"
-    bricks: Annotated[list[Name], Field(min_length=1)]
-    brick_path: str = "/bricks/cdn"
-    mount_path: str = "/cdn-data"
-
-
-class Ceph(Section):
-    pool_size: Annotated[int, Field(ge=1, le=7)] = 3
-    failure_domain: Literal["host", "osd", "rack", "zone"] = "host"
-    storage_class: str = "ceph-block"
-
-
-class Storage(Section):
-    gluster: Optional[Gluster] = None
-    ceph: Optional[Ceph] = None
-
-
-class Logging(Section):
-    elasticsearch_url: Annotated[str, Field(pattern=r"^https?://")]
-    user: str = "elastic"
-    password: SecretField
-    container_runtime: Literal["containerd", "docker"] = "containerd"
-    warm_after_days: Annotated[int, Field(ge=0)] = 3
-    delete_after_days: Annotated[int, Field(ge=1)] = 90
-
-
-class Edge(Section):
-    hosts: Annotated[list[Name], Field(min_length=1)]
-    cdn_hostname: str
-    cdn_path: str = "/cdn/"
-    http_port: Port = 80
-    https_port: Port = 443
-    proxy_protocol: bool = True
-
-
-class Params(Section):
-    """A whole environment: who, where, how to reach it, and one section per migration phase."""
+class _Environment(Section):
+    """A whole environment: who, where, how to reach it; the phases add one section each (below)."""
 
     environment: Environment
     inventory: Inventory
     ssh: SSH
-    vm: VM = VM()
-    kubernetes: Optional[Kubernetes] = None
-    registry: Optional[Registry] = None
-    database: Optional[Database] = None
-    storage: Optional[Storage] = None
-    logging: Optional[Logging] = None
-    edge: Optional[Edge] = None
 
     _source: Path = PrivateAttr(default=Path("params.yaml"))
     _text: str = PrivateAttr(default="")
@@ -267,6 +99,19 @@ def _walk_refs(obj: Any, prefix: str) -> Iterator[tuple[str, SecretRef]]:
             yield from _walk_refs(item, f"{prefix}[{i}]")
 
 
+def _phase_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for ph in phases():
+        if ph.section is not None:
+            fields[ph.section] = (ph.model, ph.model()) if ph.required else (Optional[ph.model], None)
+    return fields
+
+
+# One model for the whole file: the shared sections plus every registered phase's own.
+Params = create_model("Params", __base__=_Environment, __module__=__name__, **_phase_fields())
+Params.__doc__ = "A whole environment: who, where, how to reach it, and one section per migration phase."
+
+
 # --------------------------------------------------------------------------------------------
 # Cross-field rules
 # --------------------------------------------------------------------------------------------
@@ -275,7 +120,6 @@ def check_rules(p: Params) -> list[Problem]:
     """Rules that no single field can check. Each problem names the field to fix."""
     out: list[Problem] = []
     hosts = p.inventory.hosts
-    by_name = {h.name: h for h in hosts}
 
     for key, label in (("name", "name"), ("address", "address")):
         first: dict[Any, int] = {}
@@ -317,74 +161,10 @@ def check_rules(p: Params) -> list[Problem]:
                     "and write file:/path",
                 ))
 
-    def need_role(role: str, section: str, minimum: int = 1) -> None:
-        have = len(p.hosts_with(role))
-        if have < minimum:
-            out.append(Problem(section, f"needs at least {minimum} host with role {role}; no host in "
-                                        f"inventory.hosts has it (add {role} to a host's roles)"))
-
-    def need_host(path: str, name: str, role: str) -> None:
-        if name not in by_name:
-            out.append(Problem(path, f"no host named {name} in inventory.hosts; known: {', '.join(by_name)}"))
-        elif role not in by_name[name].roles:
-            out.append(Problem(path, f"host {name} does not have role {role}; add it to the host's roles or name another host"))
-
-    k = p.kubernetes
-    if k is not None:
-        need_role("etcd", "kubernetes")
-        need_role("controlplane", "kubernetes")
-        need_role("worker", "kubernetes")
-        etcd = len(p.hosts_with("etcd"))
-        if etcd and etcd % 2 == 0:
-            out.append(Problem("inventory.hosts", f"{etcd} hosts have role etcd; etcd needs an odd number "
-                                                   "(1, 3 or 5) to keep quorum through a failure"))
-        if k.cluster_dns not in k.service_cidr:
-            out.append(Problem("kubernetes.cluster_dns", f"{k.cluster_dns} is outside kubernetes.service_cidr "
-                                                         f"{k.service_cidr}; use an address inside it (usually the .10)"))
-        if k.cluster_cidr.overlaps(k.service_cidr):
-            out.append(Problem("kubernetes.service_cidr", f"{k.service_cidr} overlaps kubernetes.cluster_cidr "
-                                                          f"{k.cluster_cidr}; pods and services need separate ranges"))
-        for i, h in enumerate(hosts):
-            for field in ("cluster_cidr", "service_cidr"):
-                net = getattr(k, field)
-                if h.address.version == 4 and h.address in net:
-                    out.append(Problem(f"inventory.hosts[{i}].address",
-                                       f"{h.address} lies inside kubernetes.{field} {net}; node addresses must not "
-                                       "overlap the cluster's internal ranges"))
-
-    db = p.database
-    if db is not None:
-        named = [("database.primary", db.primary), ("database.replica", db.replica),
-                 ("database.delayed_replica", db.delayed_replica)]
-        seen: dict[str, str] = {}
-        for path, name in named:
-            if name is None:
-                continue
-            need_host(path, name, "database")
-            if name in seen:
-                out.append(Problem(path, f"{name} is also {seen[name]}; each database role needs its own host"))
-            seen.setdefault(name, path)
-        if db.delayed_replica and db.delay_seconds == 0:
-            out.append(Problem("database.delay_seconds", "a delayed replica needs a delay above 0 (the seed used 2592000, 30 days)"))
-        if db.delayed_replica and db.binlog_retention_seconds < db.delay_seconds:
-            out.append(Problem("database.binlog_retention_seconds",
-                               f"{db.binlog_retention_seconds} s is shorter than database.delay_seconds {db.delay_seconds}; "
-                               "the primary must keep binlogs at least as long as the delay"))
-
-    if p.edge is not None:
-        for i, name in enumerate(p.edge.hosts):
-            need_host(f"edge.hosts[{i}]", name, "edge")
-    if p.storage is not None and p.storage.gluster is not None:
-        for i, name in enumerate(p.storage.gluster.bricks):
-            if name not in by_name:
-                out.append(Problem(f"storage.gluster.bricks[{i}]", f"no host named {name} in inventory.hosts"))
-    if p.storage is not None and p.storage.ceph is not None:
-        if p.storage.ceph.pool_size == 1 and p.environment.kind != "lab":
-            out.append(Problem("storage.ceph.pool_size", "a pool of size 1 keeps one copy of every byte; use 3 "
-                                                         "outside the lab (size 1 also needs requireSafeReplicaSize: false)"))
-    if p.logging is not None and p.logging.delete_after_days <= p.logging.warm_after_days:
-        out.append(Problem("logging.delete_after_days", f"{p.logging.delete_after_days} must be later than "
-                                                       f"logging.warm_after_days {p.logging.warm_after_days}"))
+    # Each phase's own rules.
+    for ph in phases():
+        if ph.rules is not None:
+            out.extend(ph.rules(p))
     return out
 
 

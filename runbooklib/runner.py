@@ -31,7 +31,7 @@ import nbformat
 from . import __version__
 from .archive import Archive, default_root
 from .errors import ArchiveError, RunbookError
-from .notebook import JOURNAL_ENV, utcnow
+from .notebook import BAD_VERDICTS, JOURNAL_ENV, utcnow
 from .params import Params, load_params
 from .secrets import Redactor
 
@@ -75,6 +75,18 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"
+
+    @property
+    def verdict(self) -> str | None:
+        return (self.manifest.get("verdict") or {}).get("verdict")
+
+    def exit_code(self, allow_not_ready: bool = False) -> int:
+        """0 succeeded, 1 failed, 4 succeeded with a bad verdict (``not ready``, ``incomplete``)."""
+        if not self.ok:
+            return 1
+        if self.verdict in BAD_VERDICTS and not allow_not_ready:
+            return 4
+        return 0
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -319,6 +331,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
 
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
     changes = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "change"]
+    verdicts = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "verdict"]
     nb = nbformat.from_dict(redactor.scrub_obj(outcome.nb))
     nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
     html_bytes = redactor.scrub(renderer.render(nb)).encode()
@@ -346,6 +359,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
         "duration_s": round((ended - started).total_seconds(), 3),
         "status": outcome.status,
         "failure": outcome.failure,
+        "verdict": verdicts[-1] if verdicts else None,
         "changes": changes,
         "archived_at": utcnow(),
     }
@@ -371,8 +385,9 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
 
 def summary(result: RunResult) -> str:
     m = result.manifest
+    verdict = f", verdict: {result.verdict}" if result.verdict else ""
     lines = [f"run {result.run_id} {result.status} in {m['duration_s']:.1f} s "
-             f"({m['mode']} mode, {len(m['changes'])} change(s) applied)"]
+             f"({m['mode']} mode, {len(m['changes'])} change(s) applied{verdict})"]
     if m.get("failure"):
         f = m["failure"]
         cell = (f" at cell {f['notebook_cell']} of the notebook (In [{f['execution_count']}])"

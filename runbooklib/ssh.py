@@ -6,7 +6,7 @@ host, never trusted on first use. The key comes from the ``ssh.key`` secret refe
 commands run with bounded parallelism (``ssh.parallelism``), per-host timeouts, and return a result
 or an error per host, each naming its host, while a progress bar ticks once per host.
 
-    fleet = Fleet(params)
+    fleet = Fleet.from_params(params)
     results = fleet.run("uname -r")
     for host, r in results.items(): print(host, r.ok, r.stdout or r.error)
 """
@@ -20,12 +20,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
 import paramiko
 
 from .errors import HostError, RunbookError
-from .params import Host, Params
+from .schema import SSH, Host
+
+if TYPE_CHECKING:
+    from .params import Params
+
+T = TypeVar("T")
 
 
 class HostKeyError(HostError):
@@ -77,32 +82,42 @@ def _load_pkey(text: str) -> paramiko.PKey:
 
 
 class Fleet:
-    """Connections to the hosts of one parameter file, opened lazily and reused."""
+    """Connections to a list of hosts with one set of SSH settings, opened lazily and reused."""
 
-    def __init__(self, params: Params, progress: Callable[..., Iterable] | str | None = "auto"):
-        """``progress``: a tqdm-like factory ``(total=, desc=)``, "auto" (a widget in notebooks, text on
-        stderr elsewhere) or None for no bar."""
+    def __init__(self, hosts: Iterable[Host], ssh: SSH, base_dir: Path,
+                 progress: Callable[..., Iterable] | str | None = "auto"):
+        """``base_dir`` resolves relative paths in ``ssh`` (the parameter file's folder).
+
+        ``progress``: a tqdm-like factory ``(total=, desc=)``, "auto" (a widget in notebooks, text on
+        a terminal) or None for no bar.
+        """
         if progress == "auto":
             from .display import progress as auto_progress
 
             progress = lambda total, desc: auto_progress(total=total, desc=desc)  # noqa: E731
-        self.params = params
-        self.ssh = params.ssh
-        self.known_hosts = params.path(self.ssh.known_hosts)
+        self.hosts = list(hosts)
+        self.ssh = ssh
+        known = Path(ssh.known_hosts).expanduser()
+        self.known_hosts = known if known.is_absolute() else base_dir / known
         self._progress = progress
         self._conns: dict[str, object] = {}
         self._lock = threading.Lock()
-        ref = self.ssh.key
+        ref = ssh.key
         if ref.scheme == "file":
-            key_file = ref.path(params.source_dir)
+            key_file = ref.path(base_dir)
             if not key_file.exists():
                 raise RunbookError(f"ssh.key: key file {key_file} does not exist (for the lab, run `runbook lab up`)")
             self._connect_kwargs = {"key_filename": str(key_file)}
         else:
-            self._connect_kwargs = {"pkey": _load_pkey(ref.resolve(params.source_dir, "ssh.key"))}
+            self._connect_kwargs = {"pkey": _load_pkey(ref.resolve(base_dir, "ssh.key"))}
         if not self.known_hosts.exists():
             raise RunbookError(f"ssh.known_hosts: {self.known_hosts} does not exist; host keys must be pinned "
                                "before any connection (for the lab, run `runbook lab up`)")
+
+    @classmethod
+    def from_params(cls, params: "Params", progress: Callable[..., Iterable] | str | None = "auto") -> "Fleet":
+        """The fleet of a parameter file: its inventory, its ``ssh`` section."""
+        return cls(params.hosts, params.ssh, params.source_dir, progress)
 
     # -- single host -------------------------------------------------------------------------
     def connection(self, host: Host):
@@ -183,27 +198,32 @@ class Fleet:
             raise HostError(host.name, f"cannot copy {local} to {remote}: {e}") from None
 
     # -- many hosts --------------------------------------------------------------------------
-    def run(self, command: str | Callable[[Host], str], hosts: Iterable[Host] | None = None,
-            timeout: float | None = None, desc: str = "") -> FleetResult:
-        """Run a command (or a per-host command) on many hosts at once, one progress tick per host."""
-        targets = list(hosts) if hosts is not None else self.params.hosts
-        results: dict[str, HostResult] = {}
-        bar = self._bar(len(targets), desc or (command if isinstance(command, str) else "fleet")[:40])
+    def each(self, fn: Callable[[Host], T], hosts: Iterable[Host] | None = None, desc: str = "") -> dict[str, T]:
+        """Call ``fn(host)`` for many hosts at once (``ssh.parallelism`` at a time), one progress tick per host.
+
+        The one executor of the library: ``run`` and every phase's apply go through it. Results come
+        back in inventory order; ``fn`` reports a host's failure in its result, never by raising.
+        """
+        targets = list(hosts) if hosts is not None else self.hosts
+        results: dict[str, T] = {}
+        bar = self._progress(total=len(targets), desc=desc or "fleet") if self._progress and targets else None
         with ThreadPoolExecutor(max_workers=min(self.ssh.parallelism, max(len(targets), 1))) as pool:
-            futures = {pool.submit(self.run_on, h, command(h) if callable(command) else command, timeout): h
-                       for h in targets}
+            futures = {pool.submit(fn, h): h for h in targets}
             for fut in as_completed(futures):
                 results[futures[fut].name] = fut.result()
                 if bar is not None:
                     bar.update(1)
         if bar is not None:
             bar.close()
-        return FleetResult((h.name, results[h.name]) for h in targets)
+        return {h.name: results[h.name] for h in targets}
 
-    def _bar(self, total: int, desc: str):
-        if self._progress is None:
-            return None
-        return self._progress(total=total, desc=desc)
+    def run(self, command: str | Callable[[Host], str], hosts: Iterable[Host] | None = None,
+            timeout: float | None = None, desc: str = "") -> FleetResult:
+        """Run a command (or a per-host command) on many hosts at once, one progress tick per host."""
+        def one(h: Host) -> HostResult:
+            return self.run_on(h, command(h) if callable(command) else command, timeout)
+
+        return FleetResult(self.each(one, hosts, desc or (command if isinstance(command, str) else "fleet")[:40]))
 
     def _drop(self, name: str) -> None:
         with self._lock:

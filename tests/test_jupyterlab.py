@@ -22,7 +22,8 @@ import pytest
 
 from runbooklib.params import load_params
 from runbooklib.ssh import Fleet
-from runbooklib.vm import facts as vm_facts, readiness
+from runbooklib.phase.checks import failures
+from runbooklib.vm import checks, facts as vm_facts
 
 from conftest import ROOT, require_lab, running_lab
 
@@ -75,9 +76,9 @@ def jupyter(tmp_path):
 
 
 def failing_checks(params) -> set:
-    with Fleet(params, progress=None) as fleet:
-        facts, errors = vm_facts.gather(fleet)
-    return {(r["host"], r["rule"]) for r in readiness.failures(readiness.evaluate(params, facts, errors))}
+    with Fleet.from_params(params, progress=None) as fleet:
+        gathered = vm_facts.gather(params, fleet)
+    return {(c.host, c.rule) for c in failures(checks.evaluate(params, gathered))}
 
 
 def test_engineer_plans_then_applies_with_a_click(lab, jupyter, tmp_path):

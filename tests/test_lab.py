@@ -32,7 +32,7 @@ def lab(tmp_path_factory):
 
 @pytest.fixture
 def fleet(lab):
-    f = Fleet(load_params(lab.params_file))
+    f = Fleet.from_params(load_params(lab.params_file))
     yield f
     f.close()
 
@@ -62,7 +62,7 @@ def test_fleet_ticks_once_per_host(lab):
         def close(self):
             ticks.append(("close",))
 
-    with Fleet(load_params(lab.params_file), progress=Bar) as f:
+    with Fleet.from_params(load_params(lab.params_file), progress=Bar) as f:
         assert f.run("true", desc="noop").ok
     assert ticks == [("open", 4, "noop"), *[("tick", 1)] * 4, ("close",)]
 
@@ -99,7 +99,7 @@ def test_daemon_started_over_ssh_survives_the_session_and_dies_with_the_vm(lab, 
     started = fleet.run_on(db1, "setsid sleep 3600 </dev/null >/dev/null 2>&1 & echo $!").check()
     inner_pid = started.stdout.strip()
     fleet.close()  # the SSH session ends
-    again = Fleet(load_params(lab.params_file))
+    again = Fleet.from_params(load_params(lab.params_file))
     try:
         assert again.run_on(db1, f"kill -0 {inner_pid} && cat /proc/{inner_pid}/comm").check().stdout.strip() == "sleep"
     finally:
@@ -121,7 +121,7 @@ def test_rekey_makes_that_vm_fail_with_the_host_key_error(lab, fleet):
     assert all(results[h].ok for h in ("cp1", "db1", "edge1"))
     actions = lab.up(profile="small")  # the lab re-pins the key it provisioned
     assert actions == ["w1: pinned its current host key"]
-    fresh = Fleet(load_params(lab.params_file))
+    fresh = Fleet.from_params(load_params(lab.params_file))
     try:
         assert fresh.run_on(host(fresh, "w1"), "true").ok
     finally:
@@ -160,7 +160,7 @@ def test_up_recovers_a_lab_whose_processes_were_killed(lab):
     assert all(s.state == "stopped" for s in lab.status())
     actions = lab.up(profile="small")
     assert sorted(a.split(":")[0] for a in actions if "booted" in a) == ["cp1", "db1", "edge1", "w1"]
-    f = Fleet(load_params(lab.params_file))
+    f = Fleet.from_params(load_params(lab.params_file))
     try:
         assert f.run("true").ok
     finally:

@@ -9,6 +9,7 @@ import pytest
 from runbooklib.display import Table
 from runbooklib.notebook import JOURNAL_ENV, Run, open_run
 from runbooklib.params import load_params
+from runbooklib.phase.steps import Step
 from runbooklib.secrets import Redactor
 
 from conftest import LAB_PARAMS
@@ -17,6 +18,9 @@ from conftest import LAB_PARAMS
 @pytest.fixture
 def params():
     return load_params(LAB_PARAMS)
+
+
+SWAP_OFF = [Step("w1", "swap disabled", "turn off swap", "swapoff -a", "swapon -a")]
 
 
 def test_table_text_and_html():
@@ -38,14 +42,14 @@ def test_table_cells_are_scrubbed():
 def test_headless_plan_does_not_run_the_action(params, capsys):
     calls = []
     run = Run(params, "r1", apply=False, headless=True)
-    outcome = run.confirm([{"host": "w1", "change": "swap off"}], lambda: calls.append(1))
+    outcome = run.confirm(SWAP_OFF, lambda: calls.append(1))
     assert outcome.status == "planned" and calls == []
     assert "PLAN mode: nothing was changed" in capsys.readouterr().out
 
 
 def test_headless_apply_runs_the_action(params):
     run = Run(params, "r1", apply=True, headless=True)
-    outcome = run.confirm([{"host": "w1", "change": "swap off"}], lambda: "done")
+    outcome = run.confirm(SWAP_OFF, lambda: "done")
     assert outcome.status == "applied" and outcome.result == "done"
 
 
@@ -54,10 +58,18 @@ def test_empty_plan_changes_nothing(params):
     assert run.confirm([], lambda: pytest.fail("must not run")).status == "empty"
 
 
+def test_plan_display_has_a_summary_recap_and_undo(params, capsys):
+    run = Run(params, "r1", apply=False, headless=True)
+    run.show_plan(SWAP_OFF + [Step("w2", "swap disabled", "turn off swap", "swapoff -a", "swapon -a")])
+    out = capsys.readouterr().out
+    assert "Plan: 2 change(s) on 2 host(s) across 1 operation(s)" in out
+    assert "Recap per host" in out and "swapon -a" in out
+
+
 def test_interactive_apply_waits_for_the_click(params):
     calls = []
     run = Run(params, None, apply=False, headless=False)
-    outcome = run.confirm([{"host": "w1", "change": "swap off"}], lambda: calls.append(run.apply) or "ok")
+    outcome = run.confirm(SWAP_OFF, lambda: calls.append(run.apply) or "ok")
     assert outcome.status == "pending" and calls == []
     apply_btn, cancel_btn = outcome.widget.children[0].children
     apply_btn.click()
@@ -65,13 +77,14 @@ def test_interactive_apply_waits_for_the_click(params):
     assert calls == [True]  # the action ran in apply mode...
     assert run.apply is False  # ...and the run went back to plan mode after it
     assert apply_btn.disabled and cancel_btn.disabled
+    assert apply_btn.description == "Apply 1 change to lab"
     apply_btn.click()  # a second click (queued before the buttons disabled) must not apply twice
     assert calls == [True]
 
 
 def test_interactive_cancel(params):
     run = Run(params, None, apply=False, headless=False)
-    outcome = run.confirm([{"host": "w1"}], lambda: pytest.fail("must not run"))
+    outcome = run.confirm(SWAP_OFF, lambda: pytest.fail("must not run"))
     outcome.widget.children[0].children[1].click()
     assert outcome.status == "cancelled"
 
@@ -85,7 +98,8 @@ def test_changes_go_to_the_journal_scrubbed(params, tmp_path, monkeypatch):
     events = [json.loads(line) for line in journal.read_text().splitlines()]
     assert events[0]["event"] == "kernel" and events[0]["executable"]
     assert events[1]["host"] == "db1"
-    assert events[1]["action"] == "set password [redacted:database.root_password]"
+    assert events[1]["operation"] == "set password [redacted:database.root_password]"
+    assert events[1]["change"] == "ALTER USER"
     assert pw.reveal() not in journal.read_text()
 
 
@@ -93,4 +107,25 @@ def test_open_run_defaults(params):
     run = open_run(LAB_PARAMS)
     assert run.headless is False and run.mode == "plan" and run.run_id.startswith("interactive-")
     assert run.is_lab and len(run.hosts) == 16
-    assert "lab" in repr(run.banner())
+    banner = dict(run.banner().lines)
+    assert banner["environment"] == "lab (lab); personal data stays in RU"
+    assert banner["mode"] == "PLAN: read-only, nothing is changed"
+    assert banner["lab"].startswith("rehearsal on the built-in lab")
+
+
+def test_banner_of_a_production_environment_says_so_and_has_no_lab_line(tmp_path):
+    from conftest import lab_data, set_path, write_params
+
+    data = lab_data()
+    set_path(data, "environment.name", "moscow-prod")
+    set_path(data, "environment.kind", "staging")
+    for i, h in enumerate(data["inventory"]["hosts"]):
+        h["address"] = f"192.0.2.{i + 10}"  # documentation addresses: parsed, never dialled
+    data["ssh"]["key"] = "file:id_ed25519"
+    for section in ("database", "registry", "logging"):
+        data.pop(section, None)
+    run = Run(load_params(write_params(tmp_path, data)), "r1", apply=True, headless=True)
+    banner = dict(run.banner().lines)
+    assert banner["environment"] == "moscow-prod (staging); personal data stays in RU"
+    assert banner["mode"] == "APPLY: changes will be made" and "lab" not in banner
+    assert run.banner().tone == "apply"

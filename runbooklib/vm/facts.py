@@ -1,8 +1,9 @@
-"""Facts: small named units, each a shell command and a parser of its output.
+"""The VM phase's facts: each a shell command, a parser and a typed shape.
 
-All facts of a host are gathered in one SSH command (sections separated by markers), so the cost
+All facts of a host are gathered in one SSH command (:mod:`runbooklib.phase.facts`), so the cost
 is one round trip per host, in parallel across hosts. Parsers are pure functions of the command's
-output: tests feed them recorded outputs (``tests/data/facts/``).
+output: tests feed them recorded outputs (``tests/data/vm/facts/``). Every fact has a default of
+its own shape, so a host's facts always hold every key the checks and operations read.
 """
 
 from __future__ import annotations
@@ -10,42 +11,114 @@ from __future__ import annotations
 import base64
 import re
 import shlex
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Optional, TypedDict
 
-from ..params import Host, Params
-
-MARK = "@@RBFACT"
+from ..phase.facts import Fact, FactSet, Gathered
+from ..phase.facts import sections as _sections
+from ..schema import Host
 
 # Files the baseline manages; the ``managed_files`` fact reads them so plans can compare contents.
 SYSCTL_FILE = "/etc/sysctl.d/90-kubernetes.conf"
 MODULES_FILE = "/etc/modules-load.d/kubernetes.conf"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/50-runbook-hardening.conf"
 CHRONY_DROPIN = "/etc/chrony/conf.d/runbook.conf"
-MANAGED_FILES = (SYSCTL_FILE, MODULES_FILE, SSHD_DROPIN, CHRONY_DROPIN, "/etc/hosts", "/etc/hostname")
+CHRONY_DEFAULTS = "/etc/default/chrony"
+MANAGED_FILES = (SYSCTL_FILE, MODULES_FILE, SSHD_DROPIN, CHRONY_DROPIN, CHRONY_DEFAULTS, "/etc/hosts", "/etc/hostname")
 
 
-@dataclass(frozen=True)
-class Fact:
-    name: str
-    description: str
-    command: str  # may use {others} (other nodes' names) and {deploy_user}
-    process: Callable[[str], Any]
+# -- shapes ------------------------------------------------------------------------------------
+
+class OsRelease(TypedDict):
+    id: str
+    version_id: str
+    pretty_name: str
 
 
-def _sections(text: str, sep: str = "--") -> dict[str, list[str]]:
-    """Split output on ``--name--`` lines into named line lists (the first part is ``""``)."""
-    out: dict[str, list[str]] = {"": []}
-    key = ""
-    for line in text.splitlines():
-        m = re.fullmatch(rf"{sep}(\w+){sep}", line.strip())
-        if m:
-            key = m.group(1)
-            out[key] = []
-        else:
-            out[key].append(line)
-    return out
+class Memory(TypedDict):
+    total_mb: int
+    available_mb: int
 
+
+class Filesystem(TypedDict):
+    filesystem: str
+    size_gb: float
+    free_gb: float
+    mount: str
+
+
+class Disks(TypedDict):
+    root: Optional[Filesystem]
+    data: Optional[Filesystem]
+    data_on_root: bool
+
+
+class Swap(TypedDict):
+    active: list[str]
+    fstab: list[str]
+
+
+class Sysctls(TypedDict):
+    live: dict[str, Optional[str]]
+    configured: dict[str, str]
+
+
+class Modules(TypedDict):
+    available: dict[str, bool]
+    configured: list[str]
+
+
+class Runtime(TypedDict):
+    docker_engine: Optional[str]
+    docker_client: Optional[str]
+    containerd: Optional[str]
+
+
+class User(TypedDict):
+    user: str
+    groups: list[str]
+
+
+class TimeSync(TypedDict):
+    running: Optional[str]
+    servers: list[str]
+    chrony_installed: bool
+    service: str  # what systemctl says of chrony: active, inactive, failed, unknown
+
+
+class Hostname(TypedDict):
+    running: str
+    configured: str
+
+
+class DeployUser(TypedDict):
+    exists: bool
+    groups: list[str]
+    authorized_keys: list[str]
+
+
+class HostFacts(TypedDict):
+    """Everything the VM phase reads from one host."""
+
+    os_release: OsRelease
+    kernel: str
+    cpus: Optional[int]
+    memory: Memory
+    disks: Disks
+    swap: Swap
+    sysctls: Sysctls
+    modules: Modules
+    runtime: Runtime
+    user: User
+    time_sync: TimeSync
+    hostname: Hostname
+    resolution: dict[str, str]
+    listening: list[str]
+    sshd: dict[str, str]
+    deploy_user: DeployUser
+    managed_files: dict[str, Optional[str]]
+
+
+# -- parsers -----------------------------------------------------------------------------------
 
 def parse_os_release(text: str) -> dict:
     values = {}
@@ -144,7 +217,9 @@ def parse_time_sync(text: str) -> dict:
     running = [line.split(":", 1)[1] for line in s.get("", []) if line.startswith("running:")]
     servers = [line.split()[1] for line in s.get("servers", []) if len(line.split()) > 1]
     installed = [line.strip() for line in s.get("installed", []) if line.strip()]
-    return {"running": running[0] if running else None, "servers": servers, "chrony_installed": bool(installed)}
+    service = next((line.strip() for line in s.get("service", []) if line.strip()), "unknown")
+    return {"running": running[0] if running else None, "servers": servers, "chrony_installed": bool(installed),
+            "service": service}
 
 
 def parse_hostname(text: str) -> dict:
@@ -202,108 +277,85 @@ def parse_files(text: str) -> dict:
 
 
 FACTS: tuple[Fact, ...] = (
-    Fact("os_release", "distribution and version", "cat /etc/os-release", parse_os_release),
-    Fact("kernel", "running kernel", "uname -r", parse_first_line),
-    Fact("cpus", "CPU count", "nproc", parse_int),
-    Fact("memory", "memory in MB", "cat /proc/meminfo", parse_meminfo),
-    Fact("disks", "root and data filesystems", "df -P -B1 / /var/lib", parse_df),
+    Fact("os_release", "distribution and version", "cat /etc/os-release", parse_os_release,
+         {"id": "", "version_id": "", "pretty_name": ""}),
+    Fact("kernel", "running kernel", "uname -r", parse_first_line, ""),
+    Fact("cpus", "CPU count", "nproc", parse_int, None),
+    Fact("memory", "memory in MB", "cat /proc/meminfo", parse_meminfo, {"total_mb": 0, "available_mb": 0}),
+    Fact("disks", "root and data filesystems", "df -P -B1 / /var/lib", parse_df,
+         {"root": None, "data": None, "data_on_root": False}),
     Fact("swap", "active swap and swap in fstab",
-         "cat /proc/swaps; echo --fstab--; awk '$1 !~ /^#/ && $3 == \"swap\"' /etc/fstab", parse_swap),
+         "cat /proc/swaps; echo --fstab--; awk '$1 !~ /^#/ && $3 == \"swap\"' /etc/fstab", parse_swap,
+         {"active": [], "fstab": []}),
     Fact("sysctls", "Kubernetes sysctls, live and configured",
          "for k in net/bridge/bridge-nf-call-iptables net/ipv4/ip_forward; do printf '%s=' $k; "
          "cat /proc/sys/$k 2>/dev/null || echo missing; done; echo --configured--; "
-         "cat /etc/sysctl.conf /etc/sysctl.d/*.conf 2>/dev/null", parse_sysctls),
+         "cat /etc/sysctl.conf /etc/sysctl.d/*.conf 2>/dev/null", parse_sysctls, {"live": {}, "configured": {}}),
     Fact("modules", "br_netfilter and overlay, now and at boot",
          "cat /proc/modules 2>/dev/null; echo --fs--; cat /proc/filesystems; echo --bridge--; "
          "test -e /proc/sys/net/bridge && echo present; echo --configured--; "
-         "cat /etc/modules /etc/modules-load.d/*.conf 2>/dev/null", parse_modules),
+         "cat /etc/modules /etc/modules-load.d/*.conf 2>/dev/null", parse_modules,
+         {"available": {"br_netfilter": False, "overlay": False}, "configured": []}),
     Fact("runtime", "container runtime (Docker engine for RKE1)",
          "timeout 5 docker version --format '{{{{.Server.Version}}}}' 2>/dev/null; echo --client--; "
-         "docker --version 2>/dev/null; echo --containerd--; containerd --version 2>/dev/null", parse_runtime),
-    Fact("user", "the SSH user and its groups", "id -un; id -nG", parse_user),
-    Fact("time_sync", "time synchronisation daemon and servers",
+         "docker --version 2>/dev/null; echo --containerd--; containerd --version 2>/dev/null", parse_runtime,
+         {"docker_engine": None, "docker_client": None, "containerd": None}),
+    Fact("user", "the SSH user and its groups", "id -un; id -nG", parse_user, {"user": "", "groups": []}),
+    Fact("time_sync", "time synchronisation daemon, servers and chrony's service state",
          "for p in chronyd ntpd systemd-timesyncd openntpd; do pgrep -x $p >/dev/null && echo running:$p; done; "
          "echo --servers--; grep -hE '^(server|pool) ' /etc/chrony/chrony.conf /etc/chrony/conf.d/*.conf 2>/dev/null; "
-         "echo --installed--; command -v chronyd", parse_time_sync),
-    Fact("hostname", "running and configured host name", "hostname; cat /etc/hostname", parse_hostname),
-    Fact("resolution", "how the other nodes' names resolve", "getent hosts {others}", parse_resolution),
-    Fact("listening", "listening TCP sockets", "ss -Htln", parse_listening),
+         "echo --installed--; command -v chronyd; echo --service--; systemctl is-active chrony 2>/dev/null",
+         parse_time_sync, {"running": None, "servers": [], "chrony_installed": False, "service": "unknown"}),
+    Fact("hostname", "running and configured host name", "hostname; cat /etc/hostname", parse_hostname,
+         {"running": "", "configured": ""}),
+    Fact("resolution", "how the other nodes' names resolve", "getent hosts {others}", parse_resolution, {}),
+    Fact("listening", "listening TCP sockets", "ss -Htln", parse_listening, []),
     Fact("sshd", "effective sshd settings",
          "test -d /run/sshd && sshd -T 2>/dev/null | grep -E '^(passwordauthentication|permitrootlogin|"
-         "kbdinteractiveauthentication|pubkeyauthentication) '", parse_sshd),
+         "kbdinteractiveauthentication|pubkeyauthentication) '", parse_sshd, {}),
     Fact("deploy_user", "the deploy user, its groups and keys",
          "getent passwd {deploy_user}; echo --groups--; id -nG {deploy_user} 2>/dev/null; echo --keys--; "
-         "cat ~{deploy_user}/.ssh/authorized_keys 2>/dev/null", parse_deploy_user),
+         "cat ~{deploy_user}/.ssh/authorized_keys 2>/dev/null", parse_deploy_user,
+         {"exists": False, "groups": [], "authorized_keys": []}),
     Fact("managed_files", "contents of the files the baseline manages",
          "for f in " + " ".join(MANAGED_FILES) + "; do if [ -f $f ]; then echo \"@@FILE $f present $(base64 -w0 < $f)\"; "
-         "else echo \"@@FILE $f absent\"; fi; done", parse_files),
+         "else echo \"@@FILE $f absent\"; fi; done", parse_files, {}),
 )
 FACTS_BY_NAME = {f.name: f for f in FACTS}
 
 
-def host_script(params: Params, host: Host, names: tuple[str, ...] | None = None) -> str:
-    """One shell script gathering the chosen facts on ``host``, each section marked."""
-    others = " ".join(h.name for h in params.hosts if h.name != host.name) or host.name
+def fact_set(params) -> FactSet:
+    """The VM facts with their placeholders filled for ``params`` (the other nodes, the deploy user)."""
     deploy = params.vm.deploy_user.name if params.vm.deploy_user else "nobody-runbook-unset"
-    parts = []
-    for fact in FACTS:
-        if names and fact.name not in names:
-            continue
-        cmd = fact.command.format(others=others, deploy_user=shlex.quote(deploy))
-        parts.append(f"echo '{MARK} {fact.name}'; ( {cmd} ) 2>/dev/null; echo \"{MARK}-rc $?\"")
-    return "\n".join(parts)
+
+    def context(host: Host) -> dict[str, str]:
+        others = " ".join(h.name for h in params.hosts if h.name != host.name) or host.name
+        return {"others": others, "deploy_user": shlex.quote(deploy)}
+
+    return FactSet(FACTS, context)
 
 
-def parse_host_output(stdout: str) -> dict[str, Any]:
-    """Split a host's combined output into facts, each parsed by its own parser."""
-    facts: dict[str, Any] = {}
-    current, buf = None, []
-    for line in stdout.splitlines(keepends=True):
-        if line.startswith(MARK + " "):
-            current, buf = line.split()[1], []
-        elif line.startswith(MARK + "-rc ") and current:
-            fact = FACTS_BY_NAME[current]
-            try:
-                facts[current] = fact.process("".join(buf))
-            except Exception as e:  # a parser bug must not hide the other facts
-                facts[current] = {"error": f"{type(e).__name__}: {e}"}
-            current = None
-        elif current:
-            buf.append(line)
-    return facts
+def gather(params, fleet, hosts: list[Host] | None = None, names: tuple[str, ...] | None = None) -> Gathered:
+    """Facts of every host (or ``hosts``), in parallel: ``(facts, errors, fact_errors)``."""
+    return fact_set(params).gather(fleet, hosts if hosts is not None else params.hosts, names)
 
 
-def gather(fleet, hosts: list[Host] | None = None, names: tuple[str, ...] | None = None) -> tuple[dict, dict]:
-    """Facts of every host, in parallel. Returns (facts by host, errors by host)."""
-    params = fleet.params
-    targets = hosts if hosts is not None else params.hosts
-    results = fleet.run(lambda h: host_script(params, h, names), hosts=targets, desc="gather facts")
-    facts, errors = {}, {}
-    for name, result in results.items():
-        if result.ok or (result.stdout and MARK in result.stdout):
-            facts[name] = parse_host_output(result.stdout)
-        else:
-            errors[name] = result.error
-    return facts, errors
-
-
-def fact_rows(facts: dict[str, dict]) -> list[dict]:
+def fact_rows(facts: dict[str, HostFacts]) -> list[dict]:
     """A summary row per host for display."""
     rows = []
     for host, f in facts.items():
-        disks = f.get("disks", {}) or {}
-        root = disks.get("root") or {}
-        rt = f.get("runtime", {}) or {}
+        root = f["disks"]["root"] or {"size_gb": "?", "free_gb": "?"}
+        rt = f["runtime"]
         rows.append({
             "host": host,
-            "os": f.get("os_release", {}).get("pretty_name", ""),
-            "kernel": f.get("kernel", ""),
-            "cpus": f.get("cpus"),
-            "memory GB": round((f.get("memory", {}) or {}).get("total_mb", 0) / 1024, 1),
-            "root GB (free)": f"{root.get('size_gb', '?')} ({root.get('free_gb', '?')})",
-            "swap": "on" if (f.get("swap", {}) or {}).get("active") else "off",
-            "docker": rt.get("docker_engine") or ("client only" if rt.get("docker_client") else "none"),
-            "time sync": (f.get("time_sync", {}) or {}).get("running") or "none",
-            "listening": ", ".join(f.get("listening", []) or []),
+            "os": f["os_release"]["pretty_name"],
+            "kernel": f["kernel"],
+            "cpus": f["cpus"],
+            "memory GB": round(f["memory"]["total_mb"] / 1024, 1),
+            "root GB (free)": f"{root['size_gb']} ({root['free_gb']})",
+            "swap": "on" if f["swap"]["active"] else "off",
+            "docker": rt["docker_engine"] or ("client only" if rt["docker_client"] else "none"),
+            "time sync": f["time_sync"]["running"] or "none",
+            "listening": ", ".join(f["listening"]),
         })
     return rows

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from .params import Params
+from ..params import Params
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .params import DATA_ROLES, ROLES, Params
+from ..params import Params
+from ..schema import DATA_ROLES, ROLES
 
 
 def inventory_rows(params: Params) -> list[dict]:

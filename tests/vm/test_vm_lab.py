@@ -12,7 +12,9 @@ import pytest
 
 from runbooklib.params import load_params
 from runbooklib.ssh import Fleet
-from runbooklib.vm import baseline, facts as vm_facts, readiness
+from runbooklib.phase import steps as phase_steps
+from runbooklib.phase.checks import failures
+from runbooklib.vm import checks, facts as vm_facts, operations
 
 from conftest import require_lab, runbook, running_lab
 
@@ -26,7 +28,7 @@ FRESH_FAILURES = {
     "edge1": {"name resolution", "time sync", "ssh hardening", "deploy user"},
 }
 WATCHED = ["/etc/hosts", "/etc/hostname", "/etc/passwd", "/etc/group", "/etc/fstab", "/etc/sysctl.d",
-           "/etc/modules-load.d", "/etc/ssh/sshd_config.d", "/etc/chrony"]
+           "/etc/modules-load.d", "/etc/ssh/sshd_config.d", "/etc/chrony", "/etc/default/chrony"]
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +53,27 @@ def manifest(stdout_err: str) -> dict:
 
 def test_preflight_finds_the_failures_the_lab_really_has(lab, tmp_path):
     params = load_params(lab.params_file)
-    with Fleet(params, progress=None) as fleet:
-        facts, errors = vm_facts.gather(fleet)
-    assert errors == {}
+    with Fleet.from_params(params, progress=None) as fleet:
+        gathered = vm_facts.gather(params, fleet)
+    assert gathered.errors == {} and gathered.fact_errors == {}
     found: dict[str, set] = {}
-    for row in readiness.failures(readiness.evaluate(params, facts, errors)):
-        found.setdefault(row["host"], set()).add(row["rule"])
+    for check in failures(checks.evaluate(params, gathered)):
+        found.setdefault(check.host, set()).add(check.rule)
     assert found == FRESH_FAILURES
     done = runbook("--archive", str(tmp_path), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 4, done.stderr[-3000:]  # ran to its end; the verdict is "not ready"
     m = manifest(done.stderr)
     assert m["status"] == "succeeded" and m["changes"] == [] and m["simulated"] is True
+    assert m["verdict"]["verdict"] == "not ready" and len(m["verdict"]["problems"]) == len(FRESH_FAILURES)
+    report = runbook("--archive", str(tmp_path), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file),
+                     "--allow-not-ready")
+    assert report.returncode == 0, report.stderr[-3000:]
 
 
 def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
     params = load_params(lab.params_file)
     host_forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
-    with Fleet(params, progress=None) as fleet:
+    with Fleet.from_params(params, progress=None) as fleet:
         before = fingerprint(fleet)
         plan = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params", str(lab.params_file))
         assert plan.returncode == 0, plan.stderr[-3000:]
@@ -81,8 +87,7 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
         changes = manifest(applied.stderr)["changes"]
         assert {c["host"] for c in changes} == set(FRESH_FAILURES)
         assert fingerprint(fleet) != before
-        facts, errors = vm_facts.gather(fleet)
-        assert readiness.failures(readiness.evaluate(params, facts, errors)) == []
+        assert failures(checks.evaluate(params, vm_facts.gather(params, fleet))) == []
         # nothing leaked onto the machine running the lab
         assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == host_forwarding
         assert not Path("/etc/sysctl.d/90-kubernetes.conf").exists()
@@ -99,9 +104,8 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
 def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):
     with running_lab(tmp_path / "lab", "rbmid", "10.82.0.0/24") as lab:
         params = load_params(lab.params_file)
-        fleet = Fleet(params, progress=None)
-        facts, _ = vm_facts.gather(fleet)
-        steps = baseline.plan(params, facts)
+        fleet = Fleet.from_params(params, progress=None)
+        steps = phase_steps.plan(operations.OPERATIONS, params, vm_facts.gather(params, fleet).facts)
         seen = []
 
         def on_step(step):
@@ -111,7 +115,7 @@ def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):
                     lab.stop("db1")
 
         recorded = []
-        results = baseline.apply(fleet, steps, record=lambda h, a, d: recorded.append(h), on_step=on_step)
+        results = phase_steps.apply(fleet, steps, on_change=lambda step: recorded.append(step.host), on_step=on_step)
         assert {h for h, r in results.items() if not r.ok} == {"db1"}
         assert results["db1"].error.startswith("db1: ")
         assert len(results["db1"].applied) == 1
@@ -120,14 +124,12 @@ def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):
 
         lab.start("db1")
         fleet.close()
-        fleet = Fleet(params, progress=None)
-        facts, errors = vm_facts.gather(fleet)
-        rerun = baseline.plan(params, facts)
+        fleet = Fleet.from_params(params, progress=None)
+        rerun = phase_steps.plan(operations.OPERATIONS, params, vm_facts.gather(params, fleet).facts)
         assert {s.host for s in rerun} == {"db1"}  # only what db1 still lacks
         # all of db1's steps but the one it finished before it died (chronyd, started later, was never up)
         assert [s.change for s in rerun] == [s.change for s in steps if s.host == "db1"][1:]
-        results = baseline.apply(fleet, rerun)
+        results = phase_steps.apply(fleet, rerun)
         assert all(r.ok for r in results.values()), {h: r.error for h, r in results.items()}
-        facts, _ = vm_facts.gather(fleet)
-        assert baseline.plan(params, facts) == []
+        assert phase_steps.plan(operations.OPERATIONS, params, vm_facts.gather(params, fleet).facts) == []
         fleet.close()

@@ -1,0 +1,179 @@
+"""Steps: what an operation still needs to do on a host, planned from facts, applied over SSH.
+
+An :class:`Operation` is named after the state it ensures and returns the :class:`Step` s still
+needed on one host: none when the host is already right, so a plan is the operations' output,
+applying is running it, and a second apply finds nothing to do. A step carries its command, how to
+undo it (a command where one exists, a note otherwise), and for file writes the content or a
+unified diff against the host's current file. The same words (host, operation, change) travel
+from the step to the run's change log and the archived manifest.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import shlex
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+
+@dataclass(frozen=True)
+class Step:
+    host: str
+    operation: str
+    change: str  # what will be different afterwards, for people
+    command: str | None  # None: cannot be done automatically (``blocked`` says why)
+    undo: str | None = None  # a command that reverses the step, where one exists
+    undo_note: str = ""  # how to reverse it by hand otherwise, or what the undo command relies on
+    blocked: str = ""
+    diff: str = ""  # for a file: a unified diff against the host's current file (or the new content)
+
+    @property
+    def undo_text(self) -> str:
+        return self.undo or self.undo_note or "-"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A function ``(params, host, facts) -> [Step]`` with what it touches and how it is undone."""
+
+    name: str
+    ensure: Callable[[Any, Any, dict], list[Step]]
+    touches: str
+    undo: str
+    fixes: tuple[str, ...] = ()  # readiness rules it makes pass
+
+    def __call__(self, params, host, facts) -> list[Step]:
+        return self.ensure(params, host, facts)
+
+
+def operation(name: str, *, touches: str, undo: str, fixes: tuple[str, ...] = ()):
+    """Declare an operation: ``@operation("swap disabled", touches="/etc/fstab", undo="swapon -a")``."""
+    def wrap(fn: Callable[[Any, Any, dict], list[Step]]) -> Operation:
+        return Operation(name, fn, touches, undo, fixes)
+    return wrap
+
+
+@dataclass
+class HostApply:
+    """What an apply did on one host: the steps that succeeded, and the error that stopped it."""
+
+    host: str
+    applied: list[Step] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+# -- building steps ----------------------------------------------------------------------------
+
+def write_file(path: str, content: str, mode: str = "0644") -> str:
+    """A command that writes ``content`` to ``path`` atomically (no quoting pitfalls: base64)."""
+    data = base64.b64encode(content.encode()).decode()
+    p = shlex.quote(path)
+    tmp = shlex.quote(path + ".runbook-tmp")
+    return f"mkdir -p $(dirname {p}) && echo {data} | base64 -d > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}"
+
+
+def file_diff(path: str, current: str | None, want: str) -> str:
+    """A unified diff from the host's file (absent: /dev/null) to the content the step writes."""
+    before = (current or "").splitlines(keepends=True)
+    after = want.splitlines(keepends=True)
+    lines = difflib.unified_diff(before, after, "/dev/null" if current is None else f"a{path}", f"b{path}")
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+
+
+# -- planning and applying ---------------------------------------------------------------------
+
+def plan(operations: Sequence[Operation], params, facts: dict[str, dict]) -> list[Step]:
+    """Every step still needed, host by host (hosts with facts only), in operation order."""
+    steps = []
+    for host in params.hosts:
+        if host.name in facts:
+            for op in operations:
+                steps.extend(op(params, host, facts[host.name]))
+    return steps
+
+
+def apply(fleet, steps: Sequence[Step], on_change: Callable[[Step], Any] | None = None,
+          on_step: Callable[[Step], None] | None = None, desc: str = "apply") -> dict[str, HostApply]:
+    """Run the steps: hosts in parallel, each host's steps in order, a host stopping at its first failure.
+
+    ``on_step(step)`` is called before a step runs, ``on_change(step)`` after it succeeded (the
+    run's change log). The other hosts carry on when one fails.
+    """
+    by_host: dict[str, list[Step]] = {}
+    for s in steps:
+        by_host.setdefault(s.host, []).append(s)
+
+    def run_host(host) -> HostApply:
+        result = HostApply(host.name)
+        for step in by_host[host.name]:
+            if step.command is None:
+                result.error = f"{host.name}: {step.operation}: {step.blocked}"
+                break
+            if on_step:
+                on_step(step)
+            r = fleet.run_on(host, step.command)
+            if not r.ok:
+                detail = r.stderr.strip()[-300:] if r.exit_code is not None else ""
+                result.error = f"{host.name}: {step.operation} ({step.change}) failed: {r.error}" + (
+                    f"; {detail}" if detail and detail not in r.error else "")
+                break
+            result.applied.append(step)
+            if on_change:
+                on_change(step)
+        return result
+
+    targets = [h for h in fleet.hosts if h.name in by_host]
+    return fleet.each(run_host, hosts=targets, desc=desc) if targets else {}
+
+
+# -- what people read --------------------------------------------------------------------------
+
+def plan_rows(steps: Iterable[Step]) -> list[dict]:
+    return [{"host": s.host, "operation": s.operation, "change": s.change if s.command else f"BLOCKED: {s.blocked}",
+             "undo": s.undo_text} for s in steps]
+
+
+def plan_recap(steps: Sequence[Step]) -> list[dict]:
+    """One line per host: how many steps, for which operations, and how many are blocked."""
+    out = []
+    for host in dict.fromkeys(s.host for s in steps):
+        mine = [s for s in steps if s.host == host]
+        ops = Counter(s.operation for s in mine)
+        out.append({"host": host, "steps": len(mine), "blocked": sum(1 for s in mine if s.command is None),
+                    "operations": ", ".join(f"{op} ({n})" if n > 1 else op for op, n in ops.items())})
+    return out
+
+
+def plan_summary(steps: Sequence[Step]) -> str:
+    hosts = len({s.host for s in steps})
+    ops = len({s.operation for s in steps})
+    blocked = sum(1 for s in steps if s.command is None)
+    text = f"{len(steps)} change(s) on {hosts} host(s) across {ops} operation(s)"
+    return text + (f"; {blocked} blocked (need a person)" if blocked else "")
+
+
+def diffs(steps: Iterable[Step]) -> str:
+    """Every file change in the plan as one unified diff, host by host."""
+    return "".join(f"# {s.host}: {s.operation}\n{s.diff}" for s in steps if s.diff)
+
+
+def result_rows(results: dict[str, HostApply]) -> list[dict]:
+    return [{"host": h, "steps applied": len(r.applied), "result": "ok" if r.ok else r.error} for h, r in results.items()]
+
+
+def problems(results: dict[str, HostApply], unreachable: dict[str, str]) -> list[str]:
+    """Why an apply is incomplete: hosts whose apply stopped, hosts that could not be reached."""
+    return [r.error for r in results.values() if not r.ok] + [f"{h}: unreachable: {e}" for h, e in unreachable.items()]
+
+
+def rollback_markdown(operations: Sequence[Operation]) -> str:
+    """The rollback table a runbook's first cell shows, generated so that it cannot drift."""
+    lines = ["| operation | touches | to undo |", "| --- | --- | --- |"]
+    lines += [f"| {op.name} | {op.touches} | {op.undo} |" for op in operations]
+    return "\n".join(lines)

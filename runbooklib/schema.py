@@ -1,0 +1,94 @@
+"""The parts of a parameter file every phase shares: types, the environment, the inventory, SSH.
+
+Each phase adds its own section (``runbooklib/<phase>/settings.py``) and its own cross-field
+rules; :mod:`runbooklib.params` composes them into one :class:`~runbooklib.params.Params` model.
+Role groups are defined here, once.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, PlainSerializer, PlainValidator
+
+from .errors import Problem
+from .secrets import SecretRef
+
+Role = Literal["etcd", "controlplane", "worker", "database", "edge", "elk"]
+ROLES: tuple[str, ...] = typing.get_args(Role)
+# Hosts with any of these roles join the Kubernetes cluster.
+K8S_ROLES: tuple[str, ...] = ("etcd", "controlplane", "worker")
+# Roles whose hosts can hold personal data (152-FZ Art. 18(5)): they must sit in the data country.
+DATA_ROLES: tuple[str, ...] = ("database", "worker", "edge", "elk")
+
+SecretField = Annotated[SecretRef, PlainValidator(SecretRef.parse), PlainSerializer(str)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+UserName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]*$")]
+Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Section(BaseModel):
+    """A block of a parameter file: unknown keys are errors, values never change after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Environment(Section):
+    name: Name
+    kind: Literal["lab", "staging", "production"]
+    data_country: Country
+    description: str = ""
+
+
+class Location(Section):
+    country: Country
+    site: str = ""
+
+
+class Host(Section):
+    name: Name
+    address: IPvAnyAddress
+    ssh_port: Port = 22
+    user: UserName = "root"
+    roles: Annotated[list[Role], Field(min_length=1)]
+    labels: dict[str, str] = {}
+    location: Location
+
+    @property
+    def in_cluster(self) -> bool:
+        """Whether the host joins the Kubernetes cluster (has an etcd, controlplane or worker role)."""
+        return bool(set(self.roles) & set(K8S_ROLES))
+
+
+class Inventory(Section):
+    hosts: Annotated[list[Host], Field(min_length=1)]
+
+
+class SSH(Section):
+    key: SecretField
+    known_hosts: str
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
+    command_timeout: Annotated[float, Field(gt=0)] = 300.0
+    parallelism: Annotated[int, Field(ge=1, le=256)] = 16
+
+
+# -- helpers for the cross-field rules of phase sections ------------------------------------------
+
+def need_role(params, role: str, section: str, minimum: int = 1) -> list[Problem]:
+    """A problem unless at least ``minimum`` hosts have ``role``."""
+    if len(params.hosts_with(role)) >= minimum:
+        return []
+    return [Problem(section, f"needs at least {minimum} host with role {role}; no host in inventory.hosts has it "
+                             f"(add {role} to a host's roles)")]
+
+
+def need_host(params, path: str, name: str, role: str | None = None) -> list[Problem]:
+    """A problem unless ``name`` is an inventory host (with ``role``, when given)."""
+    by_name = {h.name: h for h in params.hosts}
+    if name not in by_name:
+        return [Problem(path, f"no host named {name} in inventory.hosts; known: {', '.join(by_name)}")]
+    if role is not None and role not in by_name[name].roles:
+        return [Problem(path, f"host {name} does not have role {role}; add it to the host's roles or name another host")]
+    return []

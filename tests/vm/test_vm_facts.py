@@ -1,0 +1,62 @@
+"""VM fact parsers on recorded outputs (tests/data/vm/facts/<fact>.yaml: one list of cases per fact)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runbooklib.params import load_params
+from runbooklib.phase.facts import MARK, Fact, host_script, parse_host_output
+from runbooklib.vm import facts
+
+from conftest import LAB_PARAMS
+
+DATA = Path(__file__).parents[1] / "data" / "vm" / "facts"
+CASES = [(path.stem, case) for path in sorted(DATA.glob("*.yaml")) for case in yaml.safe_load(path.read_text())]
+
+
+@pytest.mark.parametrize("fact,case", CASES, ids=[f"{f}: {c['name']}" for f, c in CASES])
+def test_parser_on_recorded_output(fact, case):
+    assert facts.FACTS_BY_NAME[fact].process(case["stdout"]) == case["expect"]
+
+
+def test_every_fact_has_recorded_cases():
+    assert {f for f, _ in CASES} == set(facts.FACTS_BY_NAME)
+
+
+@pytest.mark.parametrize("fact", facts.FACTS, ids=lambda f: f.name)
+def test_every_default_has_the_shape_of_a_parsed_value(fact):
+    """A failed parser leaves the default: checks then read the same keys as on a parsed value."""
+    parsed = fact.process(next(c["stdout"] for f, c in CASES if f == fact.name))
+    default = fact.empty()
+    if isinstance(parsed, dict) and fact.name not in ("resolution", "sshd", "managed_files"):
+        assert set(default) == set(parsed)
+    else:
+        assert default is None or isinstance(default, type(parsed))
+
+
+def test_host_script_marks_each_fact_and_names_the_other_nodes():
+    params = load_params(LAB_PARAMS)
+    fs = facts.fact_set(params)
+    script = host_script(fs.facts, fs.context(params.host("cp1")))
+    assert script.count(MARK + " ") == len(facts.FACTS)
+    assert "getent hosts cp2 cp3 w1" in script and "getent hosts cp1" not in script
+    assert "getent passwd deploy" in script
+
+
+def test_parse_host_output_splits_sections_and_survives_a_broken_parser():
+    out = f"{MARK} kernel\n6.1.0-28-amd64\n{MARK}-rc 0\n{MARK} cpus\n4\n{MARK}-rc 0\n"
+    chosen = (facts.FACTS_BY_NAME["kernel"], facts.FACTS_BY_NAME["cpus"])
+    assert parse_host_output(chosen, out) == ({"kernel": "6.1.0-28-amd64", "cpus": 4}, {})
+    broken = Fact("cpus", "", "nproc", lambda text: 1 / 0, default=None)
+    values, errors = parse_host_output((chosen[0], broken), out)
+    assert values == {"kernel": "6.1.0-28-amd64", "cpus": None}
+    assert "ZeroDivisionError" in errors["cpus"]
+
+
+def test_a_fact_cut_short_is_reported_not_guessed():
+    out = f"{MARK} kernel\n6.1.0-28-amd64\n{MARK}-rc 0\n{MARK} swap\n"  # the connection died inside swap
+    values, errors = parse_host_output((facts.FACTS_BY_NAME["kernel"], facts.FACTS_BY_NAME["swap"]), out)
+    assert values["swap"] == {"active": [], "fstab": []} and "cut short" in errors["swap"]

@@ -1,0 +1,104 @@
+"""Baseline operations as data: given a host's facts, exactly these steps (tests/data/vm/operations/*.yaml).
+
+Each case names a host of the lab parameters and the facts that differ from a converged host;
+``expect`` lists the planned steps: operation, change, command and undo. Adding a case is adding a file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runbooklib.params import load_params
+from runbooklib.phase import steps as phase_steps
+from runbooklib.vm import operations
+
+from conftest import lab_data, set_path, write_params
+
+from test_vm_checks import ready_facts
+
+DATA = Path(__file__).parents[1] / "data" / "vm" / "operations"
+CASES = sorted(DATA.glob("*.yaml"))
+
+
+@pytest.fixture
+def params(tmp_path):
+    data = lab_data()
+    set_path(data, "vm.deploy_user.authorized_key", "ssh-ed25519 AAAAtestkey deploy")
+    return load_params(write_params(tmp_path, data))
+
+
+def converged(params, host):
+    """Facts as the baseline leaves a host: its own files in place, the cluster block in /etc/hosts."""
+    f = ready_facts(host, params)
+    f["managed_files"] = {**operations.desired_files(params),
+                          "/etc/hosts": "127.0.0.1 localhost\n" + operations.hosts_block(params),
+                          "/etc/hostname": host + "\n"}
+    return f
+
+
+def case_facts(params, case: dict) -> dict:
+    f = converged(params, case["host"])
+    for key, value in (case.get("facts") or {}).items():
+        if key == "managed_files":
+            f["managed_files"] = {**f["managed_files"], **value}
+        else:
+            f[key] = value
+    return f
+
+
+def planned(params, case: dict) -> list[dict]:
+    steps = phase_steps.plan(operations.OPERATIONS, params, {case["host"]: case_facts(params, case)})
+    return [{"operation": s.operation, "change": s.change, "command": s.command, "undo": s.undo,
+             **({"blocked": s.blocked} if s.blocked else {})} for s in steps]
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_operation_case(params, path):
+    case = yaml.safe_load(path.read_text())
+    assert planned(params, case) == case["expect"]
+
+
+def test_a_converged_host_plans_nothing(params):
+    for host in ("w1", "db1", "cp1"):
+        assert phase_steps.plan(operations.OPERATIONS, params, {host: converged(params, host)}) == []
+
+
+def test_every_step_of_a_fresh_host_says_how_to_undo_it(params):
+    case = yaml.safe_load((DATA / "fresh-worker.yaml").read_text())
+    steps = phase_steps.plan(operations.OPERATIONS, params, {"w1": case_facts(params, case)})
+    assert steps and all(s.command and (s.undo or s.undo_note) for s in steps)
+    assert {s.operation for s in steps} == {op.name for op in operations.OPERATIONS}
+    file_steps = [s for s in steps if s.change.startswith(("write ", "update "))]
+    assert file_steps and all(s.diff.startswith(("--- /dev/null", "--- a/")) for s in file_steps)
+
+
+def test_write_file_survives_any_content(tmp_path):
+    content = "quotes ' \" $HOME `x` \\ and no final newline"
+    target = tmp_path / "sub" / "f"
+    subprocess.run(["sh", "-c", phase_steps.write_file(str(target), content)], check=True)
+    assert target.read_text() == content
+
+
+def test_file_diff_shows_old_and_new_lines():
+    diff = phase_steps.file_diff("/etc/x", "a\nb\n", "a\nc\n")
+    assert diff.splitlines()[:2] == ["--- a/etc/x", "+++ b/etc/x"] and "-b" in diff and "+c" in diff
+    assert phase_steps.file_diff("/etc/x", None, "new\n").startswith("--- /dev/null\n+++ b/etc/x\n")
+
+
+def test_recap_and_summary_count_per_host(params):
+    case = yaml.safe_load((DATA / "fresh-worker.yaml").read_text())
+    steps = phase_steps.plan(operations.OPERATIONS, params, {"w1": case_facts(params, case)})
+    (recap,) = phase_steps.plan_recap(steps)
+    assert recap["host"] == "w1" and recap["steps"] == len(steps) and recap["blocked"] == 0
+    assert phase_steps.plan_summary(steps).startswith(f"{len(steps)} change(s) on 1 host(s) across 8 operation(s)")
+
+
+def test_problems_name_stopped_and_unreachable_hosts():
+    results = {"w1": phase_steps.HostApply("w1"), "w2": phase_steps.HostApply("w2", error="w2: ssh hardened failed")}
+    assert phase_steps.problems(results, {"w3": "w3: connection refused"}) == [
+        "w2: ssh hardened failed", "w3: unreachable: w3: connection refused"]
+    assert phase_steps.result_rows(results)[1] == {"host": "w2", "steps applied": 0, "result": "w2: ssh hardened failed"}
