@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.timing import BIN, timed  # noqa: E402
-from runbooklib.lab import Lab  # noqa: E402
+from runbooklab import Lab  # noqa: E402
 from runbooklib.params import load_params  # noqa: E402
 
 PYINFRA_FACTS = ["server.OsRelease", "server.KernelVersion", "hardware.Cpus", "hardware.Memory", "server.Mounts",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runbooklib.lab import Lab  # noqa: E402
+from runbooklab import Lab  # noqa: E402
 from runbooklib.params import load_params  # noqa: E402
 from runbooklib.ssh import Fleet  # noqa: E402
 

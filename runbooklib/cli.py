@@ -104,7 +104,11 @@ def cmd_reindex(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    from .lab import Lab
+    try:
+        from runbooklab import Lab
+    except ImportError:
+        raise RunbookError("the lab is not installed: install the project with its lab extra "
+                           "(pip install -e '.[lab]', as `make setup` does)") from None
 
     lab = Lab(args.lab_dir)
     action = args.lab_command

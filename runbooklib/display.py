@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import html
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from .secrets import Redactor
 

@@ -20,13 +20,13 @@ import platform
 import socket
 import sys
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from . import __version__
 from .display import Banner, Details, Table, in_notebook, progress, show
-from .errors import RunbookError
 from .params import Params, load_params
 from .schema import Host
 from .secrets import Redactor, Secret

@@ -15,8 +15,9 @@ import hashlib
 import re
 import typing
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import yaml
 from pydantic import BaseModel, PrivateAttr, ValidationError, create_model

@@ -110,7 +110,7 @@ def lab_identity(name: str, subnet: str) -> tuple[str, str]:
 @contextlib.contextmanager
 def running_lab(root: Path, name: str, subnet: str, profile: str = "small"):
     """A lab instance of its own (name prefix, subnet, folder), cleared of debris first, always torn down."""
-    from runbooklib.lab import Lab
+    from runbooklab import Lab
 
     name, subnet = lab_identity(name, subnet)
     lab = Lab(root, name=name, subnet=subnet)

@@ -20,12 +20,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from runbooklib.params import load_params
-from runbooklib.ssh import Fleet
-from runbooklib.phase.checks import failures
-from runbooklib.vm import checks, facts as vm_facts
-
 from conftest import ROOT, require_lab, running_lab
+from runbooklib.params import load_params
+from runbooklib.phase.checks import failures
+from runbooklib.ssh import Fleet
+from runbooklib.vm import checks
+from runbooklib.vm import facts as vm_facts
 
 CHROMIUM = "/usr/bin/chromium"
 require_lab(CHROMIUM)

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from runbooklib.lab import Lab, LabError
+from conftest import lab_identity, require_lab, running_lab
+from runbooklab import Lab, LabError
 from runbooklib.params import load_params
 from runbooklib.ssh import Fleet
-
-from conftest import lab_identity, require_lab, running_lab
 
 require_lab()
 NET = lab_identity("rbtest", "10.78.0.0/24")[1].rsplit(".", 2)[0] + ".0"  # the lab subnet's first three octets

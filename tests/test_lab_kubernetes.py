@@ -16,9 +16,9 @@ import time
 import pytest
 import yaml
 
-from runbooklib.lab import Lab
-
 from conftest import lab_identity, require_lab, running_lab
+from runbooklab import Lab
+from runbooklab.kubernetes import start_docker
 
 require_lab("etcd", "etcdctl", "kubectl")
 NET = lab_identity("rbk8s", "10.85.0.0/24")[1].rsplit(".", 2)[0] + ".0"  # the lab subnet's first three octets
@@ -34,7 +34,7 @@ def lab(tmp_path_factory):
 
 def rke(lab: Lab, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, RUNBOOK_LAB_DIR=str(lab.root))
-    return subprocess.run([sys.executable, "-m", "runbooklib.lab.rke", *args, "--config", str(lab.root / "cluster.yml")],
+    return subprocess.run([sys.executable, "-m", "runbooklab.kubernetes.rke", *args, "--config", str(lab.root / "cluster.yml")],
                           capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -79,7 +79,8 @@ def cluster(lab):
 
 @pytest.fixture(scope="module")
 def client(cluster):
-    from kubernetes import client as k8s, config
+    from kubernetes import client as k8s
+    from kubernetes import config
 
     api = config.new_client_from_config(str(cluster.root / "kube_config_cluster.yml"))
     return k8s, api
@@ -301,7 +302,7 @@ def test_adding_the_old_elk_vms_then_removing_a_worker(cluster):
     assert first.returncode == 1
     assert f"Failed to set up SSH tunneling for host [{NET}.51]: Can't retrieve Docker Info" in first.stderr
     for vm in ("elk1", "elk2", "elk3"):
-        cluster.start_docker(vm)  # the lab's "install Docker"
+        start_docker(cluster, vm)  # the lab's "install Docker"
     done = rke(cluster, "up", "--update-only")
     assert done.returncode == 0, done.stderr[-2000:]
     wait_for(lambda: {k: v for k, v in node_states(cluster).items() if k.startswith("elk")} ==

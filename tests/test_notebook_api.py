@@ -6,13 +6,12 @@ import json
 
 import pytest
 
+from conftest import LAB_PARAMS
 from runbooklib.display import Table
 from runbooklib.notebook import JOURNAL_ENV, Run, open_run
 from runbooklib.params import load_params
 from runbooklib.phase.steps import Step
 from runbooklib.secrets import Redactor
-
-from conftest import LAB_PARAMS
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import LAB_PARAMS, delete_path, lab_data, runbook, set_path, write_params
 from runbooklib.errors import ParamsError
 from runbooklib.params import load_params, parse_params
-
-from conftest import LAB_PARAMS, delete_path, lab_data, runbook, set_path, write_params
 
 CASES = yaml.safe_load((Path(__file__).parent / "data" / "params_cases.yaml").read_text())
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import tomllib
 
 import nbformat
@@ -22,7 +24,9 @@ def _name_spec(requirement: str) -> tuple[str, str]:
 
 def test_environment_yml_lists_the_pyproject_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = dict(_name_spec(r) for r in project["dependencies"] + project["optional-dependencies"]["test"])
+    extras = project["optional-dependencies"]
+    wanted = dict(_name_spec(r) for r in project["dependencies"] + extras["lab"] + extras["test"]
+                  if not r.startswith("runbooklib["))
     wanted = {CONDA_NAMES.get(n, n): spec for n, spec in wanted.items()}
     conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
     pip_section = [d for entry in conda if isinstance(entry, dict) for d in entry.get("pip", [])]
@@ -65,3 +69,30 @@ def test_readme_opens_with_the_two_commands():
 def test_outputs_is_empty_in_git():
     tracked = subprocess.run(["git", "ls-files", "outputs"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     assert tracked in ([], ["outputs/README.md"])
+
+
+def test_ruff_is_clean():
+    ruff = subprocess.run([sys.executable, "-m", "ruff", "check", "--quiet", "."], cwd=ROOT, capture_output=True, text=True)
+    assert ruff.returncode == 0, ruff.stdout[-4000:] + ruff.stderr[-2000:]
+
+
+def test_a_wheel_holds_every_module_and_imports_outside_the_checkout(tmp_path):
+    """A non-editable install (a wheel) must carry every subpackage of the library and the lab."""
+    import json
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir",
+                            str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("runbooklib-*.whl")
+    target = tmp_path / "installed"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                     for pkg in ("runbooklib", "runbooklab") for p in (ROOT / pkg).rglob("*.py") if "kbin" not in p.parts)
+    # the wheel's copy comes first on sys.path; the dependencies come from the project's environment
+    probe = ("import importlib, json, sys\n"
+             "print(json.dumps({m: importlib.import_module(m).__file__ for m in json.loads(sys.argv[1])}))")
+    done = subprocess.run([sys.executable, "-c", probe, json.dumps(modules)], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = json.loads(done.stdout)
+    assert {m: f for m, f in files.items() if not f.startswith(str(target))} == {}

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field
 
 from ..errors import Problem
-from ..schema import Name, Port, Section, SecretField, need_host
+from ..schema import Name, Port, SecretField, Section, need_host
 
 
 class Database(Section):

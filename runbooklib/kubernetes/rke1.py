@@ -12,8 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..params import Params
-
-K8S_ROLES = ("etcd", "controlplane", "worker")
+from ..schema import K8S_ROLES
 
 
 def render_cluster_yml(params: Params, ssh_key_path: str | Path | None = None) -> str:

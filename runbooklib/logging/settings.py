@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ..errors import Problem
-from ..schema import Section, SecretField
+from ..schema import SecretField, Section
 
 
 class Logging(Section):

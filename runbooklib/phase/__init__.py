@@ -14,8 +14,9 @@ Registering the package in :data:`runbooklib.phases.PHASE_PACKAGES` is the only 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Phase"]
 

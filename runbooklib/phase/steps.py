@@ -14,8 +14,9 @@ import base64
 import difflib
 import shlex
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)

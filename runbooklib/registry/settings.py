@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..schema import Name, Section, SecretField
+from ..schema import Name, SecretField, Section
 
 
 class Registry(Section):

@@ -7,7 +7,8 @@ operation fixes it. A failure's reason says what to do.
 
 from __future__ import annotations
 
-from ..phase.checks import Check, Rule, evaluate as _evaluate
+from ..phase.checks import Check, Rule
+from ..phase.checks import evaluate as _evaluate
 from ..phase.facts import Gathered
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import lab_data, set_path, write_params
 from runbooklib.params import load_params
 from runbooklib.phase.checks import Check, Status, fixed, matrix_rows, recap_by_host, recap_by_rule
 from runbooklib.phase.facts import Gathered
 from runbooklib.vm import checks, facts, operations
 from runbooklib.vm.facts import CHRONY_DEFAULTS, CHRONY_DROPIN, MODULES_FILE, SSHD_DROPIN, SYSCTL_FILE
-
-from conftest import lab_data, set_path, write_params
 
 
 def ready_facts(host: str, params) -> dict:

@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import LAB_PARAMS
 from runbooklib.params import load_params
 from runbooklib.phase.facts import MARK, Fact, host_script, parse_host_output
 from runbooklib.vm import facts
-
-from conftest import LAB_PARAMS
 
 DATA = Path(__file__).parents[1] / "data" / "vm" / "facts"
 CASES = [(path.stem, case) for path in sorted(DATA.glob("*.yaml")) for case in yaml.safe_load(path.read_text())]

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_lab, runbook, running_lab
 from runbooklib.params import load_params
-from runbooklib.ssh import Fleet
 from runbooklib.phase import steps as phase_steps
 from runbooklib.phase.checks import failures
-from runbooklib.vm import checks, facts as vm_facts, operations
-
-from conftest import require_lab, runbook, running_lab
+from runbooklib.ssh import Fleet
+from runbooklib.vm import checks, operations
+from runbooklib.vm import facts as vm_facts
 
 require_lab()
 

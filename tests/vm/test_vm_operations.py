@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_vm_checks import ready_facts
 
+from conftest import lab_data, set_path, write_params
 from runbooklib.params import load_params
 from runbooklib.phase import steps as phase_steps
 from runbooklib.vm import operations
-
-from conftest import lab_data, set_path, write_params
-
-from test_vm_checks import ready_facts
 
 DATA = Path(__file__).parents[1] / "data" / "vm" / "operations"
 CASES = sorted(DATA.glob("*.yaml"))

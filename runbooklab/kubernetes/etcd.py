@@ -14,9 +14,9 @@ import shlex
 import time
 import urllib.error
 import urllib.request
-from typing import Iterable
+from collections.abc import Iterable
 
-from . import daemon
+from .. import daemon
 
 DATA_DIR = "/var/lib/etcd-lab"
 LOG = "/var/log/etcd-lab.log"

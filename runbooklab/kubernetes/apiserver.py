@@ -11,7 +11,7 @@ revision), so an etcd snapshot and restore brings the objects back.
 
 Everything it serves says it is simulated: ``/version``, a response header, and node info.
 
-    python -m runbooklib.lab.apiserver --listen 10.77.0.11:6443 --etcd http://10.77.0.11:2379 \
+    python -m runbooklab.kubernetes.apiserver --listen 10.77.0.11:6443 --etcd http://10.77.0.11:2379 \
         --tls-dir /etc/kubernetes/ssl --kubernetes-version v1.31.9 [--controllers]
 """
 
@@ -36,7 +36,7 @@ import yaml
 from .etcd import EtcdClient, EtcdUnavailable
 
 SIMULATED = "lab-simulation"
-HEADER = ("X-Runbook-Lab", "simulated Kubernetes API server stand-in (runbooklib.lab.apiserver)")
+HEADER = ("X-Runbook-Lab", "simulated Kubernetes API server stand-in (runbooklab.kubernetes.apiserver)")
 NODE_GRACE_SECONDS = 8.0  # a node whose heartbeat lease is older than this turns NotReady
 KNOWN_PROVISIONERS = ("rook-ceph.rbd.csi.ceph.com", "rook-ceph.cephfs.csi.ceph.com", "driver.longhorn.io",
                       "rancher.io/local-path", "lab.runbook/hostpath")

@@ -4,7 +4,7 @@ Runs inside a node VM and renews the node's Lease in ``kube-node-lease`` every t
 kubelet does; the API stand-in's control loop marks the node NotReady when renewals stop (the VM
 was stopped or cut off).
 
-    python -m runbooklib.lab.heartbeat --server https://10.77.0.11:6443 --node w1 --tls-dir /etc/kubernetes/ssl
+    python -m runbooklab.kubernetes.heartbeat --server https://10.77.0.11:6443 --node w1 --tls-dir /etc/kubernetes/ssl
 """
 
 from __future__ import annotations

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import yaml
 
-from ..params import parse_params
-from ..ssh import Fleet
+from runbooklib.schema import K8S_ROLES, SSH, Host
+from runbooklib.ssh import Fleet
+
+from .. import daemon
 from . import cluster as lab_cluster
-from . import daemon
 from . import etcd as lab_etcd
 from .pki import Pki
 
@@ -46,7 +47,7 @@ TOP_LEVEL_KEYS = {
 }
 NODE_KEYS = {"address", "port", "internal_address", "role", "hostname_override", "user", "docker_socket",
              "ssh_agent_auth", "ssh_key", "ssh_key_path", "ssh_cert", "ssh_cert_path", "labels", "taints", "node_name"}
-ROLES = ("etcd", "controlplane", "worker")
+ROLES = K8S_ROLES  # the roles RKE knows: the cluster roles of the inventory
 PLUGINS = ("canal", "flannel", "calico", "weave", "aci", "none")
 DOCKER_SUPPORTED = ("1.13.", "17.03.", "17.06.", "17.09.", "18.06.", "18.09.", "19.03.", "20.10.", "23.0.", "24.0.",
                     "25.0.", "26.0.", "26.1.", "27.")
@@ -163,14 +164,10 @@ def make_fleet(c: dict, config_dir: Path, nodes: list[lab_cluster.NodeSpec]) -> 
     key_path = key_path if key_path.is_absolute() else config_dir / key_path
     known = os.environ.get("RKE_LAB_KNOWN_HOSTS") or str(
         Path(os.environ.get("RUNBOOK_LAB_DIR") or Path(__file__).resolve().parents[2] / ".lab") / "ssh" / "known_hosts")
-    params = {
-        "environment": {"name": "rke-lab", "kind": "lab", "data_country": "RU"},
-        "inventory": {"hosts": [{"name": _host_name(n.name), "address": n.address, "ssh_port": n.port, "user": n.user,
-                                 "roles": ["worker"], "location": {"country": "RU"}} for n in nodes]},
-        "ssh": {"key": f"file:{key_path}", "known_hosts": known, "connect_timeout": 5, "command_timeout": 60},
-    }
-    return Fleet(parse_params(yaml.safe_dump(params), "cluster.yml (as SSH inventory)", config_dir / "cluster.yml"),
-                 progress=None)
+    hosts = [Host(name=_host_name(n.name), address=n.address, ssh_port=n.port, user=n.user, roles=["worker"],
+                  location={"country": "RU"}) for n in nodes]
+    ssh = SSH(key=f"file:{key_path}", known_hosts=known, connect_timeout=5, command_timeout=60)
+    return Fleet(hosts, ssh, config_dir, progress=None)
 
 
 def _host_name(name: str) -> str:
@@ -210,7 +207,7 @@ def save_state(path: Path, c: dict, nodes: list[lab_cluster.NodeSpec], pki: Pki)
 # -- commands -----------------------------------------------------------------------------------
 
 def check_prerequisites(fleet: Fleet, c: dict, nodes: list[lab_cluster.NodeSpec], log: Log) -> None:
-    hosts = {h.name: h for h in fleet.params.hosts}
+    hosts = {h.name: h for h in fleet.hosts}
     results = fleet.run("docker version --format '{{.Server.Version}}'", hosts=list(hosts.values()), desc="docker")
     for n in nodes:
         r = results[_host_name(n.name)]
@@ -243,7 +240,7 @@ def cmd_up(args, log: Log) -> None:
     cp_nodes = [n for n in nodes if "controlplane" in n.roles]
     with tempfile.TemporaryDirectory(prefix="rke-lab-pki-") as tmp:
         fleet = make_fleet(c, config.parent, nodes)
-        hosts = {h.name: h for h in fleet.params.hosts}
+        hosts = {h.name: h for h in fleet.hosts}
         try:
             check_prerequisites(fleet, c, nodes, log)
             if state is None:
@@ -313,10 +310,8 @@ def _stop_on_removed(fleet: Fleet, address: str | None, log: Log) -> None:
     """A removed node: stop what the cluster ran there, if the node still answers (it may be gone)."""
     if not address:
         return
-    from ..params import Host
-
     host = Host(name="removed-node", address=address, roles=["worker"], location={"country": "RU"},
-                user=fleet.params.hosts[0].user, ssh_port=fleet.params.hosts[0].ssh_port)
+                user=fleet.hosts[0].user, ssh_port=fleet.hosts[0].ssh_port)
     r = fleet.run_on(host, daemon.disable("lab-heartbeat") + "; " + daemon.disable("lab-apiserver"))
     if not r.ok:
         log.warn(f"[remove] could not clean up {address}: {r.error}")
@@ -330,7 +325,7 @@ def cmd_remove(args, log: Log) -> None:
         raise RkeFatal("rke remove deletes the cluster and its etcd data on every node; re-run with --force to confirm")
     fleet = make_fleet(c, config.parent, nodes)
     try:
-        for h in fleet.params.hosts:
+        for h in fleet.hosts:
             fleet.run_on(h, f"{daemon.disable('lab-heartbeat')}; {daemon.disable('lab-apiserver')}; {daemon.disable('lab-etcd')}; "
                             f"rm -rf {lab_etcd.DATA_DIR} {lab_cluster.SSL_DIR}; true")
             log.info(f"[remove] Cleaned host [{h.address}]")
@@ -347,7 +342,7 @@ def cmd_etcd(args, log: Log) -> None:
     nodes = node_specs(c)
     etcd_nodes = [n for n in nodes if "etcd" in n.roles]
     fleet = make_fleet(c, config.parent, nodes)
-    hosts = {h.name: h for h in fleet.params.hosts}
+    hosts = {h.name: h for h in fleet.hosts}
     members = [hosts[_host_name(n.name)] for n in etcd_nodes]
     snapshot = f"{SNAPSHOT_DIR}/{args.name}"
     try:

@@ -5,7 +5,7 @@ a node's Docker socket for its version. This answers the read-only calls they ma
 ``/version``, ``/info``) on ``/var/run/docker.sock`` inside a VM, and says everywhere that it is a
 simulation: the version is ``26.1.4-lab-simulation`` and the platform name says so.
 
-    python -m runbooklib.lab.dockerd [--socket /var/run/docker.sock]
+    python -m runbooklab.kubernetes.dockerd [--socket /var/run/docker.sock]
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from . import daemon
+from .. import daemon
 from . import etcd as lab_etcd
 from .apiserver import SIMULATED
 from .pki import Pki
@@ -121,7 +121,7 @@ def start_api_servers(fleet, hosts, etcd_hosts, version: str) -> None:
     endpoints = ",".join(lab_etcd.endpoints(etcd_hosts))
     python = shlex.quote(sys.executable)
     for i, h in enumerate(hosts):
-        cmd = (f"{python} -m runbooklib.lab.apiserver --listen {h.address}:{API_PORT} --etcd {endpoints} "
+        cmd = (f"{python} -m runbooklab.kubernetes.apiserver --listen {h.address}:{API_PORT} --etcd {endpoints} "
                f"--tls-dir {SSL_DIR} --kubernetes-version {version}" + (" --controllers" if i == 0 else ""))
         fleet.run_on(h, daemon.enable("lab-apiserver", cmd, API_LOG)).check()
 
@@ -132,7 +132,7 @@ def stop_api_server(fleet, host) -> None:
 
 def start_heartbeat(fleet, host, servers: list[str]) -> None:
     python = shlex.quote(sys.executable)
-    cmd = (f"{python} -m runbooklib.lab.heartbeat --server {','.join(servers)} --node {host.name} --tls-dir {SSL_DIR}")
+    cmd = (f"{python} -m runbooklab.kubernetes.heartbeat --server {','.join(servers)} --node {host.name} --tls-dir {SSL_DIR}")
     fleet.run_on(host, daemon.enable("lab-heartbeat", cmd, HEARTBEAT_LOG)).check()
 
 

@@ -1,0 +1,379 @@
+#!/usr/bin/python3
+"""systemctl for lab VMs: the lab's service manager, a stand-in for systemd (LAB SIMULATION).
+
+A Debian VM's services are managed with ``systemctl``; the runbooks do exactly that. The lab's VMs
+share one kernel inside namespaces, where systemd cannot be PID 1 (it refuses to run in a chroot
+and needs a cgroup tree of its own), so each VM gets this small manager as
+``/usr/local/sbin/systemctl`` instead. It reads the real unit files Debian's packages install
+(``/lib/systemd/system``, ``/etc/systemd/system``) and honours what the project's services use:
+``Type`` (simple, exec, notify, forking, oneshot), ``ExecStartPre``, ``ExecStart``,
+``ExecStartPost``, ``ExecReload`` (with ``$MAINPID``), ``ExecStop``, ``EnvironmentFile``,
+``Environment``, ``PIDFile``, ``RuntimeDirectory`` and ``Alias``. Sandboxing, users, cgroups,
+dependencies and timers are not emulated. "Enabled" is the usual ``*.wants`` symlink on the VM's
+disk, so it survives ``lab stop``/``lab start``; the lab starts enabled units at boot
+(``systemctl lab-boot``). ``systemctl --version`` says what it is.
+
+Standard library only: it runs under the VM's /usr/bin/python3.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VERSION = "systemd 252 (runbook lab service manager: a LAB SIMULATION stand-in, not systemd)"
+UNIT_DIRS = (Path("/etc/systemd/system"), Path("/run/systemd/system"), Path("/lib/systemd/system"),
+             Path("/usr/lib/systemd/system"))
+WANTS = Path("/etc/systemd/system/multi-user.target.wants")
+STATE = Path("/run/lab-systemd")  # a tmpfs per boot: nothing runs after a reboot unless enabled
+LOGS = Path("/var/log/lab-systemd")
+
+
+class Fail(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+# -- units ---------------------------------------------------------------------------------------
+
+def unit_name(name: str) -> str:
+    return name if "." in name else name + ".service"
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """Sections -> key -> values (a key may repeat); continuation lines joined; empty value resets."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = None
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        while line.endswith("\\") and i + 1 < len(lines):
+            i += 1
+            line = line[:-1] + " " + lines[i].strip()
+        i += 1
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = out.setdefault(line[1:-1], {})
+            continue
+        if section is None or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if value == "":
+            section[key] = []
+        else:
+            section.setdefault(key, []).append(value)
+    return out
+
+
+def find_unit(name: str) -> tuple[str, Path, dict]:
+    """The unit file for ``name`` (following ``Alias=``): (canonical name, path, parsed)."""
+    wanted = unit_name(name)
+    for d in UNIT_DIRS:
+        p = d / wanted
+        if p.is_file():
+            real = p.resolve()
+            return real.name, real, parse_unit(real.read_text())
+    for d in UNIT_DIRS:  # an alias such as chronyd.service -> chrony.service
+        if d.is_dir():
+            for p in sorted(d.glob("*.service")):
+                try:
+                    unit = parse_unit(p.read_text())
+                except OSError:
+                    continue
+                aliases = " ".join(unit.get("Install", {}).get("Alias", [])).split()
+                if wanted in aliases:
+                    return p.name, p, unit
+    raise Fail(f"Unit {wanted} not found.", 5)
+
+
+def environment(unit: dict) -> dict[str, str]:
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    service = unit.get("Service", {})
+    for spec in service.get("EnvironmentFile", []):
+        optional = spec.startswith("-")
+        path = Path(spec.lstrip("-"))
+        try:
+            text = path.read_text()
+        except OSError:
+            if optional:
+                continue
+            raise Fail(f"EnvironmentFile {path} is missing") from None
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                k, _, v = line.partition("=")
+                env[k.strip()] = " ".join(shlex.split(v)) if v.strip() else ""
+    for spec in service.get("Environment", []):
+        for pair in shlex.split(spec):
+            k, _, v = pair.partition("=")
+            env[k] = v
+    return env
+
+
+def command_line(spec: str, env: dict[str, str]) -> tuple[list[str], bool]:
+    """An Exec line as argv (prefixes stripped, $VAR split into words, ${VAR} kept whole); ignore-failure flag."""
+    ignore = False
+    while spec and spec[0] in "-@!+:":
+        ignore = ignore or spec[0] == "-"
+        spec = spec[1:]
+    argv: list[str] = []
+    for word in shlex.split(spec):
+        if re.fullmatch(r"\$\w+", word):
+            argv.extend(env.get(word[1:], "").split())
+        else:
+            argv.append(re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), word))
+    return argv, ignore
+
+
+# -- state ---------------------------------------------------------------------------------------
+
+def pid_file(name: str) -> Path:
+    return STATE / f"{name}.pid"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def main_pid(name: str) -> int | None:
+    try:
+        pid = int(pid_file(name).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if alive(pid) else None
+
+
+def state(name: str, unit: dict) -> str:
+    if unit.get("Service", {}).get("Type", ["simple"])[-1] == "oneshot":
+        return "active" if (STATE / f"{name}.done").exists() else "inactive"
+    if main_pid(name):
+        return "active"
+    return "failed" if (STATE / f"{name}.failed").exists() else "inactive"
+
+
+def is_enabled(name: str) -> bool:
+    return (WANTS / name).exists() or (WANTS / name).is_symlink()
+
+
+# -- actions -------------------------------------------------------------------------------------
+
+def run_exec(specs: list[str], env: dict[str, str], name: str, what: str, extra: dict | None = None) -> None:
+    for spec in specs:
+        argv, ignore = command_line(spec, {**env, **(extra or {})})
+        if not argv:
+            continue
+        r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90)
+        if r.returncode != 0 and not ignore:
+            log(name, f"{what} {' '.join(argv)} exited {r.returncode}: {r.stderr.strip()}")
+            raise Fail(f"Job for {name} failed because the control process exited with error code "
+                       f"({what}: {' '.join(argv)}: {r.stderr.strip()[-300:]}).")
+
+
+def log(name: str, text: str) -> None:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with open(LOGS / f"{name}.log", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+
+
+def start(name: str, unit: dict) -> None:
+    if state(name, unit) == "active":
+        return
+    service = unit.get("Service", {})
+    kind = service.get("Type", ["simple"])[-1]
+    env = environment(unit)
+    STATE.mkdir(parents=True, exist_ok=True)
+    for rel in " ".join(service.get("RuntimeDirectory", [])).split():
+        Path("/run", rel).mkdir(parents=True, exist_ok=True)
+    (STATE / f"{name}.failed").unlink(missing_ok=True)
+    try:
+        run_exec(service.get("ExecStartPre", []), env, name, "ExecStartPre")
+        if kind in ("forking", "oneshot"):
+            run_exec(service.get("ExecStart", []), env, name, "ExecStart")
+            if kind == "oneshot":
+                (STATE / f"{name}.done").touch()
+            else:
+                pid = wait_pid_file(service, name)
+                pid_file(name).write_text(f"{pid}\n")
+        else:
+            argv, _ = command_line(service.get("ExecStart", [""])[-1], env)
+            if not argv:
+                raise Fail(f"{name} has no ExecStart")
+            LOGS.mkdir(parents=True, exist_ok=True)
+            out = open(LOGS / f"{name}.log", "ab")
+            proc = subprocess.Popen(argv, env={**env, "NOTIFY_SOCKET": ""}, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=out, start_new_session=True, cwd="/")
+            out.close()
+            pid_file(name).write_text(f"{proc.pid}\n")
+            time.sleep(0.3)  # a daemon that dies at once (bad config) is a failed start, as under systemd
+            if proc.poll() is not None:
+                raise Fail(f"Job for {name} failed: the main process exited with code {proc.returncode}; "
+                           f"see {LOGS / (name + '.log')}")
+        run_exec(service.get("ExecStartPost", []), env, name, "ExecStartPost")
+    except Fail:
+        (STATE / f"{name}.failed").touch()
+        raise
+
+
+def wait_pid_file(service: dict, name: str, timeout: float = 10.0) -> int:
+    path = Path(service.get("PIDFile", [""])[-1] or f"/run/{name}.pid")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid = int(path.read_text().split()[0])
+            if alive(pid):
+                return pid
+        except (OSError, ValueError, IndexError):
+            pass
+        time.sleep(0.05)
+    raise Fail(f"Job for {name} failed: no live process in its PIDFile {path} after {timeout:g} s")
+
+
+def stop(name: str, unit: dict) -> None:
+    service = unit.get("Service", {})
+    (STATE / f"{name}.done").unlink(missing_ok=True)
+    pid = main_pid(name)
+    if pid is None:
+        return
+    if service.get("ExecStop"):
+        run_exec(service["ExecStop"], environment(unit), name, "ExecStop", {"MAINPID": str(pid)})
+    if pid != 1 and alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not alive(pid):
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    pid_file(name).unlink(missing_ok=True)
+
+
+def reload(name: str, unit: dict) -> None:
+    service = unit.get("Service", {})
+    if not service.get("ExecReload"):
+        raise Fail(f"Failed to reload {name}: Job type reload is not applicable for unit {name}.")
+    pid = main_pid(name)
+    if pid is None:
+        raise Fail(f"Failed to reload {name}: Unit {name} is not active.")
+    run_exec(service["ExecReload"], environment(unit), name, "ExecReload", {"MAINPID": str(pid)})
+
+
+def enable(name: str, path: Path) -> None:
+    WANTS.mkdir(parents=True, exist_ok=True)
+    link = WANTS / name
+    if not link.is_symlink():
+        link.symlink_to(path)
+        print(f"Created symlink {link} \u2192 {path}.")
+
+
+def disable(name: str) -> None:
+    link = WANTS / name
+    if link.is_symlink() or link.exists():
+        link.unlink()
+        print(f"Removed \"{link}\".")
+
+
+def boot() -> int:
+    """Start every enabled unit (what systemd does on the way to multi-user.target)."""
+    failed = 0
+    for link in sorted(WANTS.glob("*.service")) if WANTS.is_dir() else []:
+        try:
+            name, _, unit = find_unit(link.name)
+            start(name, unit)
+        except Fail as e:
+            print(e, file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if not a.startswith("-")]
+    flags = {a for a in argv if a.startswith("-")}
+    if "--version" in flags:
+        print(VERSION)
+        return 0
+    if not args:
+        print("usage: systemctl [--now] COMMAND UNIT... (the lab's service manager; see --version)", file=sys.stderr)
+        return 1
+    command, names = args[0], args[1:]
+    if command == "daemon-reload":
+        return 0
+    if command == "lab-boot":
+        return boot()
+    if not names:
+        print(f"Too few arguments for {command}.", file=sys.stderr)
+        return 1
+    code = 0
+    for given in names:
+        try:
+            name, path, unit = find_unit(given)
+            if command == "start":
+                start(name, unit)
+            elif command == "stop":
+                stop(name, unit)
+            elif command == "restart":
+                stop(name, unit)
+                start(name, unit)
+            elif command == "reload":
+                reload(name, unit)
+            elif command in ("reload-or-restart", "try-reload-or-restart"):
+                if unit.get("Service", {}).get("ExecReload") and main_pid(name):
+                    reload(name, unit)
+                elif command == "reload-or-restart" or main_pid(name):
+                    stop(name, unit)
+                    start(name, unit)
+            elif command == "enable":
+                enable(name, path)
+                if "--now" in flags:
+                    start(name, unit)
+            elif command == "disable":
+                disable(name)
+                if "--now" in flags:
+                    stop(name, unit)
+            elif command == "is-active":
+                current = state(name, unit)
+                if "--quiet" not in flags and "-q" not in flags:
+                    print(current)
+                code = code or (0 if current == "active" else 3)
+            elif command == "is-enabled":
+                on = is_enabled(name)
+                if "--quiet" not in flags and "-q" not in flags:
+                    print("enabled" if on else "disabled")
+                code = code or (0 if on else 1)
+            elif command == "status":
+                current = state(name, unit)
+                print(f"* {name} - {' '.join(unit.get('Unit', {}).get('Description', [name]))}")
+                print(f"     Loaded: loaded ({path}; {'enabled' if is_enabled(name) else 'disabled'})")
+                print(f"     Active: {current}" + (f" (Main PID: {main_pid(name)})" if main_pid(name) else ""))
+                print("       Note: the runbook lab's service manager (LAB SIMULATION), not systemd")
+                code = code or (0 if current == "active" else 3)
+            else:
+                print(f"Unknown command verb {command} (the lab's service manager knows start, stop, restart, "
+                      "reload, enable, disable, is-active, is-enabled, status).", file=sys.stderr)
+                return 1
+        except Fail as e:
+            print(e, file=sys.stderr)
+            code = e.code if command in ("is-active", "status") else 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
