@@ -627,6 +627,12 @@ mkdir -p "$R{project}" && mount --bind {project} "$R{project}" && mount -o remou
 # what a Debian VM's init gives it: `systemctl` answered by the lab's service manager (a stand-in:
 # runbooklab/systemctl.py), with sshd, PID 1 here, as the VM's ssh.service
 mkdir -p "$R/usr/local/sbin" "$R/run/lab-systemd"
+# the lab's base image enables no service but ssh: on first boot, hide what the machine running the
+# lab enabled for itself (its packages are installed, not running, in a fresh VM)
+if [ ! -e "$R/etc/runbook-lab/base-image" ]; then
+  rm -rf "$R/etc/systemd/system/multi-user.target.wants" && mkdir -p "$R/etc/systemd/system/multi-user.target.wants"
+  mkdir -p "$R/etc/runbook-lab" && echo "first boot of {vm}: no service enabled but ssh" > "$R/etc/runbook-lab/base-image"
+fi
 ln -sfn {project}/runbooklab/systemctl.py "$R/usr/local/sbin/systemctl"
 echo 1 > "$R/run/lab-systemd/ssh.service.pid"
 hostname {vm}

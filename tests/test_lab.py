@@ -37,7 +37,7 @@ def fleet(lab):
 
 
 def host(fleet, name):
-    return fleet.params.host(name)
+    return next(h for h in fleet.hosts if h.name == name)
 
 
 def test_every_vm_answers_with_its_pinned_key(lab, fleet):
@@ -164,6 +164,35 @@ def test_up_recovers_a_lab_whose_processes_were_killed(lab):
         assert f.run("true").ok
     finally:
         f.close()
+
+
+def test_each_vm_answers_systemctl_as_a_debian_vm_would_and_says_it_is_the_lab(lab, fleet):
+    w1 = host(fleet, "w1")
+    version = fleet.run_on(w1, "systemctl --version").check()
+    assert "LAB SIMULATION" in version.stdout and "not systemd" in version.stdout
+    # sshd is the VM's ssh.service; a fresh VM enables nothing else (the machine's own services stay hidden)
+    assert fleet.run_on(w1, "systemctl is-active ssh").stdout.strip() == "active"
+    assert fleet.run_on(w1, "systemctl is-enabled chrony").stdout.strip() == "disabled"
+    # Debian's redis unit, as a package installs it: enable --now, then it survives a power cycle
+    assert fleet.run_on(w1, "systemctl enable --now redis-server && systemctl is-active redis-server").check().stdout.strip() \
+        .endswith("active")
+    pid = fleet.run_on(w1, "pgrep -x redis-server").check().stdout.strip()
+    assert pid
+    lab.stop("w1")
+    lab.start("w1")
+    fleet.close()
+    after = Fleet.from_params(load_params(lab.params_file), progress=None)
+    try:
+        w1 = next(h for h in after.hosts if h.name == "w1")
+        assert after.run_on(w1, "systemctl is-active redis-server").stdout.strip() == "active"
+        assert after.run_on(w1, "systemctl disable --now redis-server; systemctl is-active redis-server").stdout \
+            .strip().endswith("inactive")
+        assert after.run_on(w1, "pgrep -x redis-server").exit_code == 1
+        # a unit that does not exist fails as under systemd
+        missing = after.run_on(w1, "systemctl start no-such-thing")
+        assert missing.exit_code == 1 and "Unit no-such-thing.service not found." in missing.stderr
+    finally:
+        after.close()
 
 
 def test_unknown_vm_is_named(lab):
