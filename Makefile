@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup system venv demo lab-down test bench clean
+.PHONY: setup system venv demo lab-down test bench notebooks clean
 
 setup: system venv
 
@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/runbook lab up
 	$(BIN)/runbook run notebooks/00-environment-overview.ipynb --params params/lab.yaml
+	$(BIN)/runbook run notebooks/01-vm-preflight.ipynb --params params/lab.yaml --allow-not-ready
+	$(BIN)/runbook run notebooks/02-vm-baseline.ipynb --params params/lab.yaml --apply
 	$(BIN)/runbook run notebooks/01-vm-preflight.ipynb --params params/lab.yaml
 	@echo "The lab stays up for you to explore: $(BIN)/runbook lab status | runbook runs | make lab-down"
 
@@ -36,6 +38,10 @@ bench: setup
 	$(BIN)/python bench/runner_overhead.py
 	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/facts_vs_peers.py
+
+# regenerate the generated blocks of the runbooks' markdown (rollback tables) after changing operations
+notebooks: venv
+	$(BIN)/python -m runbooklib.phase.doc notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import __version__
 from .display import Banner, Details, Table, in_notebook, progress, show
+from .errors import RunbookError
 from .params import Params, load_params
 from .schema import Host
 from .secrets import Redactor, Secret
@@ -219,7 +220,9 @@ class Run:
                 show(f"PLAN mode: nothing was changed. Re-run with --apply to make these {len(steps)} changes.")
                 return Confirmation("planned")
             return Confirmation("applied", action())
-        return self._confirm_widget(len(steps), action)
+        from .phase.steps import plan_summary
+
+        return self._confirm_widget(len(steps), action, plan_summary(steps))
 
     def finish(self, problems: Sequence[str] = (), verdict: str | None = None) -> str:
         """End the runbook with a verdict: the last output, journaled for the record, the runner's exit code.
@@ -237,7 +240,7 @@ class Run:
         show("\n".join(lines))
         return verdict
 
-    def _confirm_widget(self, count: int, action: Callable[[], Any]) -> Confirmation:
+    def _confirm_widget(self, count: int, action: Callable[[], Any], summary: str = "") -> Confirmation:
         import ipywidgets as w
 
         env = self.params.environment.name
@@ -245,7 +248,7 @@ class Run:
                              button_style="danger", icon="check", layout=w.Layout(width="auto"))
         cancel_btn = w.Button(description="Cancel", icon="times")
         out = w.Output()
-        box = w.VBox([w.HBox([apply_btn, cancel_btn]), out])
+        box = w.VBox([w.HBox([apply_btn, cancel_btn, w.Label(summary)]), out])
         outcome = Confirmation("pending", widget=box)
 
         def on_apply(_):
@@ -276,7 +279,28 @@ class Run:
         apply_btn.on_click(on_apply)
         cancel_btn.on_click(on_cancel)
         show(box)
+        if in_notebook():
+            self._wait_for_decision(outcome)
         return outcome
+
+    @staticmethod
+    def _wait_for_decision(outcome: Confirmation) -> None:
+        """Hold the cell (and so Run All) until the engineer decides and the action has run.
+
+        The kernel keeps handling widget events meanwhile (jupyter-ui-poll), so the click reaches
+        the callback; the cells below then show the real outcome instead of "pending".
+        """
+        import time
+
+        from jupyter_ui_poll import ui_events
+
+        with ui_events() as poll:
+            while outcome.status in ("pending", "applying"):
+                poll(10)
+                time.sleep(0.05)
+        if outcome.status == "failed":
+            raise RunbookError("the apply failed; its error is shown under the buttons above, and every change "
+                               "made before it is in the run's change log")
 
 
 def open_run(params_file: str | Path, run_id: str | None = None, apply: bool = False,

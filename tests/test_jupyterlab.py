@@ -103,6 +103,9 @@ def test_engineer_plans_then_applies_with_a_click(lab, jupyter, tmp_path):
             apply_button = page.locator(".jp-OutputArea-output button.jupyter-button", has_text="Apply")
             started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]"))
             for attempt in range(4):  # a click can land before JupyterLab wired the kernel to the notebook
+                kernel_dialog = page.locator(".jp-Dialog button.jp-mod-accept", has_text="Select")
+                if kernel_dialog.count():  # JupyterLab sometimes asks which kernel to start: the notebook's own
+                    kernel_dialog.first.click()
                 page.click("text=Run", timeout=10_000)
                 page.click("text=Run All Cells", timeout=10_000)
                 try:
@@ -118,11 +121,24 @@ def test_engineer_plans_then_applies_with_a_click(lab, jupyter, tmp_path):
             except playwright.TimeoutError:
                 text = page.inner_text(".jp-Notebook")[-3000:]
                 pytest.fail(f"the Apply button never appeared; notebook text:\n{text}")
-            page.wait_for_selector("text=Nothing applied (pending)", timeout=90_000)
+            # Run All waits at the confirmation: nothing below it runs, nothing is changed
+            time.sleep(3)
+            outputs = page.locator(".jp-OutputArea-output")
+            assert outputs.filter(has_text="Nothing applied").count() == 0
+            assert outputs.filter(has_text=re.compile("VERDICT: ")).count() == 0  # not the recap's verdict column
+            assert page.locator('.jp-Notebook-ExecutionIndicator[data-status="busy"]').count() == 1
             assert failing_checks(params) == before, "the plan alone changed a host"
+            assert apply_button.inner_text().strip().endswith(f"to {params.environment.name}")
             page.screenshot(path=str(tmp_path / "before-click.png"))
             apply_button.click()
-            page.wait_for_selector("text=Applied.", timeout=120_000)
+            try:
+                page.wait_for_selector(".jp-OutputArea-output >> text=Applied.", timeout=120_000)
+            except playwright.TimeoutError:
+                page.screenshot(path=str(tmp_path / "no-apply.png"), full_page=True)
+                pytest.fail("the click did not apply; notebook text:\n" + page.inner_text(".jp-Notebook")[-4000:])
+            # the cells below ran after the click and show the real outcome
+            page.wait_for_selector(".jp-OutputArea-output >> text=VERDICT: applied", timeout=120_000)
+            assert outputs.filter(has_text="Nothing applied").count() == 0
             page.screenshot(path=str(tmp_path / "after-click.png"), full_page=False)
         finally:
             browser.close()

@@ -70,7 +70,8 @@ def test_interactive_apply_waits_for_the_click(params):
     run = Run(params, None, apply=False, headless=False)
     outcome = run.confirm(SWAP_OFF, lambda: calls.append(run.apply) or "ok")
     assert outcome.status == "pending" and calls == []
-    apply_btn, cancel_btn = outcome.widget.children[0].children
+    apply_btn, cancel_btn, summary = outcome.widget.children[0].children
+    assert summary.value == "1 change(s) on 1 host(s) across 1 operation(s)"
     apply_btn.click()
     assert outcome.status == "applied" and outcome.result == "ok"
     assert calls == [True]  # the action ran in apply mode...

@@ -96,3 +96,23 @@ def test_a_wheel_holds_every_module_and_imports_outside_the_checkout(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     files = json.loads(done.stdout)
     assert {m: f for m, f in files.items() if not f.startswith(str(target))} == {}
+
+
+@pytest.mark.parametrize("path", [p for p in committed_notebooks() if p.startswith("notebooks/")])
+def test_generated_blocks_of_the_runbooks_are_current(path):
+    """A runbook's rollback table is rendered from its phase's OPERATIONS; `make notebooks` refreshes it."""
+    from runbooklib.phase.doc import stale_cells
+
+    assert stale_cells(ROOT / path) == [], f"{path}: run `make notebooks`"
+
+
+def test_a_stale_rollback_table_is_caught(tmp_path):
+    import nbformat
+
+    from runbooklib.phase.doc import stale_cells, sync
+
+    nb = nbformat.read(ROOT / "notebooks" / "02-vm-baseline.ipynb", as_version=4)
+    nb.cells[0].source = nb.cells[0].source.replace("| swap disabled |", "| swap removed |")
+    nbformat.write(nb, tmp_path / "02.ipynb")
+    assert stale_cells(tmp_path / "02.ipynb") == [0]
+    assert sync(tmp_path / "02.ipynb") and stale_cells(tmp_path / "02.ipynb") == []

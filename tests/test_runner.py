@@ -192,7 +192,7 @@ def test_secret_canary_never_reaches_the_archive_or_the_terminal(tmp_path, archi
     # the record still says what happened, with the secret replaced by its field name
     m = json.loads(next(archive_root.rglob("*.manifest.json")).read_text())
     assert m["failure"]["evalue"] == "could not log in with [redacted:database.root_password]"
-    assert m["changes"][0]["action"] == "set root password to [redacted:database.root_password]"
+    assert m["changes"][0]["operation"] == "set root password to [redacted:database.root_password]"
 
 
 def test_second_concurrent_run_is_refused(tmp_path, archive_root):
@@ -234,10 +234,11 @@ def test_plan_then_apply_records_changes(tmp_path, archive_root):
     nb = make_notebook(
         tmp_path / "20-change.ipynb",
         "import runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
-        "plan = [{'host': h.name, 'change': 'write /etc/motd'} for h in run.hosts_with('edge')]\n"
+        "from runbooklib.phase.steps import Step\n"
+        "plan = [Step(h.name, 'motd', 'write /etc/motd', 'true') for h in run.hosts_with('edge')]\n"
         "def act():\n"
-        "    for row in run.progress(plan, desc='motd'):\n"
-        "        run.record_change(row['host'], row['change'], 'lab rehearsal')\n"
+        "    for step in run.progress(plan, desc='motd'):\n"
+        "        run.record(step)\n"
         "outcome = run.confirm(plan, act)\n"
         "print('outcome', outcome.status)",
     )
@@ -248,8 +249,9 @@ def test_plan_then_apply_records_changes(tmp_path, archive_root):
     assert first["mode"] == "plan" and first["changes"] == []
     assert "PLAN mode: nothing was changed" in plan.stderr and "outcome planned" in plan.stderr
     assert second["mode"] == "apply" and "outcome applied" in applied.stderr
-    assert [(c["host"], c["action"]) for c in second["changes"]] == [("edge1", "write /etc/motd"),
-                                                                      ("edge2", "write /etc/motd")]
+    assert [(c["host"], c["operation"], c["change"]) for c in second["changes"]] == [
+        ("edge1", "motd", "write /etc/motd"), ("edge2", "motd", "write /etc/motd")]
+    assert "changed: edge1  motd: write /etc/motd" in applied.stderr  # a line per change as it happens
 
 
 def test_timeout_fails_the_run_and_keeps_the_record(tmp_path, archive_root):
