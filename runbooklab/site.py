@@ -26,19 +26,26 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
-from runbooklib.errors import RunbookError
 from runbooklib.params import parse_params
 
+from .boot import Boot
+from .common import PROJECT, REQUIRED, LabError
+from .common import run_command as _run
+from .common import ssh_answers as _ssh_answers
+from .keys import Keys
+from .network import Network
+from .processes import Processes
+
+__all__ = ["PROVISIONERS", "Lab", "LabError", "VMStatus"]
+
+PROFILES = {"seed": PROJECT / "params" / "lab.yaml", "small": PROJECT / "params" / "lab-small.yaml"}
+TEMPLATE_NET = ipaddress.IPv4Network("10.77.0.0/24")  # the subnet the profile files are written in
 # Provisioners: what a phase needs of the lab beyond plain VMs, ``provision(lab, params, actions)``.
 PROVISIONERS = ("runbooklab.kubernetes",)
 
@@ -47,16 +54,6 @@ def provisioners():
     import importlib
 
     return [importlib.import_module(name).provision for name in PROVISIONERS]
-
-PROJECT = Path(__file__).resolve().parents[1]
-PROFILES = {"seed": PROJECT / "params" / "lab.yaml", "small": PROJECT / "params" / "lab-small.yaml"}
-TEMPLATE_NET = ipaddress.IPv4Network("10.77.0.0/24")  # the subnet the profile files are written in
-SSHD = "/usr/sbin/sshd"
-REQUIRED = ("ip", "unshare", "chroot", "setsid", "ssh-keygen", SSHD)
-
-
-class LabError(RunbookError):
-    """The lab cannot do what was asked; the message says what to do."""
 
 
 @dataclass
@@ -70,25 +67,13 @@ class VMStatus:
     processes: list[str]
 
 
-def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if check and done.returncode != 0:
-        raise LabError(f"`{' '.join(cmd)}` failed: {done.stderr.strip() or done.stdout.strip()}")
-    return done
+class Lab(Network, Processes, Boot, Keys):
+    """One lab instance: its folder, its name prefix and its subnet.
 
-
-def _ssh_answers(address: str, port: int = 22, timeout: float = 1.0) -> bool:
-    """True when an SSH server greets on address:port (reads the banner; sends nothing)."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            return s.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
-class Lab:
-    """One lab instance: its folder, its name prefix and its subnet."""
+    Its jobs live in their own modules: ``network`` (bridge, namespaces, links), ``processes``
+    (finding and killing a VM's processes), ``boot`` (a VM's files and boot), ``keys`` (SSH keys and
+    pins); this class holds the names, the state and the commands (up, down, stop, start, status).
+    """
 
     def __init__(self, root: str | Path | None = None, name: str | None = None, subnet: str | None = None):
         self.root = Path(root or os.environ.get("RUNBOOK_LAB_DIR") or PROJECT / ".lab").resolve()
@@ -181,172 +166,7 @@ class Lab:
             known.setdefault(vm, {"address": "?", "roles": []})
         return known
 
-    def _namespaces(self) -> list[str]:
-        done = _run("ip", "netns", "list", check=False)
-        names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-        return [n for n in names if n.startswith(self.name + "-")]
-
-    # -- processes ---------------------------------------------------------------------------
-    def pids(self, vm: str) -> list[int]:
-        """Every process inside the VM (found by its network namespace), sorted."""
-        try:
-            ino = os.stat(f"/run/netns/{self.netns(vm)}").st_ino
-        except OSError:
-            return []
-        out = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.stat(f"/proc/{entry}/ns/net").st_ino == ino:
-                        out.append(int(entry))
-                except OSError:
-                    continue
-        return sorted(out)
-
-    def _init_pid(self, vm: str) -> int | None:
-        """Host PID of the VM's PID 1 (its sshd)."""
-        for pid in self.pids(vm):
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            m = re.search(r"^NSpid:\s+(.*)$", status, re.M)
-            if m and m.group(1).split()[-1] == "1" and len(m.group(1).split()) > 1:
-                return pid
-        return None
-
-    def _comms(self, vm: str) -> list[str]:
-        """Process names in the VM; the lab's own Python daemons by what they are (``lab-apiserver``)."""
-        names = []
-        for pid in self.pids(vm):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                name = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            module = next((a.decode() for a in argv if a.startswith(b"runbooklab.")), None)
-            names.append(f"lab-{module.rsplit('.', 1)[1]}" if module else name)
-        return names
-
-    def _kill_vm(self, vm: str, timeout: float = 10.0) -> bool:
-        """SIGKILL every process of the VM, by PID; True if any was running."""
-        pids = self.pids(vm)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while self.pids(vm) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.pids(vm):
-            raise LabError(f"{vm}: processes {self.pids(vm)} did not exit after SIGKILL")
-        return bool(pids)
-
     # -- building blocks ---------------------------------------------------------------------
-    def _ensure_keys(self, actions: list[str]) -> None:
-        self.ssh_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.ssh_dir, 0o700)
-        if not self.key.exists():
-            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{self.name} lab operator", "-f", str(self.key))
-            actions.append(f"generated the lab's SSH key {self.key}")
-        # VMs get a folder holding only authorized_keys, never the private key
-        self.authorized_dir.mkdir(parents=True, exist_ok=True)
-        auth = self.authorized_dir / "authorized_keys"
-        pub = (self.key.with_suffix(".pub")).read_text()
-        if not auth.exists() or auth.read_text() != pub:
-            auth.write_text(pub)
-
-    def _ensure_bridge(self, actions: list[str]) -> None:
-        gateway = f"{self.subnet.network_address + 1}/{self.subnet.prefixlen}"
-        if _run("ip", "link", "show", self.bridge, check=False).returncode != 0:
-            _run("ip", "link", "add", self.bridge, "type", "bridge")
-            actions.append(f"created bridge {self.bridge}")
-        addrs = _run("ip", "-o", "-4", "addr", "show", "dev", self.bridge).stdout
-        if gateway not in addrs:
-            _run("ip", "addr", "add", gateway, "dev", self.bridge)
-        _run("ip", "link", "set", self.bridge, "up")
-        # the lab is a closed room: nothing arriving on the bridge is forwarded anywhere
-        for knob, value in ((f"/proc/sys/net/ipv4/conf/{self.bridge}/forwarding", "0"),
-                            (f"/proc/sys/net/ipv6/conf/{self.bridge}/disable_ipv6", "1")):
-            with contextlib.suppress(OSError):
-                Path(knob).write_text(value)
-
-    def _ensure_netns(self, vm: str, address: str, actions: list[str]) -> None:
-        ns, veth = self.netns(vm), self.veth(vm)
-        if ns not in self._namespaces():
-            _run("ip", "netns", "add", ns)
-            actions.append(f"{vm}: created network namespace {ns}")
-        if _run("ip", "-n", ns, "link", "show", "eth0", check=False).returncode != 0:
-            _run("ip", "link", "del", veth, check=False)
-            _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        _run("ip", "link", "set", veth, "master", self.bridge)
-        if "state DOWN" in _run("ip", "link", "show", veth).stdout and not self._state().get("cut", {}).get(vm):
-            _run("ip", "link", "set", veth, "up")
-        cidr = f"{address}/{self.subnet.prefixlen}"
-        if cidr not in _run("ip", "-n", ns, "-o", "-4", "addr", "show", "dev", "eth0").stdout:
-            _run("ip", "-n", ns, "addr", "add", cidr, "dev", "eth0")
-        _run("ip", "-n", ns, "link", "set", "eth0", "up")
-        _run("ip", "-n", ns, "link", "set", "lo", "up")
-
-    def _write_vm_files(self, vm: str, address: str) -> None:
-        d = self.vm_dir(vm)
-        for sub in ("upper", "work", "root", "state"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
-        hostkey = d / "state" / "ssh_host_ed25519_key"
-        if not hostkey.exists():
-            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{vm}", "-f", str(hostkey))
-        (d / "state" / "sshd_config").write_text(SSHD_CONFIG.format(address=address))
-        (d / "boot.sh").write_text(BOOT_SCRIPT.format(vm=vm, dir=d, keys=self.authorized_dir, sshd=SSHD, project=PROJECT))
-
-    def _boot(self, vm: str) -> int:
-        d = self.vm_dir(vm)
-        log = open(d / "console.log", "ab")
-        try:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns(vm), "unshare", "--mount", "--propagation", "private", "--uts",
-                 "--pid", "--fork", "--kill-child", "--", "/bin/sh", str(d / "boot.sh")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
-        finally:
-            log.close()
-        return proc.pid
-
-    def _wait_ssh(self, vms: dict[str, str], timeout: float = 30.0) -> None:
-        pending = dict(vms)
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for vm, address in list(pending.items()):
-                if _ssh_answers(address, timeout=0.5):
-                    del pending[vm]
-            if pending:
-                time.sleep(0.05)
-        if pending:
-            names = ", ".join(pending)
-            tails = "; ".join(f"{vm}: {self._console_tail(vm)}" for vm in pending)
-            raise LabError(f"SSH did not answer on {names} within {timeout:g} s ({tails})")
-
-    def _console_tail(self, vm: str) -> str:
-        try:
-            lines = (self.vm_dir(vm) / "console.log").read_text().strip().splitlines()
-            return lines[-1] if lines else "console empty"
-        except OSError:
-            return "no console log"
-
-    def _write_known_hosts(self, vms: dict[str, dict], actions: list[str]) -> None:
-        """Pin every VM's host key (the lab provisioned those keys itself, so it knows them)."""
-        try:
-            before = set(self.known_hosts.read_text().splitlines())
-        except OSError:
-            before = set()
-        lines = []
-        for vm, info in sorted(vms.items()):
-            pub = (self.vm_dir(vm) / "state" / "ssh_host_ed25519_key.pub").read_text().split()
-            line = f"{info['address']} {pub[0]} {pub[1]}"
-            if before and line not in before:
-                actions.append(f"{vm}: pinned its current host key")
-            lines.append(line + "\n")
-        tmp = self.known_hosts.with_suffix(".tmp")
-        tmp.write_text("".join(lines))
-        os.replace(tmp, self.known_hosts)
-
     def _destroy(self, vm: str) -> None:
         self._kill_vm(vm)
         _run("ip", "netns", "del", self.netns(vm), check=False)
@@ -396,41 +216,6 @@ class Lab:
             for provision in provisioners():
                 provision(self, lab_params, actions)
         return actions
-    def exec_in(self, vm: str, command: str) -> subprocess.CompletedProcess:
-        """Run a shell command inside the VM (its namespaces and root), as on its console."""
-        pid = self._booted_pid(vm)
-        return subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-p", "-n", "-r", "-w", "--", "/bin/sh", "-c", command],
-                              capture_output=True, text=True, timeout=30)
-
-    def _booted_pid(self, vm: str, timeout: float = 10.0) -> int:
-        """PID 1 of the VM once it is sshd, i.e. the VM's root is mounted (never the host's root)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid = self._init_pid(vm)
-            if pid is not None:
-                try:
-                    if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
-                        return pid
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise LabError(f"{vm} is not running (or did not finish booting within {timeout:g} s)")
-
-    def _run_boot_scripts(self, vm: str) -> None:
-        """What an init system does at boot: start the lab's daemons and the units enabled in the VM."""
-        from . import daemon
-
-        self.exec_in(vm, daemon.run_boot_scripts() + "; systemctl lab-boot >>/var/log/lab-systemd.log 2>&1; true")
-
-    def enable_daemon(self, vm: str, name: str, command: str) -> bool:
-        """Start a lab daemon in the VM now and at every boot; True if it was started (not already running)."""
-        from . import daemon
-
-        r = self.exec_in(vm, daemon.enable(name, command, f"/var/log/{name}.log"))
-        if r.returncode != 0:
-            raise LabError(f"{vm}: could not start {name}: {r.stderr.strip()}")
-        return "running" not in r.stdout
-
     def down(self) -> list[str]:
         """Remove every VM, namespace, link and process of the lab. Safe after a failed up."""
         if os.geteuid() != 0:
@@ -495,41 +280,6 @@ class Lab:
             self._run_boot_scripts(vm)
             return True
 
-    def cut(self, vm: str) -> None:
-        """Take the VM's network link down (its processes keep running)."""
-        self._require_vm(vm)
-        with self._locked():
-            _run("ip", "link", "set", self.veth(vm), "down")
-            state = self._state()
-            state.setdefault("cut", {})[vm] = True
-            self._save_state(state)
-
-    def heal(self, vm: str) -> None:
-        self._require_vm(vm)
-        with self._locked():
-            _run("ip", "link", "set", self.veth(vm), "up")
-            state = self._state()
-            state.setdefault("cut", {}).pop(vm, None)
-            self._save_state(state)
-
-    def rekey(self, vm: str) -> str:
-        """Give the VM a new host key, as a man-in-the-middle would look. The pinned key is NOT updated.
-
-        sshd reloads on SIGHUP, so the VM's other processes keep running. Returns the new fingerprint.
-        """
-        info = self._require_vm(vm)
-        with self._locked():
-            key = self.vm_dir(vm) / "state" / "ssh_host_ed25519_key"
-            for f in (key, key.with_suffix(".pub")):
-                f.unlink(missing_ok=True)
-            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{vm} (rekeyed)", "-f", str(key))
-            pid = self._init_pid(vm)
-            if pid is not None:
-                os.kill(pid, signal.SIGHUP)  # sshd re-executes itself and loads the new key
-                time.sleep(0.2)
-                self._wait_ssh({vm: info["address"]})
-            return _run("ssh-keygen", "-lf", str(key.with_suffix(".pub"))).stdout.split()[1]
-
     def status(self) -> list[VMStatus]:
         state = self._state()
         out = []
@@ -585,57 +335,3 @@ def _map_addresses(obj, lab: Lab):
             return lab.address(m.group(1)) if ip in TEMPLATE_NET else m.group(1)
         return _IPV4.sub(sub, obj)
     return obj
-
-
-SSHD_CONFIG = """\
-# sshd of a lab VM (generated by runbook lab up)
-ListenAddress {address}
-Port 22
-HostKey /run/rblab/state/ssh_host_ed25519_key
-PidFile /run/sshd.pid
-AuthorizedKeysFile /run/rblab/keys/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-UsePAM no
-StrictModes no
-MaxStartups 200
-MaxSessions 100
-UseDNS no
-PrintMotd no
-Subsystem sftp internal-sftp
-"""
-
-BOOT_SCRIPT = """\
-#!/bin/sh
-# Boot of lab VM {vm}: runs as PID 1 of fresh mount, UTS and PID namespaces inside the VM's network namespace.
-set -e
-R={dir}/root
-mount -t overlay overlay -o lowerdir=/,upperdir={dir}/upper,workdir={dir}/work "$R"
-mount -t proc proc "$R/proc"
-mount -t sysfs sysfs "$R/sys" 2>/dev/null || mount --rbind /sys "$R/sys"
-mount --rbind /dev "$R/dev"
-mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
-mount -t tmpfs -o mode=755 tmpfs "$R/run"
-mkdir -p "$R/run/sshd" "$R/run/rblab/state" "$R/run/rblab/keys"
-mount --bind {dir}/state "$R/run/rblab/state"
-mount --bind {keys} "$R/run/rblab/keys"
-mount -o remount,bind,ro "$R/run/rblab/keys"
-# the project (its code and interpreter) at the same path, read-only: lab daemons run from it
-mkdir -p "$R{project}" && mount --bind {project} "$R{project}" && mount -o remount,bind,ro "$R{project}"
-# what a Debian VM's init gives it: `systemctl` answered by the lab's service manager (a stand-in:
-# runbooklab/systemctl.py), with sshd, PID 1 here, as the VM's ssh.service
-mkdir -p "$R/usr/local/sbin" "$R/run/lab-systemd"
-# the lab's base image enables no service but ssh: on first boot, hide what the machine running the
-# lab enabled for itself (its packages are installed, not running, in a fresh VM)
-if [ ! -e "$R/etc/runbook-lab/base-image" ]; then
-  rm -rf "$R/etc/systemd/system/multi-user.target.wants" && mkdir -p "$R/etc/systemd/system/multi-user.target.wants"
-  mkdir -p "$R/etc/runbook-lab" && echo "first boot of {vm}: no service enabled but ssh" > "$R/etc/runbook-lab/base-image"
-fi
-ln -sfn {project}/runbooklab/systemctl.py "$R/usr/local/sbin/systemctl"
-echo 1 > "$R/run/lab-systemd/ssh.service.pid"
-hostname {vm}
-echo {vm} > "$R/etc/hostname"
-exec chroot "$R" {sshd} -D -e -f /run/rblab/state/sshd_config
-"""

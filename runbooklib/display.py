@@ -1,4 +1,6 @@
-"""What a runbook shows a person: tables, progress, banners and the plan/apply confirmation.
+"""What a runbook shows a person: tables, folded details, progress bars and banners.
+
+The plan/apply confirmation and the verdict are the run's (:mod:`runbooklib.notebook`); they use these.
 
 Every display carries both an HTML and a plain-text form, so JupyterLab shows a formatted table,
 the archived HTML keeps it, and a terminal or a headless log still reads well. Text passes through
