@@ -22,6 +22,7 @@ from typing import Annotated, Any, Iterator, Literal, Optional
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyAddress,
@@ -31,6 +32,7 @@ from pydantic import (
     ValidationError,
 )
 
+from . import safeyaml
 from .errors import ParamsError, Problem
 from .secrets import Secret, SecretRef
 
@@ -43,6 +45,16 @@ SecretField = Annotated[SecretRef, PlainValidator(SecretRef.parse), PlainSeriali
 Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _address_text(value: Any) -> Any:
+    # pydantic reads an integer as an IP address (10.0.0.1 is 167772161); a number here is a typo
+    if isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is a number, not an IP address; write the address as text, like 10.77.0.11")
+    return value
+
+
+Address = Annotated[IPvAnyAddress, BeforeValidator(_address_text)]
 
 
 class Section(BaseModel):
@@ -63,7 +75,7 @@ class Location(Section):
 
 class Host(Section):
     name: Name
-    address: IPvAnyAddress
+    address: Address
     ssh_port: Port = 22
     user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]*$")] = "root"
     roles: Annotated[list[Role], Field(min_length=1)]
@@ -395,24 +407,12 @@ def check_rules(p: Params) -> list[Problem]:
 def load_params(path: str | Path) -> Params:
     """Read, parse and validate a parameter file; raise ParamsError naming every problem."""
     path = Path(path)
-    shown = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ParamsError(shown, [Problem("", "file not found; pass an existing parameter file (see params/)")]) from None
-    except OSError as e:
-        raise ParamsError(shown, [Problem("", f"cannot read the file: {e.strerror}")]) from None
-    return parse_params(text, shown, source=path)
+    text = safeyaml.read_text(path, str(path))  # a regular UTF-8 file of bounded size, or exit 2
+    return parse_params(text, str(path), source=path)
 
 
 def parse_params(text: str, shown: str = "<params>", source: Path | None = None) -> Params:
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ParamsError(shown, [Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)]) from None
+    data, root = safeyaml.load(text, shown)  # duplicate keys, depth, huge or infinite numbers: refused
     if not isinstance(data, dict):
         raise ParamsError(shown, [Problem("", "expected a mapping with environment, inventory and ssh at the top")])
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,58 @@ def test_hosts_helpers():
     assert [h.name for h in params.hosts_with("database")] == ["db1", "db2", "db3"]
     assert params.host("edge2").roles == ["edge"]
     assert params.path("../.lab/ssh/known_hosts") == (LAB_PARAMS.parent / "../.lab/ssh/known_hosts")
+
+
+# -- hostile files: exit 2 with file:line: field, never a traceback or a silent acceptance ----------
+
+def _lab_text_with(old: str, new: str) -> str:
+    text = LAB_PARAMS.read_text()
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+def test_duplicate_key_is_refused_naming_both_lines():
+    text = _lab_text_with("  kind: lab\n", "  kind: production\n  kind: lab\n")
+    with pytest.raises(ParamsError) as info:
+        parse_params(text, "dup.yaml")
+    (problem,) = info.value.problems
+    first = next(i for i, line in enumerate(text.splitlines(), 1) if "kind: production" in line)
+    assert problem.path == "environment.kind" and problem.line == first + 1
+    assert f"lines {first} and {first + 1}" in problem.message
+    assert f"dup.yaml:{first + 1}: environment.kind:" in str(info.value)
+
+
+def test_a_key_that_is_not_text_is_named_with_its_line():
+    text = _lab_text_with("  parallelism: 16\n", "  parallelism: 16\n  true: 1\n")
+    with pytest.raises(ParamsError) as info:
+        parse_params(text, "x.yaml")
+    (problem,) = info.value.problems
+    assert problem.path == "ssh" and "key true is not text" in problem.message and "yes/no" in problem.message
+    assert text.splitlines()[problem.line - 1].strip() == "true: 1"
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"environment:\n  name: lab\n  description: caf\xe9\n", "x.yaml:3: byte 0xe9 is not UTF-8"),
+    (b"environment: " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "nested more than 32 levels"),
+    (b"ssh:\n  parallelism: " + b"9" * 5000 + b"\n", "x.yaml:2: ssh.parallelism: a 5000-digit integer"),
+    (b"# " + b"x" * (2 << 20) + b"\n", "larger than 1024 KiB"),
+], ids=["non-utf8", "50000-deep", "5000-digit-int", "2MB"])
+def test_hostile_content_exits_2_without_a_traceback(tmp_path, content, fragment):
+    bad = tmp_path / "x.yaml"
+    bad.write_bytes(content)
+    done = runbook("check", str(bad))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert fragment in done.stderr.replace(str(tmp_path) + "/", "")
+
+
+def test_a_fifo_is_refused_instead_of_blocking(tmp_path):
+    fifo = tmp_path / "params.yaml"
+    os.mkfifo(fifo)
+    done = runbook("check", str(fifo), timeout=60)
+    assert done.returncode == 2 and "is a FIFO; a parameter file must be a regular file" in done.stderr
+
+
+def test_a_directory_is_refused(tmp_path):
+    done = runbook("check", str(tmp_path))
+    assert done.returncode == 2 and "is a directory" in done.stderr
