@@ -26,11 +26,13 @@ def cmd_run(args) -> int:
 
 def cmd_check(args) -> int:
     from .params import load_params
+    from .references import require_references
 
     p = load_params(args.params)
+    require_references(p)  # secrets, keys and the known-hosts file exist and hold the right thing
     sections = [s for s in ("kubernetes", "registry", "database", "storage", "logging", "edge") if getattr(p, s)]
     print(f"{args.params}: valid ({p.environment.kind} environment {p.environment.name}, {len(p.hosts)} hosts, "
-          f"sections: {', '.join(sections) or 'none'})")
+          f"sections: {', '.join(sections) or 'none'}; every reference resolves)")
     return 0
 
 

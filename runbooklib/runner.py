@@ -33,6 +33,7 @@ from .archive import Archive, default_root
 from .errors import ArchiveError, RunbookError
 from .notebook import JOURNAL_ENV, utcnow
 from .params import Params, load_params
+from .references import require_references
 from .secrets import Redactor
 
 MEMORY_SCHEME = "runbook-memory://"
@@ -220,6 +221,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                  stream: TextIO | None = sys.stderr, kernel_name: str | None = None) -> RunResult:
     """Execute ``notebook`` against ``params_file`` and archive the record, whatever the outcome."""
     params = load_params(params_file)  # bad input stops here, before anything else happens
+    require_references(params)  # so does a secret, key or known-hosts file that cannot be used
     notebook = Path(notebook)
     if notebook.suffix != ".ipynb" or not notebook.is_file():
         raise RunbookError(f"{notebook}: not a notebook file; pass a path such as notebooks/00-environment-overview.ipynb")

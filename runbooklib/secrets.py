@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -71,18 +72,47 @@ class SecretRef:
             return value
         p = self.path(base_dir)
         try:
-            return p.read_text().rstrip("\n")
+            return read_secret_file(p).rstrip("\n")
         except OSError as e:
             raise SecretError(
                 f"{field}: cannot read secret file {p} ({e.strerror}); create it or fix the "
                 f"reference file:{self.target}"
             ) from None
+        except ValueError as e:
+            raise SecretError(f"{field}: secret file {p} {e}; fix the reference file:{self.target}") from None
 
     def __str__(self) -> str:
         return "<literal secret>" if self.is_literal else f"{self.scheme}:{self.target}"
 
     def __repr__(self) -> str:
         return f"SecretRef({str(self)!r})"
+
+
+MAX_SECRET_BYTES = 1 << 20  # a kubeconfig or a service-account key is a few kB
+
+
+def read_secret_file(path: Path) -> str:
+    """A secret file's text: a regular UTF-8 file of bounded size (a FIFO must not block a check).
+
+    Raises OSError when it cannot be read and ValueError (a sentence without the content) when it is
+    not a file a secret can live in.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("is not a regular file")
+        data = os.read(fd, MAX_SECRET_BYTES + 1)
+        while len(data) <= MAX_SECRET_BYTES and (more := os.read(fd, MAX_SECRET_BYTES + 1 - len(data))):
+            data += more
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"is larger than {MAX_SECRET_BYTES // 1024} KiB; is this the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8 text") from None
 
 
 class Secret:

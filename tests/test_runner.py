@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import LAB_PARAMS, ROOT, RUNBOOK, lab_data, make_notebook, runbook, set_path, write_params
+from conftest import ROOT, RUNBOOK, make_notebook, resolvable_lab_data, resolvable_lab_params, runbook, set_path, write_params
 
 OVERVIEW = "notebooks/00-environment-overview.ipynb"
 MANIFEST_FIELDS = {
@@ -38,17 +38,18 @@ def archive3(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive3")
     nbdir = tmp_path_factory.mktemp("nbs")
     failing = make_notebook(nbdir / "99-fails.ipynb", *FAILING)
+    params = str(resolvable_lab_params(tmp_path_factory.mktemp("params")))
     env = {"RUNBOOK_OPERATOR": "tester@ci"}  # module fixtures run outside the per-test environment
     results = [
-        runbook("--archive", str(root), "run", OVERVIEW, "--params", "params/lab.yaml", env=env),
-        runbook("--archive", str(root), "run", str(failing), "--params", "params/lab.yaml", env=env),
-        runbook("--archive", str(root), "run", OVERVIEW, "--params", "params/lab.yaml", env=env),
+        runbook("--archive", str(root), "run", OVERVIEW, "--params", params, env=env),
+        runbook("--archive", str(root), "run", str(failing), "--params", params, env=env),
+        runbook("--archive", str(root), "run", OVERVIEW, "--params", params, env=env),
     ]
-    return root, results
+    return root, results, Path(params)
 
 
 def test_overview_run_is_archived_with_every_field(archive3):
-    root, (first, _, _) = archive3
+    root, (first, _, _), params = archive3
     assert first.returncode == 0, first.stderr
     m = manifests(root)[0]
     assert MANIFEST_FIELDS <= set(m)
@@ -57,7 +58,7 @@ def test_overview_run_is_archived_with_every_field(archive3):
     assert m["environment"] == {"name": "lab", "kind": "lab", "data_country": "RU"}
     assert m["simulated"] is True and m["mode"] == "plan" and m["changes"] == []
     assert m["operator"] == "tester@ci"
-    assert m["params"]["sha256"] == __import__("hashlib").sha256(LAB_PARAMS.read_bytes()).hexdigest()
+    assert m["params"]["sha256"] == __import__("hashlib").sha256(params.read_bytes()).hexdigest()
     assert "lab-root-password" not in m["params"]["content_redacted"]
     assert "[redacted:database.root_password]" in m["params"]["content_redacted"]
     assert len(m["git"]["commit"] or "") == 40
@@ -78,7 +79,7 @@ def test_overview_run_is_archived_with_every_field(archive3):
 
 
 def test_failed_notebook_is_archived_with_its_error(archive3):
-    root, (_, failed, _) = archive3
+    root, (_, failed, _), _ = archive3
     assert failed.returncode == 1
     m = manifests(root)[1]
     assert m["status"] == "failed"
@@ -95,7 +96,7 @@ def test_failed_notebook_is_archived_with_its_error(archive3):
 
 
 def test_show_prints_the_manifest(archive3):
-    root, _ = archive3
+    root = archive3[0]
     m = manifests(root)[2]
     shown = runbook("--archive", str(root), "show", m["run_id"][:20])
     assert shown.returncode == 0
@@ -109,7 +110,7 @@ def _tampered(root: Path, tmp_path: Path) -> Path:
 
 
 def test_verify_passes_then_fails_after_a_byte_changes(archive3, tmp_path):
-    root, _ = archive3
+    root = archive3[0]
     ok = runbook("--archive", str(root), "verify")
     assert ok.returncode == 0 and "3 records" in ok.stdout
     copy = _tampered(root, tmp_path)
@@ -148,19 +149,18 @@ def test_secret_canary_never_reaches_the_archive_or_the_terminal(tmp_path, archi
     """Unique random secrets, a notebook that prints them every way it can, then a byte search."""
     canaries = {"env": "envcanary" + secrets.token_hex(12), "file": "filecanary" + secrets.token_hex(12)}
     (tmp_path / "key.json").write_text('{"private_key": "' + canaries["file"] + '"}\n')
-    data = lab_data()
+    data = resolvable_lab_data(tmp_path)
     set_path(data, "environment.kind", "staging")
     set_path(data, "database.root_password", "env:RB_CANARY")
     set_path(data, "database.replication_password", "file:key.json")
     set_path(data, "logging.password", "env:RB_CANARY")
-    set_path(data, "registry.json_key", "file:key.json")
     params = write_params(tmp_path, data)
     nb = make_notebook(
         tmp_path / "leaky.ipynb",
         "import base64, logging, runbooklib\n"
         "run = runbooklib.open_run(params_file, run_id=run_id, apply=apply)\n"
         "pw = run.params.secret('database.root_password').reveal()\n"
-        "key = run.params.secret('registry.json_key').reveal()",
+        "key = run.params.secret('database.replication_password').reveal()",
         "print('plain:', pw, key)\n"
         "print('b64:', base64.b64encode(pw.encode()).decode(), base64.b64encode(key.encode()).decode())\n"
         "print('blob:', base64.b64encode(b'{\"auths\": {\"x\": ' + key.encode() + b'}}').decode())\n"
@@ -195,7 +195,7 @@ def test_secret_canary_never_reaches_the_archive_or_the_terminal(tmp_path, archi
     assert m["changes"][0]["action"] == "set root password to [redacted:database.root_password]"
 
 
-def test_second_concurrent_run_is_refused(tmp_path, archive_root):
+def test_second_concurrent_run_is_refused(tmp_path, archive_root, lab_params):
     started, release = tmp_path / "started", tmp_path / "release"
     nb = make_notebook(tmp_path / "10-slow.ipynb",
                        "import os, pathlib, time, runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
@@ -204,7 +204,7 @@ def test_second_concurrent_run_is_refused(tmp_path, archive_root):
                        "deadline = time.time() + 120\n"
                        "while not os.path.exists(os.environ['RB_RELEASE']) and time.time() < deadline:\n"
                        "    time.sleep(0.1)")
-    first = subprocess.Popen([*RUNBOOK, "run", str(nb), "--params", str(LAB_PARAMS)], cwd=ROOT,
+    first = subprocess.Popen([*RUNBOOK, "run", str(nb), "--params", str(lab_params)], cwd=ROOT,
                              env=dict(os.environ, RB_RELEASE=str(release), RB_STARTED=str(started)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -215,7 +215,7 @@ def test_second_concurrent_run_is_refused(tmp_path, archive_root):
             release.touch()
             out, err = first.communicate(timeout=120)
             pytest.fail(f"the first run never reached its notebook (exit {first.returncode}):\n{err[-3000:]}")
-        second = runbook("run", str(nb), "--params", str(LAB_PARAMS))
+        second = runbook("run", str(nb), "--params", str(lab_params))
         if second.returncode != 3:
             release.touch()
             out, err = first.communicate(timeout=120)
@@ -230,7 +230,7 @@ def test_second_concurrent_run_is_refused(tmp_path, archive_root):
     assert len((archive_root / "ledger.jsonl").read_text().splitlines()) == 1  # only the first was archived
 
 
-def test_plan_then_apply_records_changes(tmp_path, archive_root):
+def test_plan_then_apply_records_changes(tmp_path, archive_root, lab_params):
     nb = make_notebook(
         tmp_path / "20-change.ipynb",
         "import runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
@@ -241,8 +241,8 @@ def test_plan_then_apply_records_changes(tmp_path, archive_root):
         "outcome = run.confirm(plan, act)\n"
         "print('outcome', outcome.status)",
     )
-    plan = runbook("run", str(nb), "--params", str(LAB_PARAMS))
-    applied = runbook("run", str(nb), "--params", str(LAB_PARAMS), "--apply")
+    plan = runbook("run", str(nb), "--params", str(lab_params))
+    applied = runbook("run", str(nb), "--params", str(lab_params), "--apply")
     assert plan.returncode == 0 and applied.returncode == 0, applied.stderr
     first, second = manifests(archive_root)
     assert first["mode"] == "plan" and first["changes"] == []
@@ -252,10 +252,10 @@ def test_plan_then_apply_records_changes(tmp_path, archive_root):
                                                                       ("edge2", "write /etc/motd")]
 
 
-def test_timeout_fails_the_run_and_keeps_the_record(tmp_path, archive_root):
+def test_timeout_fails_the_run_and_keeps_the_record(tmp_path, archive_root, lab_params):
     nb = make_notebook(tmp_path / "30-hangs.ipynb", "import time\ntime.sleep(60)")
     t0 = time.monotonic()
-    done = runbook("run", str(nb), "--params", str(LAB_PARAMS), "--timeout", "3")
+    done = runbook("run", str(nb), "--params", str(lab_params), "--timeout", "3")
     assert time.monotonic() - t0 < 45
     assert done.returncode == 1
     (m,) = manifests(archive_root)
@@ -263,13 +263,13 @@ def test_timeout_fails_the_run_and_keeps_the_record(tmp_path, archive_root):
     assert "timed out while it was being executed, after 3 seconds" in m["failure"]["evalue"]
 
 
-def test_not_a_notebook_is_refused_before_anything(tmp_path, archive_root):
-    done = runbook("run", str(tmp_path / "missing.ipynb"), "--params", str(LAB_PARAMS))
+def test_not_a_notebook_is_refused_before_anything(tmp_path, archive_root, lab_params):
+    done = runbook("run", str(tmp_path / "missing.ipynb"), "--params", str(lab_params))
     assert done.returncode == 1 and "not a notebook file" in done.stderr
     assert not archive_root.exists()
 
 
-def test_a_secret_that_survives_scrubbing_stops_the_archive(tmp_path, archive_root, monkeypatch):
+def test_a_secret_that_survives_scrubbing_stops_the_archive(tmp_path, archive_root, lab_params, monkeypatch):
     """The last line of defence: if scrubbing ever missed a form, nothing is written at all."""
     from runbooklib.errors import ArchiveError
     from runbooklib.runner import run_notebook
@@ -281,5 +281,5 @@ def test_a_secret_that_survives_scrubbing_stops_the_archive(tmp_path, archive_ro
     monkeypatch.setattr(Redactor, "scrub", lambda self, text: text)  # a scrubber bug, simulated
     monkeypatch.setattr(Redactor, "scrub_obj", lambda self, obj: obj)
     with pytest.raises(ArchiveError, match="still holds secret database.root_password"):
-        run_notebook(nb, LAB_PARAMS, archive_root=archive_root, stream=None)
+        run_notebook(nb, lab_params, archive_root=archive_root, stream=None)
     assert not list(archive_root.rglob("*.ipynb")) and not (archive_root / "ledger.jsonl").exists()

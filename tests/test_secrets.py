@@ -109,3 +109,58 @@ def test_leaks_reports_label():
     r.add("abcdefgh12345678", "logging.password")
     assert r.leaks(b"xx abcdefgh12345678 yy") == ["logging.password"]
     assert r.leaks(b"clean") == []
+
+
+# -- key material told apart by shape (runbooklib.keyfiles) ------------------------------------------
+
+def _keys():
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    ed = ed25519.Ed25519PrivateKey.generate()
+    pub = ed.public_key().public_bytes(s.Encoding.OpenSSH, s.PublicFormat.OpenSSH).decode()
+    ecdsa = ec.generate_private_key(ec.SECP256R1())
+    return {
+        "public": pub,
+        "openssh": ed.private_bytes(s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.NoEncryption()).decode(),
+        "pkcs8": ed.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()).decode(),
+        "ec": ecdsa.private_bytes(s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption()).decode(),
+    }
+
+
+def test_public_key_lines_are_told_from_everything_else():
+    from runbooklib.keyfiles import public_keys_problem
+
+    k = _keys()
+    assert public_keys_problem(k["public"] + " me@ws") is None
+    assert public_keys_problem(f'# deploy\nfrom="10.0.0.0/8,a b",no-pty {k["public"]}\n\n{k["public"]}\n') is None
+    for name in ("openssh", "pkcs8", "ec"):
+        assert "PRIVATE" in public_keys_problem(k[name])
+    assert "line 2 of 2" in public_keys_problem(k["public"] + "\nroot:$y$j9T$abc:19000:0:99999:7:::\n")
+    forged = "ssh-ed25519 " + base64.b64encode(b"\0\0\0\x07ssh-rsa").decode()  # the blob says another type
+    assert public_keys_problem(forged) is not None
+    assert "empty" in public_keys_problem("\n# nothing\n")
+
+
+def test_private_keys_and_known_hosts_are_recognised():
+    from runbooklib.keyfiles import known_hosts_problem, private_key_problem
+
+    k = _keys()
+    for name in ("openssh", "pkcs8", "ec"):
+        assert private_key_problem(k[name]) is None
+    assert "public key" in private_key_problem(k["public"])
+    assert "not a private key" in private_key_problem("root:x:0:0:root:/root:/bin/bash\n")
+    blob = k["public"].split()[1]
+    good = f"10.0.0.1 {k['public']}\n[h.example]:2222,10.0.0.2 {k['public']} c\n@cert-authority *.x {k['public']}\n" \
+           f"|1|c2FsdA==|aGFzaA== ssh-ed25519 {blob}\n"
+    assert known_hosts_problem(good) is None
+    assert "line 1 of 1" in known_hosts_problem("root:$y$j9T$abc:19000:0:99999:7:::\n")
+    assert "PRIVATE" in known_hosts_problem(k["openssh"])
+    assert "pins no host key" in known_hosts_problem("")
+
+
+def test_a_fifo_secret_file_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pw"
+    os.mkfifo(fifo)
+    with pytest.raises(SecretError, match="is not a regular file"):
+        SecretRef.parse("file:pw").resolve(tmp_path, field="database.root_password")
