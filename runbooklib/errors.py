@@ -49,6 +49,10 @@ class SecretError(RunbookError):
     exit_code = 2
 
 
+class SecretTextError(SecretError, TypeError):
+    """A resolved Secret was about to become text (str, format, JSON); its value stays hidden."""
+
+
 class LockedError(RunbookError):
     """Another run of the same notebook on the same environment holds the lock."""
 
