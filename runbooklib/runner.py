@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import nbformat
 
-from . import __version__
+from . import __version__, safeyaml
 from .archive import Archive, default_root
 from .errors import ArchiveError, RunbookError
 from .notebook import JOURNAL_ENV, utcnow
@@ -105,25 +105,55 @@ def secret_redactor(params: Params) -> tuple[Redactor, list[str]]:
     """A redactor loaded with every secret the parameters reference that can be resolved here."""
     redactor = Redactor()
     unresolved = []
+    literals = []
     for field, ref in params.secret_refs():
         try:
             redactor.add(ref.resolve(params.source_dir, field), field)
         except RunbookError:
             unresolved.append(field)
+        if ref.is_literal:
+            literals.append(field)
+    # a lab literal written with YAML escapes or as a folded block: its written form is a needle too
+    for field, written in safeyaml.source_spans(params.text, literals).items():
+        redactor.add_form(written, field)
     return redactor, unresolved
 
 
 class _StreamFilter(logging.Filter):
-    """Scrubs secrets from papermill's log stream and trims its per-cell banners."""
+    """Scrubs secrets from papermill's log stream and trims its per-cell banners.
+
+    Each write of a cell is one log record, so a value printed in two writes arrives in halves that
+    no needle matches. The filter holds back the unfinished line of each stream until its newline
+    comes (or the cell ends) and scrubs whole lines only.
+    """
 
     def __init__(self, redactor: Redactor):
         super().__init__()
         self.redactor = redactor
+        self._pending: dict[int, str] = {}  # by level: stdout is logged as INFO, stderr as WARNING
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if text.startswith(("Executing Cell", "Ending Cell", "Output Notebook", "Input Notebook")):
+            held = self.drain()
+            if not held:
+                return False
+            return self._emit(record, held)
+        text = self._pending.pop(record.levelno, "") + text
+        cut = max(text.rfind("\n"), text.rfind("\r")) + 1  # progress bars redraw with \r
+        if cut < len(text):
+            self._pending[record.levelno] = text[cut:]
+        if not cut:
             return False
+        return self._emit(record, text[:cut])
+
+    def drain(self) -> str:
+        """What is still held back (the unfinished lines), joined; the hold is emptied."""
+        held = "\n".join(v for v in self._pending.values() if v)
+        self._pending.clear()
+        return held
+
+    def _emit(self, record: logging.LogRecord, text: str) -> bool:
         text = self.redactor.scrub(text.rstrip("\n"))
         record.msg = "\n".join("  | " + line for line in text.splitlines()) if text else "  |"
         record.args = ()
@@ -175,6 +205,37 @@ def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
         for fd, saved, thread in relays:
             thread.join(timeout=10)
             os.close(saved)
+
+
+def _write_stream(stream: TextIO | None, text: str) -> None:
+    """Print to the operator's terminal; a closed terminal (SIGHUP) must not stop the record."""
+    if stream is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=stream)
+        stream.flush()
+
+
+def _merge_streams(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Join each run of consecutive stream outputs of one name into one output.
+
+    Every write of a cell is an output of its own; a value printed in two writes would otherwise
+    be archived in halves that no needle matches.
+    """
+    for cell in nb.cells:
+        outputs = cell.get("outputs")
+        if not outputs:
+            continue
+        merged: list = []
+        for out in outputs:
+            prev = merged[-1] if merged else None
+            if (out.get("output_type") == "stream" and prev is not None and prev.get("output_type") == "stream"
+                    and prev.get("name") == out.get("name")):
+                prev["text"] = "".join(prev.get("text", "")) + "".join(out.get("text", ""))
+            else:
+                merged.append(out)
+        cell["outputs"] = merged
+    return nb
 
 
 def _read_journal(path: Path) -> list[dict]:
@@ -271,7 +332,8 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
     if stream is not None:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.addFilter(_StreamFilter(redactor))
+        stream_filter = _StreamFilter(redactor)
+        handler.addFilter(stream_filter)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -302,6 +364,9 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
         else:
             os.environ[JOURNAL_ENV] = old_journal
         if handler is not None:
+            held = stream_filter.drain()
+            if held:
+                _write_stream(stream, "\n".join("  | " + ln for ln in redactor.scrub(held).splitlines()))
             logger.removeHandler(handler)
     buf = _MemoryIO.store.pop(out_key, None)
     nb = nbformat.reads(buf, as_version=4) if buf else nbformat.read(notebook, as_version=4)
@@ -321,7 +386,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
 
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
     changes = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "change"]
-    nb = nbformat.from_dict(redactor.scrub_obj(outcome.nb))
+    nb = nbformat.from_dict(redactor.scrub_obj(_merge_streams(outcome.nb)))
     nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
     html_bytes = redactor.scrub(renderer.render(nb)).encode()
     manifest: dict[str, Any] = {
@@ -366,8 +431,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
                                "nothing was archived. This is a runbooklib bug: please report it")
     mpath = archive.commit(manifest, files)
     result = RunResult(run_id, outcome.status, mpath, files["notebook"][0], files["html"][0], manifest)
-    if stream is not None:
-        print(summary(result), file=stream)
+    _write_stream(stream, summary(result))
     return result
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,35 @@ def _tag_name(tag: str) -> str:
     return {"tag:yaml.org,2002:bool": "a yes/no value", _INT: "a number", _FLOAT: "a number",
             "tag:yaml.org,2002:null": "an empty value", "tag:yaml.org,2002:timestamp": "a date"}.get(
         tag, tag.rsplit(":", 1)[-1])
+
+
+def source_spans(text: str, paths: list[str]) -> dict[str, str]:
+    """The source text of the values at ``paths`` (dotted, with ``[i]``), as written in the file.
+
+    A literal written with YAML escapes (``"p\\x41ss"``) or as a folded block differs from its
+    value; the redactor needs the written form too, or the archived parameter file would keep it.
+    """
+    try:
+        _, root = load(text)
+    except ParamsError:
+        return {}
+    out: dict[str, str] = {}
+    for path in paths:
+        node = _node_at(root, path)
+        if isinstance(node, yaml.ScalarNode):
+            span = text[node.start_mark.index:node.end_mark.index].rstrip()
+            if span:
+                out[path] = span
+    return out
+
+
+def _node_at(root: yaml.Node | None, path: str) -> yaml.Node | None:
+    node = root
+    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        if key and isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
+            node = node.value[int(index)]
+        else:
+            return None
+    return node

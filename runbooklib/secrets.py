@@ -337,6 +337,12 @@ class Redactor:
                 self._needles.setdefault(form, label)
         self._pattern = None
 
+    def add_form(self, written: str, label: str) -> None:
+        """Register one exact written form of a secret (say, as a YAML source spells it)."""
+        if written:
+            self._needles.setdefault(written, label)
+            self._pattern = None
+
     def merge(self, other: Redactor) -> None:
         for needle, label in other._needles.items():
             self._needles.setdefault(needle, label)

@@ -195,6 +195,81 @@ def test_secret_canary_never_reaches_the_archive_or_the_terminal(tmp_path, archi
     assert m["changes"][0]["action"] == "set root password to [redacted:database.root_password]"
 
 
+def _written_forms(value: str) -> dict[str, str]:
+    """How a value looks once written out: the forms no record and no terminal may hold."""
+    import html
+    import urllib.parse
+
+    return {"plain": value, "base64": base64.b64encode(value.encode()).decode().rstrip("="),
+            "base64-urlsafe": base64.urlsafe_b64encode(value.encode()).decode().rstrip("="),
+            "json-escaped": json.dumps(value)[1:-1], "html-escaped": html.escape(value),
+            "html-escaped-markupsafe": html.escape(value).replace("&#x27;", "&#39;").replace("&quot;", "&#34;"),
+            "url-encoded": urllib.parse.quote(value, safe=""), "hex": value.encode().hex(), "repr": repr(value)[1:-1]}
+
+
+def test_structured_secrets_in_every_form_never_reach_the_record_or_the_terminal(tmp_path, archive_root):
+    """A service-account key on one line (\\n escapes) taken apart by the cell, a lab literal with
+    & < > " written with a YAML escape, a folded literal, each printed in every encoding, and one
+    printed in two writes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    (tmp_path / "sa.json").write_text(json.dumps({"type": "service_account", "private_key": pem,
+                                                  "client_email": "puller@lab.iam.gserviceaccount.com"}) + "\n")
+    pw = 'Pw&<x>"q' + secrets.token_hex(8)
+    fold_a, fold_b = "foldcanary" + secrets.token_hex(6), "tail" + secrets.token_hex(6)
+    data = resolvable_lab_data(tmp_path)
+    set_path(data, "registry.json_key", "file:sa.json")
+    set_path(data, "database.root_password", "PW-PLACEHOLDER")
+    set_path(data, "logging.password", "FOLD-PLACEHOLDER")
+    params = write_params(tmp_path, data)
+    written_pw = '"' + pw.replace('"', '\\"').replace("&", "\\x26") + '"'
+    params.write_text(params.read_text().replace("PW-PLACEHOLDER", written_pw)
+                      .replace("FOLD-PLACEHOLDER", f">-\n    {fold_a}\n    {fold_b}"))
+    nb = make_notebook(
+        tmp_path / "leaky-shapes.ipynb",
+        "import base64, html, json, sys, urllib.parse, runbooklib\n"
+        "run = runbooklib.open_run(params_file, run_id=run_id, apply=apply)\n"
+        "pw = run.params.secret('database.root_password').reveal()\n"
+        "fold = run.params.secret('logging.password').reveal()\n"
+        "key = json.loads(run.params.secret('registry.json_key').reveal())['private_key']",
+        "print(key)\nprint(repr(key))\nprint(json.dumps(key))\n"
+        "for v in (pw, fold):\n"
+        "    print(v, repr(v), json.dumps(v), urllib.parse.quote(v, safe=''), v.encode().hex(), html.escape(v))\n"
+        "display({'text/html': f'<table><tr><td>{html.escape(pw)}</td></tr></table>'}, raw=True)\n"
+        "display({'image/svg+xml': f'<svg xmlns=\"http://www.w3.org/2000/svg\"><text>{html.escape(pw)}</text></svg>'}, raw=True)\n"
+        "sys.stdout.write(pw[:9]); sys.stdout.flush()\n"
+        "import time; time.sleep(0.5)\n"
+        "sys.stdout.write(pw[9:] + '\\n'); sys.stdout.flush()\n"
+        "run.record_change('db1', json.dumps({'password': pw}), urllib.parse.quote(pw))",
+        "raise RuntimeError('login failed for ' + pw.encode().hex() + ' ' + json.dumps(pw))",
+    )
+    done = runbook("run", str(nb), "--params", str(params))
+    assert done.returncode == 1, done.stderr[-3000:]  # the last cell fails on purpose; the record is kept
+    files = [p for p in archive_root.rglob("*") if p.is_file() and ".locks" not in p.parts]
+    assert any(p.suffix == ".ipynb" for p in files) and any(p.suffix == ".html" for p in files)
+    body = [ln for ln in pem.splitlines() if ln and "-----" not in ln and len(ln) >= 16]
+    needles = {}
+    for name, value in [("pw", pw), ("fold", f"{fold_a} {fold_b}"), ("fold-line", fold_a)] + \
+                       [(f"pem line {i}", ln) for i, ln in enumerate(body)]:
+        for form, text in _written_forms(value).items():
+            needles[f"{name} as {form}"] = text
+    for path in files:
+        blob = path.read_text(errors="replace")
+        found = [n for n, text in needles.items() if text in blob]
+        assert not found, f"{path.name} holds {found[:5]}"
+    for stream in (done.stdout, done.stderr):
+        found = [n for n, text in needles.items() if text in stream]
+        assert not found, f"the terminal showed {found[:5]}"
+    m = json.loads(next(archive_root.rglob("*.manifest.json")).read_text())
+    assert "[redacted:database.root_password]" in m["changes"][0]["action"]
+    assert m["failure"]["evalue"].startswith("login failed for [redacted:database.root_password]")
+    assert "[redacted:database.root_password]" in m["params"]["content_redacted"]
+    assert "[redacted:logging.password]" in m["params"]["content_redacted"]
+
+
 def test_second_concurrent_run_is_refused(tmp_path, archive_root, lab_params):
     started, release = tmp_path / "started", tmp_path / "release"
     nb = make_notebook(tmp_path / "10-slow.ipynb",
