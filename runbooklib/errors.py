@@ -65,6 +65,18 @@ class ArchiveError(RunbookError):
     exit_code = 1
 
 
+class ArchiveNotReady(ArchiveError):
+    """The archive cannot take a record (unwritable, damaged ledger or index); nothing was run."""
+
+    exit_code = 2
+
+
+class NotebookError(RunbookError):
+    """The notebook given is missing or not a notebook; nothing was run."""
+
+    exit_code = 2
+
+
 class RunFailed(RunbookError):
     """A notebook run failed; its record was archived anyway."""
 

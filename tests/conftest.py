@@ -23,6 +23,8 @@ RUNBOOK = [sys.executable, "-m", "runbooklib.cli"]
 def _own_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("RUNBOOK_ARCHIVE", str(tmp_path / "archive"))
     monkeypatch.setenv("RUNBOOK_OPERATOR", "tester@ci")
+    # run locks live outside archives (machine-wide); each test gets its own so suites never collide
+    monkeypatch.setenv("RUNBOOK_LOCK_DIR", str(tmp_path / "locks"))
 
 
 @pytest.fixture
