@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -39,7 +40,8 @@ def archive3(tmp_path_factory):
     nbdir = tmp_path_factory.mktemp("nbs")
     failing = make_notebook(nbdir / "99-fails.ipynb", *FAILING)
     params = str(resolvable_lab_params(tmp_path_factory.mktemp("params")))
-    env = {"RUNBOOK_OPERATOR": "tester@ci"}  # module fixtures run outside the per-test environment
+    # module fixtures run outside the per-test environment
+    env = {"RUNBOOK_OPERATOR": "tester@ci", "RUNBOOK_LOCK_DIR": str(tmp_path_factory.mktemp("locks"))}
     results = [
         runbook("--archive", str(root), "run", OVERVIEW, "--params", params, env=env),
         runbook("--archive", str(root), "run", str(failing), "--params", params, env=env),
@@ -252,8 +254,8 @@ def test_structured_secrets_in_every_form_never_reach_the_record_or_the_terminal
     assert any(p.suffix == ".ipynb" for p in files) and any(p.suffix == ".html" for p in files)
     body = [ln for ln in pem.splitlines() if ln and "-----" not in ln and len(ln) >= 16]
     needles = {}
-    for name, value in [("pw", pw), ("fold", f"{fold_a} {fold_b}"), ("fold-line", fold_a)] + \
-                       [(f"pem line {i}", ln) for i, ln in enumerate(body)]:
+    shapes = [("pw", pw), ("fold", f"{fold_a} {fold_b}"), ("fold-line", fold_a)]
+    for name, value in shapes + [(f"pem line {i}", ln) for i, ln in enumerate(body)]:
         for form, text in _written_forms(value).items():
             needles[f"{name} as {form}"] = text
     for path in files:
@@ -340,7 +342,7 @@ def test_timeout_fails_the_run_and_keeps_the_record(tmp_path, archive_root, lab_
 
 def test_not_a_notebook_is_refused_before_anything(tmp_path, archive_root, lab_params):
     done = runbook("run", str(tmp_path / "missing.ipynb"), "--params", str(lab_params))
-    assert done.returncode == 1 and "not a notebook file" in done.stderr
+    assert done.returncode == 2 and "not a notebook file" in done.stderr
     assert not archive_root.exists()
 
 
@@ -358,3 +360,145 @@ def test_a_secret_that_survives_scrubbing_stops_the_archive(tmp_path, archive_ro
     with pytest.raises(ArchiveError, match="still holds secret database.root_password"):
         run_notebook(nb, lab_params, archive_root=archive_root, stream=None)
     assert not list(archive_root.rglob("*.ipynb")) and not (archive_root / "ledger.jsonl").exists()
+
+
+# -- runs end in many ways; each leaves a record ----------------------------------------------------
+
+SLOW_CHANGE = (
+    "import os, pathlib, time, runbooklib\n"
+    "run = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+    "run.record_change('db1', 'set read_only', 'before the long step')\n"
+    "pathlib.Path(os.environ['RB_STARTED']).touch()\n"
+    "time.sleep(120)",
+)
+
+
+def _start_slow_run(tmp_path, lab_params, archive_root):
+    started = tmp_path / "started"
+    nb = make_notebook(tmp_path / "50-slow-change.ipynb", *SLOW_CHANGE)
+    # a session of its own: signals go to the runner alone, as `kill PID` would send them
+    proc = subprocess.Popen([*RUNBOOK, "run", str(nb), "--params", str(lab_params), "--apply"], cwd=ROOT,
+                            env=dict(os.environ, RB_STARTED=str(started)), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not started.exists() and proc.poll() is None:
+        time.sleep(0.1)
+    if not started.exists():
+        proc.kill()
+        pytest.fail(f"the run never reached its slow cell:\n{proc.communicate()[1][-3000:]}")
+    return proc
+
+
+def _alive(pid) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGHUP", "kill -INT"])
+def test_a_signal_ends_the_run_with_an_interrupted_record(tmp_path, archive_root, lab_params, sig, code):
+    proc = _start_slow_run(tmp_path, lab_params, archive_root)
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the runner did not end within 90 s of {sig.name}")
+    assert proc.returncode == code, err[-3000:]
+    (m,) = manifests(archive_root)
+    assert m["status"] == "interrupted" and m["failure"]["ename"] == sig.name, m["failure"]
+    assert m["mode"] == "apply" and [c["action"] for c in m["changes"]] == ["set read_only"]
+    assert "interrupted" in err and "chain head: 1:" in err
+    kernel = m["versions"]["kernel"]["pid"]
+    deadline = time.monotonic() + 15
+    while _alive(kernel) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(kernel), "the kernel outlived the run"
+    assert not list((archive_root / ".journal").iterdir()), "the journal of an archived run must go"
+    from runbooklib.archive import run_lock
+
+    with run_lock("lab", "50-slow-change", {"operator": "next"}):  # released
+        pass
+    assert runbook("verify").returncode == 0
+
+
+def test_a_killed_run_is_archived_by_the_next_command(tmp_path, archive_root, lab_params):
+    proc = _start_slow_run(tmp_path, lab_params, archive_root)
+    (folder,) = (archive_root / ".journal").iterdir()  # under the archive, not lost in /tmp
+    journal = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+    kernel = next(e["pid"] for e in journal if e["event"] == "kernel")
+    proc.kill()  # SIGKILL: nothing can be caught
+    proc.communicate(timeout=30)
+    try:
+        os.kill(kernel, signal.SIGKILL)  # an orphaned kernel would sleep on; not the point here
+    except ProcessLookupError:
+        pass
+    assert not (archive_root / "ledger.jsonl").exists()
+    listed = runbook("runs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "never finished; archived as killed with 1 journaled change(s)" in listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["status"] == "killed" and row["run_id"] == folder.name and row["mode"] == "apply"
+    (m,) = manifests(archive_root)
+    assert m["failure"]["ename"] == "Killed" and [c["host"] for c in m["changes"]] == ["db1"]
+    assert m["files"]["journal"]["path"].endswith(".journal.jsonl")
+    assert not folder.exists()
+    assert runbook("verify").returncode == 0
+    again = runbook("runs", "--json")  # archived once, not at every command
+    assert len(json.loads(again.stdout)) == 1 and "never finished" not in again.stderr
+
+
+def test_a_damaged_archive_is_refused_before_the_notebook_starts(tmp_path, archive_root, lab_params):
+    marker = tmp_path / "ran"
+    nb = make_notebook(tmp_path / "60-marks.ipynb", f"open({str(marker)!r}, 'w').close()")
+    assert runbook("run", str(nb), "--params", str(lab_params)).returncode == 0
+    ledger = archive_root / "ledger.jsonl"
+    good = ledger.read_bytes()
+    ledger.write_bytes(good + good[: len(good) // 2])  # a second line cut short by a crash
+    marker.unlink()
+    cut = runbook("run", str(nb), "--params", str(lab_params), "--apply")
+    assert cut.returncode == 2 and "cannot take a record, so nothing was run" in cut.stderr
+    assert "line 2 is cut short" in cut.stderr and "Traceback" not in cut.stderr
+    assert not marker.exists()
+    ledger.write_bytes(good)
+    (archive_root / "index.sqlite").write_bytes(b"this is not a database" * 100)
+    corrupt = runbook("run", str(nb), "--params", str(lab_params), "--apply")
+    assert corrupt.returncode == 2 and "index.sqlite is damaged" in corrupt.stderr and "runbook reindex" in corrupt.stderr
+    assert not marker.exists() and "Traceback" not in corrupt.stderr
+    assert len(list(archive_root.rglob("*.ipynb"))) == 1  # no record without a manifest
+    for command in (("runs",), ("verify",)):
+        done = runbook(*command)
+        assert done.returncode == 1 and "index.sqlite is damaged" in done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+    fixed = runbook("reindex")
+    assert fixed.returncode == 0 and "moved to" in fixed.stdout
+    assert runbook("run", str(nb), "--params", str(lab_params)).returncode == 0 and marker.exists()
+
+
+def test_a_refused_run_keeps_the_holder_named_and_two_archives_share_the_lock(tmp_path, lab_params):
+    started, release = tmp_path / "started", tmp_path / "release"
+    nb = make_notebook(tmp_path / "10-slow.ipynb",
+                       "import os, pathlib, time\n"
+                       "pathlib.Path(os.environ['RB_STARTED']).touch()\n"
+                       "deadline = time.time() + 120\n"
+                       "while not os.path.exists(os.environ['RB_RELEASE']) and time.time() < deadline:\n"
+                       "    time.sleep(0.1)")
+    first = subprocess.Popen([*RUNBOOK, "--archive", str(tmp_path / "a1"), "run", str(nb), "--params", str(lab_params)],
+                             cwd=ROOT, env=dict(os.environ, RB_RELEASE=str(release), RB_STARTED=str(started)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not started.exists() and first.poll() is None:
+            time.sleep(0.1)
+        assert started.exists(), first.communicate(timeout=60)[1][-2000:] if first.poll() is not None else "slow"
+        for archive in ("a2", "a1", "a3"):  # another archive folder is no way around the lock
+            refused = runbook("--archive", str(tmp_path / archive), "run", str(nb), "--params", str(lab_params))
+            assert refused.returncode == 3, refused.stderr[-2000:]
+            assert f"pid {first.pid}," in refused.stderr and "tester@ci" in refused.stderr, refused.stderr
+    finally:
+        release.touch()
+        first.communicate(timeout=120)
+    assert first.returncode == 0
+
