@@ -427,6 +427,7 @@ def _journal_info(notebook: Path, params: Params, run_id: str, apply: bool, who:
         "simulated": params.environment.kind == "lab", "mode": "apply" if apply else "plan",
         "params": {"path": str(params.source), "sha256": params.sha256,
                    "content_redacted": redactor.scrub(params.text)},
+        "params_resolved": str(Path(params.source).resolve()),  # for the recovering command, run elsewhere
         "operator": who, "git": git_state(notebook.resolve().parent), "runner_pid": os.getpid(),
         "started_at": started.isoformat(timespec="milliseconds"),
     })
@@ -448,7 +449,7 @@ def recover_killed_runs(archive: Archive, stream: TextIO | None = sys.stderr) ->
             continue
         redactor = Redactor()
         with contextlib.suppress(RunbookError):  # scrub with the file's secrets if it still loads
-            redactor = secret_redactor(load_params(info["params"]["path"]))[0]
+            redactor = secret_redactor(load_params(info.get("params_resolved") or info["params"]["path"]))[0]
         journal_path = folder / "journal.jsonl"
         events = _read_journal(journal_path)
         journal_bytes = redactor.scrub(journal_path.read_text() if journal_path.exists() else "").encode()

@@ -58,7 +58,7 @@ def test_preflight_finds_the_failures_the_lab_really_has(lab, tmp_path):
     for row in readiness.failures(readiness.evaluate(params, facts, errors)):
         found.setdefault(row["host"], set()).add(row["rule"])
     assert found == FRESH_FAILURES
-    done = runbook("--archive", str(tmp_path), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file))
+    done = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file))
     assert done.returncode == 0, done.stderr[-3000:]
     m = manifest(done.stderr)
     assert m["status"] == "succeeded" and m["changes"] == [] and m["simulated"] is True
@@ -69,13 +69,13 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
     host_forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     with Fleet(params, progress=None) as fleet:
         before = fingerprint(fleet)
-        plan = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params", str(lab.params_file))
+        plan = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/02-vm-baseline.ipynb", "--params", str(lab.params_file))
         assert plan.returncode == 0, plan.stderr[-3000:]
         assert "PLAN mode: nothing was changed" in plan.stderr
         assert fingerprint(fleet) == before
         assert manifest(plan.stderr)["changes"] == []
 
-        applied = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params",
+        applied = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/02-vm-baseline.ipynb", "--params",
                           str(lab.params_file), "--apply")
         assert applied.returncode == 0, applied.stderr[-3000:]
         changes = manifest(applied.stderr)["changes"]
@@ -87,12 +87,12 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
         assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == host_forwarding
         assert not Path("/etc/sysctl.d/90-kubernetes.conf").exists()
 
-        again = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params",
+        again = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/02-vm-baseline.ipynb", "--params",
                         str(lab.params_file), "--apply")
         assert again.returncode == 0, again.stderr[-3000:]
         assert manifest(again.stderr)["changes"] == []
         assert "Nothing to change" in again.stderr
-    verify = runbook("--archive", str(tmp_path), "verify")
+    verify = runbook("--archive", str(tmp_path / "archive"), "verify")
     assert verify.returncode == 0 and "3 records" in verify.stdout
 
 
