@@ -29,11 +29,39 @@ NOTEBOOK = ROOT / "notebooks" / "00-environment-overview.ipynb"
 PARAMS = ROOT / "params" / "lab.yaml"
 
 
+def resolvable_params(work: Path) -> Path:
+    """params/lab.yaml with its key references pointing at a throwaway key pair (the runner refuses
+    references that do not resolve, and this benchmark needs no lab)."""
+    import json
+
+    import yaml
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(s.Encoding.OpenSSH, s.PublicFormat.OpenSSH).decode()
+    (work / "id").write_bytes(key.private_bytes(s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.NoEncryption()))
+    (work / "id.pub").write_text(public + "\n")
+    data = yaml.safe_load(PARAMS.read_text())
+    (work / "known_hosts").write_text("".join(f"{h['address']} {public}\n" for h in data["inventory"]["hosts"]))
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()).decode()
+    (work / "registry.json").write_text(json.dumps({"type": "service_account", "private_key": pem}))
+    data["ssh"].update(key=f"file:{work / 'id'}", known_hosts=str(work / "known_hosts"))
+    data["vm"]["deploy_user"]["authorized_key"] = f"file:{work / 'id.pub'}"
+    data["registry"]["json_key"] = f"file:{work / 'registry.json'}"
+    path = work / "lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def runner_vs_papermill(rounds: int, work: Path) -> None:
-    env = dict(os.environ, RUNBOOK_ARCHIVE=str(work / "archive"), RUNBOOK_OPERATOR="bench@local")
-    ours = [str(BIN / "runbook"), "run", str(NOTEBOOK), "--params", str(PARAMS)]
+    params = resolvable_params(work)
+    env = dict(os.environ, RUNBOOK_ARCHIVE=str(work / "archive"), RUNBOOK_OPERATOR="bench@local",
+               RUNBOOK_LOCK_DIR=str(work / "locks"))
+    ours = [str(BIN / "runbook"), "run", str(NOTEBOOK), "--params", str(params)]
     bare = [str(BIN / "papermill"), str(NOTEBOOK), str(work / "bare.ipynb"), "-k", "python3",
-            "--cwd", str(NOTEBOOK.parent), "-p", "params_file", str(PARAMS), "-p", "run_id", "bench",
+            "--cwd", str(NOTEBOOK.parent), "-p", "params_file", str(params), "-p", "run_id", "bench",
             "--progress-bar", "--log-output"]
     timed(ours, env), timed(bare, env)  # warm caches (imports, font cache) for both
     a, b = [], []

@@ -21,17 +21,21 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ArchiveError, LockedError
+from .errors import ArchiveError, ArchiveNotReady, LockedError
 
 GENESIS = "0" * 64
 LEDGER = "ledger.jsonl"
 INDEX = "index.sqlite"
 ENV_VAR = "RUNBOOK_ARCHIVE"
+LOCK_DIR_ENV = "RUNBOOK_LOCK_DIR"
+JOURNALS = ".journal"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -72,10 +76,76 @@ def default_root(option: str | Path | None = None) -> Path:
     return Path.cwd() / "outputs"
 
 
+def lock_dir() -> Path:
+    """Where run locks live: ``$RUNBOOK_LOCK_DIR``, else ``/run/lock/runbook``, else a per-user folder.
+
+    Not inside the archive: two archives must not let the same runbook run twice on one environment.
+    """
+    if os.environ.get(LOCK_DIR_ENV):
+        return Path(os.environ[LOCK_DIR_ENV])
+    if os.access("/run/lock", os.W_OK):
+        return Path("/run/lock/runbook")
+    return Path.home() / ".cache" / "runbook" / "locks"
+
+
+def _read_holder(fd: int) -> dict:
+    # the holder writes its name right after taking the lock; give it a moment before saying "unknown"
+    for _ in range(20):
+        raw = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if raw:
+            try:
+                return json.loads(raw)
+            except ValueError:
+                pass
+        time.sleep(0.05)
+    return {}
+
+
+@contextlib.contextmanager
+def run_lock(environment: str, notebook: str, holder: dict) -> Iterator[None]:
+    """Hold the lock for one notebook on one environment; refuse, naming the holder, if it is taken.
+
+    The lock is an flock, so a crashed run never leaves a stale lock behind. A refusal never
+    writes to the lock file, so the next refusal still names the holder.
+    """
+    locks = lock_dir()
+    if not locks.exists():
+        locks.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            locks.chmod(0o1777)  # operators are different users; the sticky bit keeps their files theirs
+    path = locks / f"{environment}--{notebook}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = _read_holder(fd)
+            who = other.get("operator", "another process (it has not written its name)")
+            raise LockedError(
+                f"{notebook} is already running on environment {environment}: held by {who} "
+                f"(pid {other.get('pid', '?')}, run {other.get('run_id', '?')}, archive "
+                f"{other.get('archive', '?')}, since {other.get('since', '?')}). Wait for it to finish, or "
+                f"check that process; lock file {path}"
+            ) from None
+        held = True
+        data = json.dumps(holder).encode()
+        os.pwrite(fd, data, 0)  # write, then cut: a reader never sees an empty file while we hold it
+        os.ftruncate(fd, len(data))
+        yield
+    finally:
+        if held:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+        os.close(fd)  # closing releases the flock
+
+
 @dataclass
 class VerifyReport:
     records: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # limits of what could be checked; not failures
+    head: str | None = None  # the chain head as ``SEQ:SHA256``, a witness to keep outside the archive
 
     @property
     def ok(self) -> bool:
@@ -89,38 +159,9 @@ class Archive:
         self.root = Path(root)
 
     # -- locks -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def run_lock(self, environment: str, notebook: str, holder: dict) -> Iterator[None]:
-        """Hold the lock for one notebook on one environment; refuse if someone else holds it.
-
-        The lock is an flock, so a crashed run never leaves a stale lock behind.
-        """
-        locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        path = locks / f"{environment}--{notebook}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                try:
-                    other = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-                except ValueError:
-                    other = {}
-                who = other.get("operator", "another process")
-                raise LockedError(
-                    f"{notebook} is already running on environment {environment}: held by {who} "
-                    f"(pid {other.get('pid', '?')}, run {other.get('run_id', '?')}, since "
-                    f"{other.get('since', '?')}). Wait for it to finish, or check that process; "
-                    f"lock file {path}"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            os.close(fd)  # closing releases the flock
+    def run_lock(self, environment: str, notebook: str, holder: dict) -> contextlib.AbstractContextManager[None]:
+        """The run lock for one notebook on one environment (see :func:`run_lock`; not per archive)."""
+        return run_lock(environment, notebook, holder)
 
     @contextlib.contextmanager
     def _ledger_lock(self) -> Iterator[None]:
@@ -138,7 +179,7 @@ class Archive:
         """Path prefix of a record's files: ``<env>/<date>/<run-id>-<notebook>``."""
         return self.root / environment / date / f"{run_id}-{notebook}"
 
-    def commit(self, manifest: dict, files: dict[str, tuple[Path, bytes]]) -> Path:
+    def commit(self, manifest: dict, files: dict[str, tuple[Path, bytes]], base: Path | None = None) -> Path:
         """Write a record's files, then chain its manifest into the ledger. Returns the manifest path.
 
         ``files`` maps a role (``notebook``, ``html``) to the path and bytes to write; their hashes
@@ -149,8 +190,9 @@ class Archive:
         for role, (path, data) in files.items():
             _atomic_write(path, data)
             manifest["files"][role] = {"path": self._rel(path), "sha256": sha256_bytes(data)}
-        base = files["notebook"][0]
-        mpath = base.with_name(base.name.removesuffix(".ipynb") + ".manifest.json")
+        if base is None:
+            base = files["notebook"][0].with_suffix("")
+        mpath = base.with_name(base.name + ".manifest.json")
         with self._ledger_lock():
             last = self._ledger_last()
             seq = last["seq"] + 1 if last else 1
@@ -191,22 +233,141 @@ class Archive:
             raise ArchiveError(f"{path}: the last ledger line is damaged; run `runbook verify`") from None
 
     def _ledger_entries(self) -> list[dict]:
+        entries, damaged = self._ledger_lines()
+        if damaged:
+            n, why = damaged[0]
+            raise ArchiveError(f"{self.root / LEDGER}:{n}: ledger line {why}; the archive was damaged or edited "
+                               "by hand (`runbook verify` shows what else changed)")
+        return entries
+
+    def _ledger_lines(self) -> tuple[list[dict], list[tuple[int, str]]]:
+        """The ledger's records, and the (line number, what is wrong) of every line that is not one."""
         path = self.root / LEDGER
         if not path.exists():
-            return []
-        out = []
-        for n, raw in enumerate(path.read_text().splitlines(), 1):
+            return [], []
+        out, damaged = [], []
+        raw_text = path.read_bytes()
+        lines = raw_text.split(b"\n")
+        for n, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
             try:
-                out.append(json.loads(raw))
+                line = json.loads(raw)
             except ValueError:
-                raise ArchiveError(f"{path}:{n}: ledger line is not JSON; the archive was edited by hand "
-                                   "(run `runbook verify` to see what else changed)") from None
-        return out
+                last = n == len(lines) or (n == len(lines) - 1 and not lines[-1])
+                damaged.append((n, "is cut short (a write that never finished)" if last and not raw_text.endswith(b"\n")
+                                else "is not JSON"))
+                continue
+            if not isinstance(line, dict) or not {"seq", "run_id", "manifest", "sha256"} <= set(line):
+                damaged.append((n, "is not a ledger record (seq, run_id, manifest, sha256)"))
+                continue
+            out.append(line)
+        return out, damaged
+
+    def head(self) -> str | None:
+        """The chain head, ``SEQ:SHA256`` of the newest record: print it where the archive's owner
+        cannot rewrite it (a CI log), and check against it later with ``runbook verify --head``."""
+        last = self._ledger_last()
+        return f"{last['seq']}:{last['sha256']}" if last else None
+
+    # -- journals of runs under way ------------------------------------------------------------
+    @contextlib.contextmanager
+    def journal(self, run_id: str, info: dict) -> Iterator[Path]:
+        """A folder for a run under way, ``<root>/.journal/<run-id>/``: ``run.json`` (what the record
+        needs if the runner dies) and ``journal.jsonl`` (what the notebook changed, as it happens).
+
+        An flock on ``alive.lock`` is held while the runner lives; the next ``runbook`` command takes
+        over a folder whose lock is free (the runner was killed) and archives it. The caller removes
+        the folder once the record is archived (:meth:`close_journal`).
+        """
+        journals = self.root / JOURNALS
+        journals.mkdir(parents=True, exist_ok=True)
+        staging = journals / f".{run_id}.new"
+        staging.mkdir(mode=0o700)
+        fd = os.open(staging / "alive.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            (staging / "run.json").write_text(json.dumps(info, sort_keys=True) + "\n")
+            final = journals / run_id
+            os.rename(staging, final)  # appears whole, already locked
+            yield final
+        finally:
+            os.close(fd)
+
+    def close_journal(self, run_id: str) -> None:
+        shutil.rmtree(self.root / JOURNALS / run_id, ignore_errors=True)
+
+    def unfinished_runs(self) -> Iterator[Path]:
+        """Journal folders of runs whose runner died; each is yielded with its lock held by us."""
+        journals = self.root / JOURNALS
+        if not journals.is_dir():
+            return
+        for folder in sorted(journals.iterdir()):
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            try:
+                fd = os.open(folder / "alive.lock", os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its runner is alive
+                if not folder.exists():
+                    continue  # another command archived it while we waited
+                if folder.name.startswith("."):  # died before it began: nothing ran
+                    shutil.rmtree(folder, ignore_errors=True)
+                    continue
+                yield folder
+            finally:
+                os.close(fd)
+
+    # -- before a run ------------------------------------------------------------------------
+    def check_ready(self) -> None:
+        """Refuse, before anything runs, unless this archive can take a record.
+
+        A run that cannot be archived must not start: with ``--apply`` it would change hosts and
+        leave no record. Checked: the root is a writable folder, every ledger line is whole, the
+        index opens.
+        """
+        where = f"the archive at {self.root} cannot take a record, so nothing was run"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ArchiveNotReady(f"{where}: {e.strerror} ({e.filename}); pass a writable folder with --archive") from None
+        _, damaged = self._ledger_lines()
+        if damaged:
+            n, why = damaged[0]
+            raise ArchiveNotReady(
+                f"{where}: {self.root / LEDGER} line {n} {why}. Run `runbook verify` to see the damage, restore "
+                "ledger.jsonl from a backup (or, if the last record's files are intact, remove only the cut "
+                "line and re-check)")
+        if (self.root / INDEX).exists():
+            try:
+                db = sqlite3.connect(f"file:{self.root / INDEX}?mode=ro", uri=True, timeout=30)
+                try:
+                    if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                        raise sqlite3.DatabaseError("quick_check failed")
+                    db.execute("SELECT count(*) FROM runs").fetchone()
+                finally:
+                    db.close()
+            except sqlite3.DatabaseError as e:
+                raise ArchiveNotReady(f"{where}: {self.root / INDEX} is damaged ({e}); `runbook reindex` rebuilds it "
+                                      "from the ledger, then `runbook verify`") from None
 
     # -- index -------------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
+        try:
+            return self._open_db()
+        except sqlite3.DatabaseError as e:
+            raise ArchiveError(f"{self.root / INDEX} is damaged ({e}); `runbook reindex` rebuilds it from the "
+                               "ledger") from None
+
+    def _open_db(self) -> sqlite3.Connection:
         self.root.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.root / INDEX, timeout=30)
         db.executescript(
@@ -243,9 +404,20 @@ class Archive:
                 db.close()
 
     def reindex(self) -> int:
-        """Rebuild the query index from the ledger and manifests (keeps the remembered head)."""
+        """Rebuild the query index from the ledger and manifests (keeps the remembered head).
+
+        A damaged index file is moved aside (``index.sqlite.damaged-<time>``) first; the head it
+        remembered is then lost, which ``reindex`` says.
+        """
         entries = self._ledger_entries()
-        db = self._db()
+        self.moved_aside: Path | None = None
+        try:
+            db = self._open_db()
+            db.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError:
+            self.moved_aside = self.root / f"{INDEX}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(self.root / INDEX, self.moved_aside)
+            db = self._db()
         try:
             db.execute("DELETE FROM runs")
             for line in entries:
@@ -301,58 +473,179 @@ class Archive:
             raise ArchiveError(f"{path}: manifest of run {entry['run_id']} is missing; run `runbook verify`") from None
 
     # -- verification ------------------------------------------------------------------------
-    def verify(self) -> VerifyReport:
-        """Recompute the chain and every file hash. Problems come in ledger order, first one first."""
+    def verify(self, head: str | None = None) -> VerifyReport:
+        """Recompute the chain and every file hash from the records themselves; never trust the index.
+
+        Problems come in ledger order, first one first, then files that belong to no record, then
+        where the index disagrees with the records. ``head`` (``SEQ:SHA256`` or a SHA256 printed by an
+        earlier run) is a witness kept outside the archive: it must still be in the chain.
+        """
         report = VerifyReport()
-        entries = self._ledger_entries()
+        entries, damaged = self._ledger_lines()
+        for n, why in damaged:
+            report.problems.append(f"{LEDGER} line {n} {why}; the ledger was damaged or edited")
         report.records = len(entries)
         prev = GENESIS
-        listed = set()
+        owned: set[str] = set()  # every path that belongs to a record
+        manifests: dict[int, dict] = {}
         for pos, line in enumerate(entries, 1):
             seq, run_id = line.get("seq"), line.get("run_id", "?")
             where = f"record {pos} (run {run_id})"
-            listed.add(line.get("manifest"))
+            rel = str(line.get("manifest", ""))
+            owned.add(rel)
             if seq != pos:
                 report.problems.append(f"{where}: ledger says seq {seq} at position {pos}; records were removed or reordered")
-            mpath = self.root / line.get("manifest", "")
+            mpath = self._inside(rel)
+            if mpath is None:
+                report.problems.append(f"{where}: manifest path {rel!r} points outside the archive")
+                prev = line.get("sha256", prev)
+                continue
+            if mpath.is_symlink():
+                report.problems.append(f"{where}: manifest {rel} is a symbolic link; a record is a regular file")
             try:
                 data = mpath.read_bytes()
             except OSError:
-                report.problems.append(f"{where}: manifest {line.get('manifest')} is missing; the record was removed")
+                report.problems.append(f"{where}: manifest {rel} is missing; the record was removed")
                 prev = line.get("sha256", prev)
                 continue
             if sha256_bytes(data) != line.get("sha256"):
-                report.problems.append(f"{where}: manifest {line['manifest']} was edited (its sha256 no longer matches the ledger)")
+                report.problems.append(f"{where}: manifest {rel} was edited (its sha256 no longer matches the ledger)")
             try:
                 manifest = json.loads(data)
             except ValueError:
-                report.problems.append(f"{where}: manifest {line['manifest']} is not JSON")
+                report.problems.append(f"{where}: manifest {rel} is not JSON")
                 prev = line.get("sha256", prev)
                 continue
+            if not isinstance(manifest, dict):
+                report.problems.append(f"{where}: manifest {rel} is not a record")
+                prev = line.get("sha256", prev)
+                continue
+            manifests[pos] = manifest
             if manifest.get("run_id") != run_id or manifest.get("seq") != seq:
-                report.problems.append(f"{where}: manifest {line['manifest']} belongs to run {manifest.get('run_id')} "
+                report.problems.append(f"{where}: manifest {rel} belongs to run {manifest.get('run_id')} "
                                        f"(seq {manifest.get('seq')}); records were swapped")
             if manifest.get("prev_manifest_sha256") != prev:
                 report.problems.append(f"{where}: chain broken: it follows a record other than the one before it "
                                        "in the ledger; a record was removed or reordered")
-            for role, info in manifest.get("files", {}).items():
-                fpath = self.root / info["path"]
-                if not fpath.exists():
-                    report.problems.append(f"{where}: {role} {info['path']} is missing")
-                elif sha256_file(fpath) != info["sha256"]:
-                    report.problems.append(f"{where}: {role} {info['path']} was changed after it was archived")
+            for role, info in (manifest.get("files") or {}).items():
+                frel = str(info.get("path", ""))
+                owned.add(frel)
+                fpath = self._inside(frel)
+                if fpath is None:
+                    report.problems.append(f"{where}: {role} path {frel!r} points outside the archive")
+                elif fpath.is_symlink():
+                    report.problems.append(f"{where}: {role} {frel} is a symbolic link; a record is a regular file")
+                elif not fpath.exists():
+                    report.problems.append(f"{where}: {role} {frel} is missing")
+                elif sha256_file(fpath) != info.get("sha256"):
+                    report.problems.append(f"{where}: {role} {frel} was changed after it was archived")
             prev = line.get("sha256", prev)
-        for mpath in sorted(self.root.glob("*/*/*.manifest.json")):
-            rel = self._rel(mpath)
-            if rel not in listed:
-                report.problems.append(f"{rel}: manifest is not in the ledger; a record was added or moved by hand")
-        if (self.root / INDEX).exists():
-            db = self._db()
+        report.problems += self._strays(owned)
+        report.problems += self._index_disagreements(entries, manifests, report)
+        report.head = f"{entries[-1]['seq']}:{entries[-1]['sha256']}" if entries else None
+        if head:
+            report.problems += self._against_witness(head, entries)
+        return report
+
+    def _inside(self, rel: str) -> Path | None:
+        """``root/rel`` if it stays inside the archive (no absolute path, no ``..``), else None."""
+        path = Path(rel)
+        if not rel or path.is_absolute() or ".." in path.parts:
+            return None
+        return self.root / path
+
+    def _strays(self, owned: set[str]) -> list[str]:
+        """Files, links and folders that no record accounts for. Only the runner writes here."""
+        out = []
+        infra = {LEDGER, "README.md"}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            here = Path(dirpath)
+            rel_dir = here.relative_to(self.root)
+            top = rel_dir.parts[0] if rel_dir.parts else ""
+            if top in (".locks", JOURNALS):
+                dirnames[:] = []  # the runner's own working folders
+                continue
+            for name in sorted(dirnames):
+                if (here / name).is_symlink():
+                    out.append(f"{rel_dir / name}: a symbolic link to a folder inside the archive; records are "
+                               "regular files (a link can point anywhere); remove it")
+            dirnames[:] = [d for d in dirnames if not (here / d).is_symlink()]
+            for name in sorted(filenames):
+                rel = str(rel_dir / name) if rel_dir.parts else name
+                if rel in owned:
+                    continue
+                if not rel_dir.parts and (name in infra or name == INDEX
+                                          or name.startswith((INDEX + "-", INDEX + ".damaged-"))):
+                    continue
+                if (here / name).is_symlink():
+                    out.append(f"{rel}: a symbolic link inside the archive; records are regular files (a link can "
+                               "point anywhere); remove it")
+                elif name.endswith(".manifest.json"):
+                    out.append(f"{rel}: manifest is not in the ledger; a record was added or moved by hand")
+                else:
+                    out.append(f"{rel}: belongs to no record; only the runner writes into the archive (a notebook "
+                               "that writes here, or a hand edit); move it out, after checking it for secrets")
+        return out
+
+    def _index_disagreements(self, entries: list[dict], manifests: dict[int, dict], report: VerifyReport) -> list[str]:
+        """Where the query index says something the records do not (it is derived, so it may lie)."""
+        path = self.root / INDEX
+        if not path.exists():
+            if entries:
+                report.warnings.append(
+                    f"{INDEX} is missing, so records cut from the end of the chain cannot be detected here; "
+                    "compare the chain head with a witness (`runbook verify --head SEQ:SHA256` with the head an "
+                    "earlier run printed)")
+            return []
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
             try:
-                head = db.execute("SELECT seq FROM head WHERE id = 1").fetchone()
+                db.row_factory = sqlite3.Row
+                rows = {r["seq"]: dict(r) for r in db.execute("SELECT * FROM runs")}
+                remembered = db.execute("SELECT seq, sha256 FROM head WHERE id = 1").fetchone()
             finally:
                 db.close()
-            if head and head[0] > len(entries):
-                report.problems.append(f"ledger ends at record {len(entries)} but record {head[0]} was archived; "
-                                       "records were cut from the end")
-        return report
+        except sqlite3.DatabaseError as e:
+            return [f"{INDEX} is damaged ({e}); nothing in it was used. `runbook reindex` rebuilds it from the ledger"]
+        out = []
+        by_seq = {line["seq"]: line for line in entries}
+        if remembered and remembered["seq"] > len(entries):
+            out.append(f"ledger ends at record {len(entries)} but record {remembered['seq']} was archived; "
+                       "records were cut from the end")
+        elif remembered and remembered["seq"] in by_seq and by_seq[remembered["seq"]]["sha256"] != remembered["sha256"]:
+            out.append(f"record {remembered['seq']} was rewritten after it was archived: its ledger hash is not the "
+                       "one the index remembered")
+        for pos, manifest in manifests.items():
+            row = rows.pop(pos, None)
+            if row is None:
+                out.append(f"{INDEX}: record {pos} (run {manifest.get('run_id')}) is not in the index; "
+                           "`runbook reindex` rebuilds it")
+                continue
+            truth = {"run_id": manifest.get("run_id"), "notebook": manifest.get("notebook"),
+                     "environment": (manifest.get("environment") or {}).get("name"), "status": manifest.get("status"),
+                     "mode": manifest.get("mode"), "started_at": manifest.get("started_at"),
+                     "operator": manifest.get("operator"), "manifest": entries[pos - 1].get("manifest")}
+            for column, value in truth.items():
+                if row.get(column) != value:
+                    out.append(f"{INDEX}: record {pos} (run {manifest.get('run_id')}) has {column} "
+                               f"{row.get(column)!r} in the index but {value!r} in its manifest; the index was edited "
+                               "(`runs` showed the index; `runbook reindex` rebuilds it)")
+        for seq in sorted(set(rows) - set(range(1, len(entries) + 1))):
+            out.append(f"{INDEX}: lists record {seq} (run {rows[seq].get('run_id')}) that is not in the ledger")
+        return out
+
+    @staticmethod
+    def _against_witness(head: str, entries: list[dict]) -> list[str]:
+        seq_text, _, sha = head.strip().rpartition(":")
+        sha = sha.lower()
+        if len(sha) < 12 or any(c not in "0123456789abcdef" for c in sha):
+            return [f"--head {head!r}: expected SEQ:SHA256 (or a SHA256) as printed after a run"]
+        matches = [line for line in entries if str(line.get("sha256", "")).startswith(sha)]
+        if not matches:
+            now = (f"the chain now ends at {entries[-1]['seq']}:{entries[-1]['sha256'][:12]}..." if entries
+                   else "the archive has no records")
+            return [f"witness {head} is not in the chain: the record it names was removed or rewritten ({now})"]
+        if seq_text and str(matches[0].get("seq")) != seq_text:
+            moved = matches[0].get("seq")
+            return [f"witness {head}: that record is now at seq {moved}; records before it were removed or reordered"]
+        return []

@@ -21,16 +21,20 @@ def cmd_run(args) -> int:
 
     result = run_notebook(args.notebook, args.params, apply=args.apply, timeout=args.timeout,
                           archive_root=args.archive, stream=sys.stderr)
+    if result.signal:
+        return 128 + result.signal  # the shell's convention: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
     return result.exit_code(allow_not_ready=args.allow_not_ready)
 
 
 def cmd_check(args) -> int:
     from .params import load_params
+    from .references import require_references
 
     p = load_params(args.params)
+    require_references(p)  # secrets, keys and the known-hosts file exist and hold the right thing
     sections = [s for s in ("kubernetes", "registry", "database", "storage", "logging", "edge") if getattr(p, s)]
     print(f"{args.params}: valid ({p.environment.kind} environment {p.environment.name}, {len(p.hosts)} hosts, "
-          f"sections: {', '.join(sections) or 'none'})")
+          f"sections: {', '.join(sections) or 'none'}; every reference resolves)")
     return 0
 
 
@@ -87,9 +91,13 @@ def cmd_show(args) -> int:
 
 def cmd_verify(args) -> int:
     archive = _archive(args)
-    report = archive.verify()
+    report = archive.verify(head=args.head)
+    for warning in report.warnings:
+        print(f"note: {warning}")
     if report.ok:
-        print(f"archive {archive.root}: {report.records} records, chain and files intact")
+        witness = f", witness {args.head} found" if args.head else ""
+        print(f"archive {archive.root}: {report.records} records, chain and files intact{witness}; "
+              f"chain head {report.head or 'none (empty)'}")
         return 0
     print(f"archive {archive.root}: {len(report.problems)} problem(s) in {report.records} records; first:")
     for i, problem in enumerate(report.problems):
@@ -98,7 +106,11 @@ def cmd_verify(args) -> int:
 
 
 def cmd_reindex(args) -> int:
-    n = _archive(args).reindex()
+    archive = _archive(args)
+    n = archive.reindex()
+    if archive.moved_aside:
+        print(f"the damaged index was moved to {archive.moved_aside}; the newest record it remembered is lost, so "
+              "compare the chain head with a witness (`runbook verify --head`)")
     print(f"index rebuilt from the ledger: {n} records")
     return 0
 
@@ -188,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list archived runs, newest first")
     p.add_argument("--env", help="environment name")
     p.add_argument("--notebook", help="notebook name, e.g. 00-environment-overview")
-    p.add_argument("--status", choices=["succeeded", "failed", "interrupted"])
+    p.add_argument("--status", choices=["succeeded", "failed", "interrupted", "killed"])
     p.add_argument("--since", help="start date or time (ISO, UTC), inclusive")
     p.add_argument("--until", help="start date or time (ISO, UTC), exclusive")
     p.add_argument("--limit", type=int, default=50)
@@ -201,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("verify", help="recompute the archive's hash chain and file hashes (exit 1 if broken)")
+    p.add_argument("--head", metavar="SEQ:SHA256",
+                   help="a chain head printed after an earlier run (a witness kept outside the archive)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("lab", help="the built-in lab: VMs as network namespaces on this machine (root)")
@@ -225,9 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that read or write the archive first archive the journals of runs that were killed.
+_ARCHIVE_COMMANDS = ("run", "runs", "show", "verify", "reindex")
+
+
+def _recover(args) -> None:
+    from .runner import recover_killed_runs
+
+    archive = _archive(args)
+    if (archive.root / ".journal").is_dir():
+        recover_killed_runs(archive, sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in _ARCHIVE_COMMANDS:
+            _recover(args)
         return args.func(args)
     except RunbookError as e:
         print(f"runbook: {e}", file=sys.stderr)

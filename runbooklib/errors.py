@@ -49,6 +49,10 @@ class SecretError(RunbookError):
     exit_code = 2
 
 
+class SecretTextError(SecretError, TypeError):
+    """A resolved Secret was about to become text (str, format, JSON); its value stays hidden."""
+
+
 class LockedError(RunbookError):
     """Another run of the same notebook on the same environment holds the lock."""
 
@@ -59,6 +63,18 @@ class ArchiveError(RunbookError):
     """The run archive is unreadable or was tampered with."""
 
     exit_code = 1
+
+
+class ArchiveNotReady(ArchiveError):
+    """The archive cannot take a record (unwritable, damaged ledger or index); nothing was run."""
+
+    exit_code = 2
+
+
+class NotebookError(RunbookError):
+    """The notebook given is missing or not a notebook; nothing was run."""
+
+    exit_code = 2
 
 
 class RunFailed(RunbookError):

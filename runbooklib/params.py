@@ -22,6 +22,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, PrivateAttr, ValidationError, create_model
 
+from . import safeyaml
 from .errors import ParamsError, Problem
 from .phases import phases
 from .schema import DATA_ROLES, K8S_ROLES, ROLES, SSH, Environment, Host, Inventory, Section
@@ -176,24 +177,12 @@ def check_rules(p: Params) -> list[Problem]:
 def load_params(path: str | Path) -> Params:
     """Read, parse and validate a parameter file; raise ParamsError naming every problem."""
     path = Path(path)
-    shown = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ParamsError(shown, [Problem("", "file not found; pass an existing parameter file (see params/)")]) from None
-    except OSError as e:
-        raise ParamsError(shown, [Problem("", f"cannot read the file: {e.strerror}")]) from None
-    return parse_params(text, shown, source=path)
+    text = safeyaml.read_text(path, str(path))  # a regular UTF-8 file of bounded size, or exit 2
+    return parse_params(text, str(path), source=path)
 
 
 def parse_params(text: str, shown: str = "<params>", source: Path | None = None) -> Params:
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ParamsError(shown, [Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)]) from None
+    data, root = safeyaml.load(text, shown)  # duplicate keys, depth, huge or infinite numbers: refused
     if not isinstance(data, dict):
         raise ParamsError(shown, [Problem("", "expected a mapping with environment, inventory and ssh at the top")])
     try:

@@ -17,22 +17,25 @@ import json
 import logging
 import os
 import secrets as _random
+import shutil
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import nbformat
 
-from . import __version__
-from .archive import Archive, default_root
-from .errors import ArchiveError, RunbookError
+from . import __version__, safeyaml
+from .archive import Archive, default_root, run_lock, sha256_file
+from .errors import ArchiveError, NotebookError, RunbookError
 from .notebook import BAD_VERDICTS, JOURNAL_ENV, utcnow
 from .params import Params, load_params
+from .references import require_references
 from .secrets import Redactor
 
 MEMORY_SCHEME = "runbook-memory://"
@@ -71,6 +74,8 @@ class RunResult:
     notebook_path: Path
     html_path: Path
     manifest: dict
+    signal: int | None = None  # the signal that interrupted the run, if one did
+    chain_head: str = ""  # sha256 of this record's manifest, the newest link of the chain
 
     @property
     def ok(self) -> bool:
@@ -116,25 +121,55 @@ def secret_redactor(params: Params) -> tuple[Redactor, list[str]]:
     """A redactor loaded with every secret the parameters reference that can be resolved here."""
     redactor = Redactor()
     unresolved = []
+    literals = []
     for field, ref in params.secret_refs():
         try:
             redactor.add(ref.resolve(params.source_dir, field), field)
         except RunbookError:
             unresolved.append(field)
+        if ref.is_literal:
+            literals.append(field)
+    # a lab literal written with YAML escapes or as a folded block: its written form is a needle too
+    for field, written in safeyaml.source_spans(params.text, literals).items():
+        redactor.add_form(written, field)
     return redactor, unresolved
 
 
 class _StreamFilter(logging.Filter):
-    """Scrubs secrets from papermill's log stream and trims its per-cell banners."""
+    """Scrubs secrets from papermill's log stream and trims its per-cell banners.
+
+    Each write of a cell is one log record, so a value printed in two writes arrives in halves that
+    no needle matches. The filter holds back the unfinished line of each stream until its newline
+    comes (or the cell ends) and scrubs whole lines only.
+    """
 
     def __init__(self, redactor: Redactor):
         super().__init__()
         self.redactor = redactor
+        self._pending: dict[int, str] = {}  # by level: stdout is logged as INFO, stderr as WARNING
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if text.startswith(("Executing Cell", "Ending Cell", "Output Notebook", "Input Notebook")):
+            held = self.drain()
+            if not held:
+                return False
+            return self._emit(record, held)
+        text = self._pending.pop(record.levelno, "") + text
+        cut = max(text.rfind("\n"), text.rfind("\r")) + 1  # progress bars redraw with \r
+        if cut < len(text):
+            self._pending[record.levelno] = text[cut:]
+        if not cut:
             return False
+        return self._emit(record, text[:cut])
+
+    def drain(self) -> str:
+        """What is still held back (the unfinished lines), joined; the hold is emptied."""
+        held = "\n".join(v for v in self._pending.values() if v)
+        self._pending.clear()
+        return held
+
+    def _emit(self, record: logging.LogRecord, text: str) -> bool:
         text = self.redactor.scrub(text.rstrip("\n"))
         record.msg = "\n".join("  | " + line for line in text.splitlines()) if text else "  |"
         record.args = ()
@@ -188,6 +223,37 @@ def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
             os.close(saved)
 
 
+def _write_stream(stream: TextIO | None, text: str) -> None:
+    """Print to the operator's terminal; a closed terminal (SIGHUP) must not stop the record."""
+    if stream is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=stream)
+        stream.flush()
+
+
+def _merge_streams(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Join each run of consecutive stream outputs of one name into one output.
+
+    Every write of a cell is an output of its own; a value printed in two writes would otherwise
+    be archived in halves that no needle matches.
+    """
+    for cell in nb.cells:
+        outputs = cell.get("outputs")
+        if not outputs:
+            continue
+        merged: list = []
+        for out in outputs:
+            prev = merged[-1] if merged else None
+            if (out.get("output_type") == "stream" and prev is not None and prev.get("output_type") == "stream"
+                    and prev.get("name") == out.get("name")):
+                prev["text"] = "".join(prev.get("text", "")) + "".join(out.get("text", ""))
+            else:
+                merged.append(out)
+        cell["outputs"] = merged
+    return nb
+
+
 def _read_journal(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -230,35 +296,212 @@ class _HtmlRenderer:
 def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool = False,
                  timeout: float | None = None, archive_root: str | Path | None = None,
                  stream: TextIO | None = sys.stderr, kernel_name: str | None = None) -> RunResult:
-    """Execute ``notebook`` against ``params_file`` and archive the record, whatever the outcome."""
+    """Execute ``notebook`` against ``params_file`` and archive the record, whatever the outcome.
+
+    SIGINT, SIGTERM and SIGHUP end the run the same way: the kernel is stopped, the partial record
+    is archived as ``interrupted`` (naming the signal) and the lock released; ``RunResult.signal``
+    then holds the signal number (the command line exits 128 + that number).
+    """
     params = load_params(params_file)  # bad input stops here, before anything else happens
+    require_references(params)  # so does a secret, key or known-hosts file that cannot be used
     notebook = Path(notebook)
     if notebook.suffix != ".ipynb" or not notebook.is_file():
-        raise RunbookError(f"{notebook}: not a notebook file; pass a path such as notebooks/00-environment-overview.ipynb")
+        raise NotebookError(f"{notebook}: not a notebook file; pass a path such as notebooks/00-environment-overview.ipynb")
     try:
         nbformat.read(notebook, as_version=4)
     except Exception as e:  # nbformat raises several unrelated types
-        raise RunbookError(f"{notebook}: cannot be read as a Jupyter notebook ({e})") from None
+        raise NotebookError(f"{notebook}: cannot be read as a Jupyter notebook ({e})") from None
     name = notebook.stem
     env = params.environment.name
     archive = Archive(archive_root or default_root())
+    recover_killed_runs(archive, stream)
+    archive.check_ready()  # a run that could not be archived must not start (with --apply least of all)
     run_id = new_run_id()
     who = operator()
     started = dt.datetime.now(dt.timezone.utc)
-    holder = {"operator": who, "pid": os.getpid(), "run_id": run_id, "since": started.isoformat(timespec="seconds")}
+    holder = {"operator": who, "pid": os.getpid(), "run_id": run_id, "since": started.isoformat(timespec="seconds"),
+              "archive": str(archive.root.resolve())}
 
-    with archive.run_lock(env, name, holder):
+    with run_lock(env, name, holder):
+        # papermill (and jupyter_client) first, in this thread: the HTML warm-up thread imports
+        # nbconvert, and two threads importing jupyter_client at once can meet a half-imported module
+        _register_memory_io()
         renderer = _HtmlRenderer()
         redactor, _ = secret_redactor(params)
-        with tempfile.TemporaryDirectory(prefix="runbook-") as private:
-            journal = Path(private) / "journal.jsonl"
-            outcome = _execute(notebook, params, run_id, apply, timeout, journal, redactor, stream, kernel_name)
+        info = _journal_info(notebook, params, run_id, apply, who, started, redactor)
+        with archive.journal(run_id, info) as folder, _signals_end_the_run() as signals:
+            journal = folder / "journal.jsonl"
+            signals.armed = True
+            try:
+                outcome = _execute(notebook, params, run_id, apply, timeout, journal, redactor, stream, kernel_name)
+            finally:
+                signals.armed = False  # from here on a signal waits for the record
             events = _read_journal(journal)
-        ended = dt.datetime.now(dt.timezone.utc)
-        # Secrets the notebook made appear during the run (a key file written by a step, say).
-        redactor.merge(secret_redactor(params)[0])
-        return _archive(archive, notebook, params, run_id, apply, who, started, ended, outcome, events, redactor,
-                        renderer, stream)
+            _stop_kernel(events)
+            if signals.interrupted:
+                name = signal.Signals(signals.caught[0]).name
+                outcome.status = "interrupted"
+                outcome.failure = {"ename": name, "signal": name,
+                                   "evalue": f"the run was stopped by {name} "
+                                             f"({_SIGNAL_MEANING.get(signals.caught[0], 'a signal')})"}
+            ended = dt.datetime.now(dt.timezone.utc)
+            # Secrets the notebook made appear during the run (a key file written by a step, say).
+            redactor.merge(secret_redactor(params)[0])
+            try:
+                result = _archive(archive, notebook, params, run_id, apply, who, started, ended, outcome, events,
+                                  redactor, renderer, stream)
+            except BaseException as e:
+                # the journal stays; the next command archives what it holds, saying why
+                (folder / "not-archived").write_text(f"{type(e).__name__}: {redactor.scrub(str(e))}\n")
+                raise
+            archive.close_journal(run_id)
+            result.signal = signals.caught[0] if signals.caught else None
+            return result
+
+
+_SIGNAL_MEANING = {signal.SIGINT: "Ctrl-C or kill -INT", signal.SIGTERM: "a stop request: CI cancel, service stop, kill",
+                   signal.SIGHUP: "the terminal closed"}
+
+
+class _Signalled(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM or SIGHUP, so they end a run the way Ctrl-C does."""
+
+
+@dataclass
+class _Signals:
+    caught: list[int]
+    armed: bool = False  # True while the notebook executes: the first signal interrupts it
+    interrupted: bool = False
+
+
+@contextlib.contextmanager
+def _signals_end_the_run():
+    """SIGINT, SIGTERM and SIGHUP interrupt the notebook once; any other waits for the record.
+
+    Outside the main thread (a runner embedded in another program) signals are left to that program.
+    """
+    state = _Signals([])
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def on_signal(signum, frame):
+        first = not state.caught
+        state.caught.append(signum)
+        if first and state.armed:
+            state.interrupted = True
+            raise _Signalled(signal.Signals(signum).name)
+
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in wanted}
+    try:
+        yield state
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_kernel(events: list[dict]) -> None:
+    """Make sure the run's kernel is gone: an interrupted run can leave it executing a cell."""
+    kernel = next((e for e in events if e.get("event") == "kernel"), {})
+    pid = kernel.get("pid")
+    if not isinstance(pid, int) or pid <= 1 or pid == os.getpid() or not _is_our_child(pid):
+        return
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return
+            if not _is_our_child(pid):
+                return
+            time.sleep(0.05)
+
+
+def _is_our_child(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return len(fields) > 1 and fields[0] != "Z" and fields[1] == str(os.getpid())
+
+
+def _journal_info(notebook: Path, params: Params, run_id: str, apply: bool, who: str, started: dt.datetime,
+                  redactor: Redactor) -> dict:
+    """What a record needs if the runner dies before archiving (kept in the run's journal folder)."""
+    return redactor.scrub_obj({
+        "run_id": run_id, "notebook": notebook.stem, "notebook_source": str(notebook),
+        "environment": {"name": params.environment.name, "kind": params.environment.kind,
+                        "data_country": params.environment.data_country},
+        "simulated": params.environment.kind == "lab", "mode": "apply" if apply else "plan",
+        "params": {"path": str(params.source), "sha256": params.sha256,
+                   "content_redacted": redactor.scrub(params.text)},
+        "params_resolved": str(Path(params.source).resolve()),  # for the recovering command, run elsewhere
+        "operator": who, "git": git_state(notebook.resolve().parent), "runner_pid": os.getpid(),
+        "started_at": started.isoformat(timespec="milliseconds"),
+    })
+
+
+def recover_killed_runs(archive: Archive, stream: TextIO | None = sys.stderr) -> list[str]:
+    """Archive the journal of every run whose runner died (SIGKILL, OOM, power loss) as ``killed``.
+
+    Called by every ``runbook`` command that uses the archive. The record holds what the journal
+    holds: who, what, the changes applied up to the end, and the journal itself; no notebook.
+    """
+    from .archive import manifest_bytes
+
+    done = []
+    for folder in archive.unfinished_runs():
+        try:
+            info = json.loads((folder / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        redactor = Redactor()
+        with contextlib.suppress(RunbookError):  # scrub with the file's secrets if it still loads
+            redactor = secret_redactor(load_params(info.get("params_resolved") or info["params"]["path"]))[0]
+        journal_path = folder / "journal.jsonl"
+        events = _read_journal(journal_path)
+        journal_bytes = redactor.scrub(journal_path.read_text() if journal_path.exists() else "").encode()
+        kernel = next((e for e in events if e.get("event") == "kernel"), {})
+        not_archived = folder / "not-archived"
+        if not_archived.exists():
+            status, why = "failed", (f"the run ended but its record could not be written "
+                                     f"({not_archived.read_text().strip()}); archived from its journal")
+        else:
+            status, why = "killed", ("the runner ended without archiving (SIGKILL, out of memory or power loss); "
+                                     "archived from its journal by the next runbook command")
+        try:
+            started = dt.datetime.fromisoformat(info["started_at"])
+        except (KeyError, ValueError):
+            started = dt.datetime.now(dt.timezone.utc)
+        last = max([e.get("at", "") for e in events] + [info.get("started_at", "")])
+        manifest = redactor.scrub_obj({
+            "record": "runbook run", **{k: info.get(k) for k in ("run_id", "notebook", "notebook_source",
+                                                                  "environment", "simulated", "mode", "params",
+                                                                  "operator", "git", "started_at")},
+            "versions": {"runbooklib": __version__, "kernel": {"python": kernel.get("python"),
+                                                               "executable": kernel.get("executable"),
+                                                               "pid": kernel.get("pid")}},
+            "ended_at": last or None, "duration_s": None, "status": status,
+            "failure": {"ename": "Killed" if status == "killed" else "NotArchived", "evalue": why},
+            "changes": [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "change"],
+            "archived_at": utcnow(),
+        })
+        if redactor.leaks(journal_bytes + manifest_bytes(manifest)):
+            continue  # never archive a leak; the folder stays for a person to look at
+        base = archive.record_base((info.get("environment") or {}).get("name", "unknown"),
+                                   started.strftime("%Y-%m-%d"), info["run_id"], info.get("notebook", "unknown"))
+        archive.commit(manifest, {"journal": (base.with_name(base.name + ".journal.jsonl"), journal_bytes)},
+                       base=base)
+        shutil.rmtree(folder, ignore_errors=True)
+        done.append(info["run_id"])
+        _write_stream(stream, f"runbook: run {info['run_id']} ({info.get('notebook')} on "
+                              f"{(info.get('environment') or {}).get('name')}) never finished; archived as {status} "
+                              f"with {len(manifest['changes'])} journaled change(s)")
+    return done
 
 
 @dataclass
@@ -281,7 +524,8 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
     if stream is not None:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.addFilter(_StreamFilter(redactor))
+        stream_filter = _StreamFilter(redactor)
+        handler.addFilter(stream_filter)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -312,6 +556,9 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
         else:
             os.environ[JOURNAL_ENV] = old_journal
         if handler is not None:
+            held = stream_filter.drain()
+            if held:
+                _write_stream(stream, "\n".join("  | " + ln for ln in redactor.scrub(held).splitlines()))
             logger.removeHandler(handler)
     buf = _MemoryIO.store.pop(out_key, None)
     nb = nbformat.reads(buf, as_version=4) if buf else nbformat.read(notebook, as_version=4)
@@ -332,7 +579,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
     changes = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "change"]
     verdicts = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "verdict"]
-    nb = nbformat.from_dict(redactor.scrub_obj(outcome.nb))
+    nb = nbformat.from_dict(redactor.scrub_obj(_merge_streams(outcome.nb)))
     nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
     html_bytes = redactor.scrub(renderer.render(nb)).encode()
     manifest: dict[str, Any] = {
@@ -377,9 +624,10 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
             raise ArchiveError(f"run {run_id}: the {role} still holds secret {', '.join(leaked)} after scrubbing; "
                                "nothing was archived. This is a runbooklib bug: please report it")
     mpath = archive.commit(manifest, files)
-    result = RunResult(run_id, outcome.status, mpath, files["notebook"][0], files["html"][0], manifest)
-    if stream is not None:
-        print(summary(result), file=stream)
+    manifest = json.loads(mpath.read_bytes())  # with the seq and chain link commit added
+    result = RunResult(run_id, outcome.status, mpath, files["notebook"][0], files["html"][0], manifest,
+                       chain_head=sha256_file(mpath))
+    _write_stream(stream, summary(result))
     return result
 
 
@@ -396,4 +644,6 @@ def summary(result: RunResult) -> str:
     lines.append(f"  record:   {result.notebook_path}")
     lines.append(f"  html:     {result.html_path}")
     lines.append(f"  manifest: {result.manifest_path}")
+    # a witness outside the archive: `runbook verify --head SEQ:SHA256` later proves nothing was cut
+    lines.append(f"  chain head: {m['seq']}:{result.chain_head}")
     return "\n".join(lines)

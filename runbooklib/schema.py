@@ -8,9 +8,9 @@ Role groups are defined here, once.
 from __future__ import annotations
 
 import typing
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, PlainSerializer, PlainValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress, PlainSerializer, PlainValidator
 
 from .errors import Problem
 from .secrets import SecretRef
@@ -27,6 +27,16 @@ Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 UserName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]*$")]
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _address_text(value: Any) -> Any:
+    # pydantic reads an integer as an IP address (10.0.0.1 is 167772161); a number here is a typo
+    if isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is a number, not an IP address; write the address as text, like 10.77.0.11")
+    return value
+
+
+Address = Annotated[IPvAnyAddress, BeforeValidator(_address_text)]
 
 
 class Section(BaseModel):
@@ -49,7 +59,7 @@ class Location(Section):
 
 class Host(Section):
     name: Name
-    address: IPvAnyAddress
+    address: Address
     ssh_port: Port = 22
     user: UserName = "root"
     roles: Annotated[list[Role], Field(min_length=1)]

@@ -23,11 +23,19 @@ RUNBOOK = [sys.executable, "-m", "runbooklib.cli"]
 def _own_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("RUNBOOK_ARCHIVE", str(tmp_path / "archive"))
     monkeypatch.setenv("RUNBOOK_OPERATOR", "tester@ci")
+    # run locks live outside archives (machine-wide); each test gets its own so suites never collide
+    monkeypatch.setenv("RUNBOOK_LOCK_DIR", str(tmp_path / "locks"))
 
 
 @pytest.fixture
 def archive_root(tmp_path) -> Path:
     return tmp_path / "archive"
+
+
+@pytest.fixture
+def lab_params(tmp_path) -> Path:
+    """params/lab.yaml with every reference resolvable (runs refuse unresolvable ones), no lab needed."""
+    return resolvable_lab_params(tmp_path / "params")
 
 
 def lab_data() -> dict:
@@ -59,6 +67,55 @@ def write_params(directory: Path, data: dict, name: str = "params.yaml") -> Path
     path = directory / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def lab_key_material(directory: Path) -> dict[str, Path]:
+    """What `runbook lab up` writes for the references in params/lab.yaml, made in ``directory``.
+
+    An SSH key pair, a known-hosts file pinning a key for every lab address, and a service-account
+    JSON key: enough for every reference to resolve, no lab needed (nothing connects).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    ssh = directory / "ssh"
+    ssh.mkdir(parents=True, exist_ok=True)
+    key = ssh / "id_ed25519"
+    if not key.exists():
+        private = ed25519.Ed25519PrivateKey.generate()
+        key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))
+        key.chmod(0o600)
+        public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                   serialization.PublicFormat.OpenSSH).decode()
+        key.with_suffix(".pub").write_text(public + " tests@runbook\n")
+        hosts = [h["address"] for h in lab_data()["inventory"]["hosts"]]
+        (ssh / "known_hosts").write_text("".join(f"{a} {public}\n" for a in hosts))
+        pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        import json
+
+        (directory / "registry-key.json").write_text(json.dumps({
+            "type": "service_account", "project_id": "lab", "private_key_id": "0" * 40, "private_key": pem,
+            "client_email": "puller@lab.iam.gserviceaccount.com"}) + "\n")
+    return {"key": key, "public": key.with_suffix(".pub"), "known_hosts": ssh / "known_hosts",
+            "registry": directory / "registry-key.json"}
+
+
+def resolvable_lab_data(directory: Path) -> dict:
+    """params/lab.yaml with its key and secret references pointing at material made in ``directory``."""
+    made = lab_key_material(directory)
+    data = lab_data()
+    set_path(data, "ssh.key", f"file:{made['key']}")
+    set_path(data, "ssh.known_hosts", str(made["known_hosts"]))
+    set_path(data, "vm.deploy_user.authorized_key", f"file:{made['public']}")
+    set_path(data, "registry.json_key", f"file:{made['registry']}")
+    return data
+
+
+def resolvable_lab_params(directory: Path, name: str = "lab.yaml") -> Path:
+    """A lab parameter file whose every reference resolves (see :func:`lab_key_material`)."""
+    return write_params(directory, resolvable_lab_data(directory), name)
 
 
 def make_notebook(path: Path, *cells: str, parameters: str | None = None) -> Path:

@@ -145,3 +145,123 @@ def test_lock_refuses_second_holder_and_names_the_first(archive_root):
             pass
     with archive.run_lock("prod", "02-vm-baseline", {}):  # released when the first run ends
         pass
+
+
+# -- tamper evidence: what a local chain catches, and the witness for what it cannot ----------------
+
+def _rewrite_newest_and_its_ledger_hash(archive, paths):
+    m = json.loads(paths[-1].read_text())
+    m["status"] = "succeeded" if m["status"] == "failed" else "failed"
+    paths[-1].write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    ledger = archive.root / "ledger.jsonl"
+    lines = ledger.read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["sha256"] = sha256_file(paths[-1])
+    ledger.write_text("\n".join(lines[:-1] + [json.dumps(last, sort_keys=True)]) + "\n")
+
+
+def test_newest_manifest_rewritten_with_its_ledger_hash_is_caught(filled):
+    archive, paths = filled
+    witness = archive.head()
+    _rewrite_newest_and_its_ledger_hash(archive, paths)
+    problems = archive.verify().problems
+    assert any("record 5 was rewritten after it was archived" in p for p in problems), problems
+    (archive.root / "index.sqlite").unlink()  # the forger also removes the index: only a witness helps
+    report = archive.verify()
+    assert report.ok and any("--head" in w for w in report.warnings)
+    caught = archive.verify(head=witness)
+    assert any(f"witness {witness} is not in the chain" in p for p in caught.problems), caught.problems
+
+
+def test_last_record_deleted_with_its_ledger_line_and_the_index_needs_the_witness(filled):
+    archive, paths = filled
+    witness = archive.head()
+    earlier = f"3:{json.loads((archive.root / 'ledger.jsonl').read_text().splitlines()[2])['sha256']}"
+    for f in paths[-1].parent.glob(paths[-1].name.replace(".manifest.json", ".*")):
+        f.unlink()
+    ledger = archive.root / "ledger.jsonl"
+    ledger.write_text("\n".join(ledger.read_text().splitlines()[:-1]) + "\n")
+    (archive.root / "index.sqlite").unlink()
+    assert archive.verify().ok  # what a local chain cannot protect (README says so)
+    assert not archive.verify(head=witness).ok
+    assert archive.verify(head=earlier).ok  # an older witness is still in the chain
+    assert "expected SEQ:SHA256" in archive.verify(head="nonsense").problems[0]
+
+
+@pytest.mark.parametrize("column,forged", [("status", "succeeded"), ("operator", "someone@else")])
+def test_a_forged_index_row_is_reported(filled, column, forged):
+    import sqlite3
+
+    archive, _ = filled
+    db = sqlite3.connect(archive.root / "index.sqlite")
+    db.execute(f"UPDATE runs SET {column} = ? WHERE seq = 3", (forged,))
+    db.commit()
+    db.close()
+    assert archive.runs(status="succeeded" if column == "status" else None)  # `runs` shows the index...
+    problems = archive.verify().problems  # ...verify does not trust it
+    assert any("record 3" in p and f"has {column} {forged!r} in the index" in p for p in problems), problems
+
+
+def test_stray_files_links_and_manifests_at_other_depths_are_reported(filled, tmp_path):
+    archive, paths = filled
+    day = paths[0].parent
+    (day / "dump.txt").write_text("a notebook wrote this into the archive folder")
+    (archive.root / "lab" / "stray.manifest.json").write_text("{}")
+    (archive.root / "deep" / "er" / "x").mkdir(parents=True)
+    (archive.root / "deep" / "er" / "x" / "y.manifest.json").write_text("{}")
+    outside = tmp_path / "elsewhere.manifest.json"
+    outside.write_text("{}")
+    (day / "linked.manifest.json").symlink_to(outside)
+    (archive.root / "linkdir").symlink_to(tmp_path, target_is_directory=True)
+    problems = archive.verify().problems
+    text = "\n".join(problems)
+    assert "dump.txt: belongs to no record; only the runner writes into the archive" in text
+    assert "lab/stray.manifest.json: manifest is not in the ledger" in text
+    assert "deep/er/x/y.manifest.json: manifest is not in the ledger" in text
+    assert "linked.manifest.json: a symbolic link" in text and "linkdir: a symbolic link" in text
+
+
+def test_a_manifest_replaced_by_a_symlink_is_reported(filled, tmp_path):
+    archive, paths = filled
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(paths[1].read_bytes())
+    paths[1].unlink()
+    paths[1].symlink_to(copy)
+    assert any("record 2" in p and "is a symbolic link" in p for p in archive.verify().problems)
+
+
+def test_a_corrupt_index_is_reported_and_rebuilt_never_a_traceback(filled):
+    archive, _ = filled
+    (archive.root / "index.sqlite").write_bytes(b"garbage" * 1000)
+    assert any("index.sqlite is damaged" in p for p in archive.verify().problems)
+    with pytest.raises(ArchiveError, match="runbook reindex"):
+        archive.runs()
+    assert archive.reindex() == 5 and archive.moved_aside is not None
+    assert len(archive.runs()) == 5 and archive.verify().ok
+
+
+def test_a_refusal_never_erases_the_holder(archive_root):
+    archive = Archive(archive_root)
+    holder = {"operator": "alice@ws1", "pid": 4242, "run_id": "r1", "since": "2026-11-28T07:00:00"}
+    with archive.run_lock("prod", "02-vm-baseline", holder):
+        for _ in range(3):
+            with pytest.raises(LockedError) as info, archive.run_lock("prod", "02-vm-baseline", {"operator": "b"}):
+                pass
+            assert "alice@ws1" in str(info.value) and "pid 4242," in str(info.value)
+
+
+def test_the_lock_does_not_live_in_the_archive(tmp_path):
+    holder = {"operator": "alice@ws1", "pid": 4242, "run_id": "r1"}
+    with Archive(tmp_path / "one").run_lock("prod", "02-vm-baseline", holder), \
+            pytest.raises(LockedError, match="alice@ws1"), \
+            Archive(tmp_path / "two").run_lock("prod", "02-vm-baseline", {"operator": "bob@ws2"}):
+        pass
+
+
+def test_verify_never_sends_you_to_verify(filled):
+    archive, _ = filled
+    ledger = archive.root / "ledger.jsonl"
+    ledger.write_text(ledger.read_text() + '{"seq": 6, "run_id"\n')
+    problems = archive.verify().problems
+    assert problems and all("runbook verify" not in p for p in problems)
+    assert "ledger.jsonl line 6" in problems[0]

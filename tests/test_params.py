@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import LAB_PARAMS, delete_path, lab_data, runbook, set_path, write_params
+from conftest import LAB_PARAMS, delete_path, lab_data, resolvable_lab_data, runbook, set_path, write_params
 from runbooklib.errors import ParamsError
 from runbooklib.params import load_params, parse_params
 
@@ -82,16 +83,16 @@ def test_example_production_template_is_valid():
     assert all(not ref.is_literal for _, ref in params.secret_refs())
 
 
-def test_check_command_exits_2_and_names_field(tmp_path):
+def test_check_command_exits_2_and_names_field(tmp_path, lab_params):
     data = lab_data()
     set_path(data, "kubernetes.cluster_dns", "10.44.0.10")
     bad = write_params(tmp_path, data)
     done = runbook("check", str(bad))
     assert done.returncode == 2
     assert "kubernetes.cluster_dns" in done.stderr and str(bad) in done.stderr
-    ok = runbook("check", str(LAB_PARAMS))
+    ok = runbook("check", str(lab_params))
     assert ok.returncode == 0, ok.stderr
-    assert "valid" in ok.stdout
+    assert "valid" in ok.stdout and "every reference resolves" in ok.stdout
 
 
 def test_run_with_bad_params_exits_2_before_running(tmp_path, archive_root):
@@ -109,3 +110,117 @@ def test_hosts_helpers():
     assert [h.name for h in params.hosts_with("database")] == ["db1", "db2", "db3"]
     assert params.host("edge2").roles == ["edge"]
     assert params.path("../.lab/ssh/known_hosts") == (LAB_PARAMS.parent / "../.lab/ssh/known_hosts")
+
+
+# -- hostile files: exit 2 with file:line: field, never a traceback or a silent acceptance ----------
+
+def _lab_text_with(old: str, new: str) -> str:
+    text = LAB_PARAMS.read_text()
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+def test_duplicate_key_is_refused_naming_both_lines():
+    text = _lab_text_with("  kind: lab\n", "  kind: production\n  kind: lab\n")
+    with pytest.raises(ParamsError) as info:
+        parse_params(text, "dup.yaml")
+    (problem,) = info.value.problems
+    first = next(i for i, line in enumerate(text.splitlines(), 1) if "kind: production" in line)
+    assert problem.path == "environment.kind" and problem.line == first + 1
+    assert f"lines {first} and {first + 1}" in problem.message
+    assert f"dup.yaml:{first + 1}: environment.kind:" in str(info.value)
+
+
+def test_a_key_that_is_not_text_is_named_with_its_line():
+    text = _lab_text_with("  parallelism: 16\n", "  parallelism: 16\n  true: 1\n")
+    with pytest.raises(ParamsError) as info:
+        parse_params(text, "x.yaml")
+    (problem,) = info.value.problems
+    assert problem.path == "ssh" and "key true is not text" in problem.message and "yes/no" in problem.message
+    assert text.splitlines()[problem.line - 1].strip() == "true: 1"
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"environment:\n  name: lab\n  description: caf\xe9\n", "x.yaml:3: byte 0xe9 is not UTF-8"),
+    (b"environment: " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "nested more than 32 levels"),
+    (b"ssh:\n  parallelism: " + b"9" * 5000 + b"\n", "x.yaml:2: ssh.parallelism: a 5000-digit integer"),
+    (b"# " + b"x" * (2 << 20) + b"\n", "larger than 1024 KiB"),
+], ids=["non-utf8", "50000-deep", "5000-digit-int", "2MB"])
+def test_hostile_content_exits_2_without_a_traceback(tmp_path, content, fragment):
+    bad = tmp_path / "x.yaml"
+    bad.write_bytes(content)
+    done = runbook("check", str(bad))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert fragment in done.stderr.replace(str(tmp_path) + "/", "")
+
+
+def test_a_fifo_is_refused_instead_of_blocking(tmp_path):
+    fifo = tmp_path / "params.yaml"
+    os.mkfifo(fifo)
+    done = runbook("check", str(fifo), timeout=60)
+    assert done.returncode == 2 and "is a FIFO; a parameter file must be a regular file" in done.stderr
+
+
+def test_a_directory_is_refused(tmp_path):
+    done = runbook("check", str(tmp_path))
+    assert done.returncode == 2 and "is a directory" in done.stderr
+
+
+# -- references: every secret, key and known-hosts file resolves to what its field needs ------------
+
+def test_check_reports_every_unresolvable_reference_at_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("RB_UNSET_PASSWORD", raising=False)
+    data = resolvable_lab_data(tmp_path)
+    set_path(data, "ssh.key", "file:missing/id_ed25519")
+    set_path(data, "ssh.known_hosts", "missing/known_hosts")
+    set_path(data, "registry.json_key", "file:missing/registry.json")
+    set_path(data, "database.root_password", "env:RB_UNSET_PASSWORD")
+    params = write_params(tmp_path, data)
+    done = runbook("check", str(params))
+    assert done.returncode == 2, done.stdout + done.stderr
+    for field, fragment in [("ssh.key", "missing/id_ed25519 does not exist"),
+                            ("ssh.known_hosts", "missing/known_hosts does not exist"),
+                            ("registry.json_key", "registry.json does not exist"),
+                            ("database.root_password", "environment variable RB_UNSET_PASSWORD is not set")]:
+        line = next((ln for ln in done.stderr.splitlines() if f": {field}: " in ln), "")
+        assert fragment in line, f"{field}: {done.stderr}"
+        assert f"{params}:" in line  # file:line: field
+    assert "valid" not in done.stdout
+
+
+def _private_key_text(tmp_path) -> str:
+    return (tmp_path / "ssh" / "id_ed25519").read_text()
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("vm.deploy_user.authorized_key", "file:ssh/id_ed25519", "holds a PRIVATE key"),
+    ("vm.deploy_user.authorized_key", "file:/etc/shadow", "is not a public key"),
+    ("vm.deploy_user.authorized_key", "PRIVATE", "the value holds a PRIVATE key"),
+    ("ssh.known_hosts", "/etc/shadow", "is not a known-hosts entry"),
+    ("ssh.known_hosts", "ssh/id_ed25519", "holds a PRIVATE key, not pinned host keys"),
+    ("ssh.key", "file:ssh/id_ed25519.pub", "holds a public key; give the private key"),
+    ("ssh.key", "file:/etc/shadow", "is not a private key"),
+    ("registry.json_key", "file:ssh/id_ed25519.pub", "is not JSON"),
+])
+def test_check_refuses_key_material_of_the_wrong_kind_without_showing_it(tmp_path, field, value, fragment):
+    data = resolvable_lab_data(tmp_path)
+    private = _private_key_text(tmp_path)
+    set_path(data, field, private if value == "PRIVATE" else value)
+    params = write_params(tmp_path, data)
+    done = runbook("check", str(params))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f": {field}: " in done.stderr and fragment in done.stderr, done.stderr
+    body = [ln for ln in private.splitlines() if "-----" not in ln]
+    assert not any(ln in done.stderr for ln in body), "the check printed key material"
+    if Path("/etc/shadow").exists():
+        assert not any(ln and ln in done.stderr for ln in Path("/etc/shadow").read_text().splitlines()[:3])
+
+
+def test_baseline_run_with_a_private_authorized_key_never_starts(tmp_path, archive_root):
+    data = resolvable_lab_data(tmp_path)
+    set_path(data, "vm.deploy_user.authorized_key", "file:ssh/id_ed25519")
+    params = write_params(tmp_path, data)
+    done = runbook("run", "notebooks/02-vm-baseline.ipynb", "--params", str(params), "--apply")
+    assert done.returncode == 2 and "vm.deploy_user.authorized_key" in done.stderr and "PRIVATE" in done.stderr
+    assert not archive_root.exists(), "nothing may run, lock or archive with an unusable reference"

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import LAB_PARAMS, ROOT, RUNBOOK, lab_data, make_notebook, runbook, set_path, write_params
+from conftest import ROOT, RUNBOOK, make_notebook, resolvable_lab_data, resolvable_lab_params, runbook, set_path, write_params
 
 OVERVIEW = "notebooks/00-environment-overview.ipynb"
 MANIFEST_FIELDS = {
@@ -38,17 +39,19 @@ def archive3(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive3")
     nbdir = tmp_path_factory.mktemp("nbs")
     failing = make_notebook(nbdir / "99-fails.ipynb", *FAILING)
-    env = {"RUNBOOK_OPERATOR": "tester@ci"}  # module fixtures run outside the per-test environment
+    params = str(resolvable_lab_params(tmp_path_factory.mktemp("params")))
+    # module fixtures run outside the per-test environment
+    env = {"RUNBOOK_OPERATOR": "tester@ci", "RUNBOOK_LOCK_DIR": str(tmp_path_factory.mktemp("locks"))}
     results = [
-        runbook("--archive", str(root), "run", OVERVIEW, "--params", "params/lab.yaml", env=env),
-        runbook("--archive", str(root), "run", str(failing), "--params", "params/lab.yaml", env=env),
-        runbook("--archive", str(root), "run", OVERVIEW, "--params", "params/lab.yaml", env=env),
+        runbook("--archive", str(root), "run", OVERVIEW, "--params", params, env=env),
+        runbook("--archive", str(root), "run", str(failing), "--params", params, env=env),
+        runbook("--archive", str(root), "run", OVERVIEW, "--params", params, env=env),
     ]
-    return root, results
+    return root, results, Path(params)
 
 
 def test_overview_run_is_archived_with_every_field(archive3):
-    root, (first, _, _) = archive3
+    root, (first, _, _), params = archive3
     assert first.returncode == 0, first.stderr
     m = manifests(root)[0]
     assert MANIFEST_FIELDS <= set(m)
@@ -57,7 +60,7 @@ def test_overview_run_is_archived_with_every_field(archive3):
     assert m["environment"] == {"name": "lab", "kind": "lab", "data_country": "RU"}
     assert m["simulated"] is True and m["mode"] == "plan" and m["changes"] == []
     assert m["operator"] == "tester@ci"
-    assert m["params"]["sha256"] == __import__("hashlib").sha256(LAB_PARAMS.read_bytes()).hexdigest()
+    assert m["params"]["sha256"] == __import__("hashlib").sha256(params.read_bytes()).hexdigest()
     assert "lab-root-password" not in m["params"]["content_redacted"]
     assert "[redacted:database.root_password]" in m["params"]["content_redacted"]
     assert len(m["git"]["commit"] or "") == 40
@@ -78,7 +81,7 @@ def test_overview_run_is_archived_with_every_field(archive3):
 
 
 def test_failed_notebook_is_archived_with_its_error(archive3):
-    root, (_, failed, _) = archive3
+    root, (_, failed, _), _ = archive3
     assert failed.returncode == 1
     m = manifests(root)[1]
     assert m["status"] == "failed"
@@ -95,7 +98,7 @@ def test_failed_notebook_is_archived_with_its_error(archive3):
 
 
 def test_show_prints_the_manifest(archive3):
-    root, _ = archive3
+    root = archive3[0]
     m = manifests(root)[2]
     shown = runbook("--archive", str(root), "show", m["run_id"][:20])
     assert shown.returncode == 0
@@ -109,7 +112,7 @@ def _tampered(root: Path, tmp_path: Path) -> Path:
 
 
 def test_verify_passes_then_fails_after_a_byte_changes(archive3, tmp_path):
-    root, _ = archive3
+    root = archive3[0]
     ok = runbook("--archive", str(root), "verify")
     assert ok.returncode == 0 and "3 records" in ok.stdout
     copy = _tampered(root, tmp_path)
@@ -148,19 +151,18 @@ def test_secret_canary_never_reaches_the_archive_or_the_terminal(tmp_path, archi
     """Unique random secrets, a notebook that prints them every way it can, then a byte search."""
     canaries = {"env": "envcanary" + secrets.token_hex(12), "file": "filecanary" + secrets.token_hex(12)}
     (tmp_path / "key.json").write_text('{"private_key": "' + canaries["file"] + '"}\n')
-    data = lab_data()
+    data = resolvable_lab_data(tmp_path)
     set_path(data, "environment.kind", "staging")
     set_path(data, "database.root_password", "env:RB_CANARY")
     set_path(data, "database.replication_password", "file:key.json")
     set_path(data, "logging.password", "env:RB_CANARY")
-    set_path(data, "registry.json_key", "file:key.json")
     params = write_params(tmp_path, data)
     nb = make_notebook(
         tmp_path / "leaky.ipynb",
         "import base64, logging, runbooklib\n"
         "run = runbooklib.open_run(params_file, run_id=run_id, apply=apply)\n"
         "pw = run.params.secret('database.root_password').reveal()\n"
-        "key = run.params.secret('registry.json_key').reveal()",
+        "key = run.params.secret('database.replication_password').reveal()",
         "print('plain:', pw, key)\n"
         "print('b64:', base64.b64encode(pw.encode()).decode(), base64.b64encode(key.encode()).decode())\n"
         "print('blob:', base64.b64encode(b'{\"auths\": {\"x\": ' + key.encode() + b'}}').decode())\n"
@@ -195,7 +197,82 @@ def test_secret_canary_never_reaches_the_archive_or_the_terminal(tmp_path, archi
     assert m["changes"][0]["operation"] == "set root password to [redacted:database.root_password]"
 
 
-def test_second_concurrent_run_is_refused(tmp_path, archive_root):
+def _written_forms(value: str) -> dict[str, str]:
+    """How a value looks once written out: the forms no record and no terminal may hold."""
+    import html
+    import urllib.parse
+
+    return {"plain": value, "base64": base64.b64encode(value.encode()).decode().rstrip("="),
+            "base64-urlsafe": base64.urlsafe_b64encode(value.encode()).decode().rstrip("="),
+            "json-escaped": json.dumps(value)[1:-1], "html-escaped": html.escape(value),
+            "html-escaped-markupsafe": html.escape(value).replace("&#x27;", "&#39;").replace("&quot;", "&#34;"),
+            "url-encoded": urllib.parse.quote(value, safe=""), "hex": value.encode().hex(), "repr": repr(value)[1:-1]}
+
+
+def test_structured_secrets_in_every_form_never_reach_the_record_or_the_terminal(tmp_path, archive_root):
+    """A service-account key on one line (\\n escapes) taken apart by the cell, a lab literal with
+    & < > " written with a YAML escape, a folded literal, each printed in every encoding, and one
+    printed in two writes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    (tmp_path / "sa.json").write_text(json.dumps({"type": "service_account", "private_key": pem,
+                                                  "client_email": "puller@lab.iam.gserviceaccount.com"}) + "\n")
+    pw = 'Pw&<x>"q' + secrets.token_hex(8)
+    fold_a, fold_b = "foldcanary" + secrets.token_hex(6), "tail" + secrets.token_hex(6)
+    data = resolvable_lab_data(tmp_path)
+    set_path(data, "registry.json_key", "file:sa.json")
+    set_path(data, "database.root_password", "PW-PLACEHOLDER")
+    set_path(data, "logging.password", "FOLD-PLACEHOLDER")
+    params = write_params(tmp_path, data)
+    written_pw = '"' + pw.replace('"', '\\"').replace("&", "\\x26") + '"'
+    params.write_text(params.read_text().replace("PW-PLACEHOLDER", written_pw)
+                      .replace("FOLD-PLACEHOLDER", f">-\n    {fold_a}\n    {fold_b}"))
+    nb = make_notebook(
+        tmp_path / "leaky-shapes.ipynb",
+        "import base64, html, json, sys, urllib.parse, runbooklib\n"
+        "run = runbooklib.open_run(params_file, run_id=run_id, apply=apply)\n"
+        "pw = run.params.secret('database.root_password').reveal()\n"
+        "fold = run.params.secret('logging.password').reveal()\n"
+        "key = json.loads(run.params.secret('registry.json_key').reveal())['private_key']",
+        "print(key)\nprint(repr(key))\nprint(json.dumps(key))\n"
+        "for v in (pw, fold):\n"
+        "    print(v, repr(v), json.dumps(v), urllib.parse.quote(v, safe=''), v.encode().hex(), html.escape(v))\n"
+        "display({'text/html': f'<table><tr><td>{html.escape(pw)}</td></tr></table>'}, raw=True)\n"
+        "display({'image/svg+xml': f'<svg xmlns=\"http://www.w3.org/2000/svg\"><text>{html.escape(pw)}</text></svg>'}, raw=True)\n"
+        "sys.stdout.write(pw[:9]); sys.stdout.flush()\n"
+        "import time; time.sleep(0.5)\n"
+        "sys.stdout.write(pw[9:] + '\\n'); sys.stdout.flush()\n"
+        "run.record_change('db1', json.dumps({'password': pw}), urllib.parse.quote(pw))",
+        "raise RuntimeError('login failed for ' + pw.encode().hex() + ' ' + json.dumps(pw))",
+    )
+    done = runbook("run", str(nb), "--params", str(params))
+    assert done.returncode == 1, done.stderr[-3000:]  # the last cell fails on purpose; the record is kept
+    files = [p for p in archive_root.rglob("*") if p.is_file() and ".locks" not in p.parts]
+    assert any(p.suffix == ".ipynb" for p in files) and any(p.suffix == ".html" for p in files)
+    body = [ln for ln in pem.splitlines() if ln and "-----" not in ln and len(ln) >= 16]
+    needles = {}
+    shapes = [("pw", pw), ("fold", f"{fold_a} {fold_b}"), ("fold-line", fold_a)]
+    for name, value in shapes + [(f"pem line {i}", ln) for i, ln in enumerate(body)]:
+        for form, text in _written_forms(value).items():
+            needles[f"{name} as {form}"] = text
+    for path in files:
+        blob = path.read_text(errors="replace")
+        found = [n for n, text in needles.items() if text in blob]
+        assert not found, f"{path.name} holds {found[:5]}"
+    for stream in (done.stdout, done.stderr):
+        found = [n for n, text in needles.items() if text in stream]
+        assert not found, f"the terminal showed {found[:5]}"
+    m = json.loads(next(archive_root.rglob("*.manifest.json")).read_text())
+    assert "[redacted:database.root_password]" in m["changes"][0]["action"]
+    assert m["failure"]["evalue"].startswith("login failed for [redacted:database.root_password]")
+    assert "[redacted:database.root_password]" in m["params"]["content_redacted"]
+    assert "[redacted:logging.password]" in m["params"]["content_redacted"]
+
+
+def test_second_concurrent_run_is_refused(tmp_path, archive_root, lab_params):
     started, release = tmp_path / "started", tmp_path / "release"
     nb = make_notebook(tmp_path / "10-slow.ipynb",
                        "import os, pathlib, time, runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
@@ -204,7 +281,7 @@ def test_second_concurrent_run_is_refused(tmp_path, archive_root):
                        "deadline = time.time() + 120\n"
                        "while not os.path.exists(os.environ['RB_RELEASE']) and time.time() < deadline:\n"
                        "    time.sleep(0.1)")
-    first = subprocess.Popen([*RUNBOOK, "run", str(nb), "--params", str(LAB_PARAMS)], cwd=ROOT,
+    first = subprocess.Popen([*RUNBOOK, "run", str(nb), "--params", str(lab_params)], cwd=ROOT,
                              env=dict(os.environ, RB_RELEASE=str(release), RB_STARTED=str(started)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -215,7 +292,7 @@ def test_second_concurrent_run_is_refused(tmp_path, archive_root):
             release.touch()
             out, err = first.communicate(timeout=120)
             pytest.fail(f"the first run never reached its notebook (exit {first.returncode}):\n{err[-3000:]}")
-        second = runbook("run", str(nb), "--params", str(LAB_PARAMS))
+        second = runbook("run", str(nb), "--params", str(lab_params))
         if second.returncode != 3:
             release.touch()
             out, err = first.communicate(timeout=120)
@@ -230,7 +307,7 @@ def test_second_concurrent_run_is_refused(tmp_path, archive_root):
     assert len((archive_root / "ledger.jsonl").read_text().splitlines()) == 1  # only the first was archived
 
 
-def test_plan_then_apply_records_changes(tmp_path, archive_root):
+def test_plan_then_apply_records_changes(tmp_path, archive_root, lab_params):
     nb = make_notebook(
         tmp_path / "20-change.ipynb",
         "import runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
@@ -242,8 +319,8 @@ def test_plan_then_apply_records_changes(tmp_path, archive_root):
         "outcome = run.confirm(plan, act)\n"
         "print('outcome', outcome.status)",
     )
-    plan = runbook("run", str(nb), "--params", str(LAB_PARAMS))
-    applied = runbook("run", str(nb), "--params", str(LAB_PARAMS), "--apply")
+    plan = runbook("run", str(nb), "--params", str(lab_params))
+    applied = runbook("run", str(nb), "--params", str(lab_params), "--apply")
     assert plan.returncode == 0 and applied.returncode == 0, applied.stderr
     first, second = manifests(archive_root)
     assert first["mode"] == "plan" and first["changes"] == []
@@ -254,10 +331,10 @@ def test_plan_then_apply_records_changes(tmp_path, archive_root):
     assert "changed: edge1  motd: write /etc/motd" in applied.stderr  # a line per change as it happens
 
 
-def test_timeout_fails_the_run_and_keeps_the_record(tmp_path, archive_root):
+def test_timeout_fails_the_run_and_keeps_the_record(tmp_path, archive_root, lab_params):
     nb = make_notebook(tmp_path / "30-hangs.ipynb", "import time\ntime.sleep(60)")
     t0 = time.monotonic()
-    done = runbook("run", str(nb), "--params", str(LAB_PARAMS), "--timeout", "3")
+    done = runbook("run", str(nb), "--params", str(lab_params), "--timeout", "3")
     assert time.monotonic() - t0 < 45
     assert done.returncode == 1
     (m,) = manifests(archive_root)
@@ -265,13 +342,13 @@ def test_timeout_fails_the_run_and_keeps_the_record(tmp_path, archive_root):
     assert "timed out while it was being executed, after 3 seconds" in m["failure"]["evalue"]
 
 
-def test_not_a_notebook_is_refused_before_anything(tmp_path, archive_root):
-    done = runbook("run", str(tmp_path / "missing.ipynb"), "--params", str(LAB_PARAMS))
-    assert done.returncode == 1 and "not a notebook file" in done.stderr
+def test_not_a_notebook_is_refused_before_anything(tmp_path, archive_root, lab_params):
+    done = runbook("run", str(tmp_path / "missing.ipynb"), "--params", str(lab_params))
+    assert done.returncode == 2 and "not a notebook file" in done.stderr
     assert not archive_root.exists()
 
 
-def test_a_secret_that_survives_scrubbing_stops_the_archive(tmp_path, archive_root, monkeypatch):
+def test_a_secret_that_survives_scrubbing_stops_the_archive(tmp_path, archive_root, lab_params, monkeypatch):
     """The last line of defence: if scrubbing ever missed a form, nothing is written at all."""
     from runbooklib.errors import ArchiveError
     from runbooklib.runner import run_notebook
@@ -283,5 +360,147 @@ def test_a_secret_that_survives_scrubbing_stops_the_archive(tmp_path, archive_ro
     monkeypatch.setattr(Redactor, "scrub", lambda self, text: text)  # a scrubber bug, simulated
     monkeypatch.setattr(Redactor, "scrub_obj", lambda self, obj: obj)
     with pytest.raises(ArchiveError, match="still holds secret database.root_password"):
-        run_notebook(nb, LAB_PARAMS, archive_root=archive_root, stream=None)
+        run_notebook(nb, lab_params, archive_root=archive_root, stream=None)
     assert not list(archive_root.rglob("*.ipynb")) and not (archive_root / "ledger.jsonl").exists()
+
+
+# -- runs end in many ways; each leaves a record ----------------------------------------------------
+
+SLOW_CHANGE = (
+    "import os, pathlib, time, runbooklib\n"
+    "run = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+    "run.record_change('db1', 'set read_only', 'before the long step')\n"
+    "pathlib.Path(os.environ['RB_STARTED']).touch()\n"
+    "time.sleep(120)",
+)
+
+
+def _start_slow_run(tmp_path, lab_params, archive_root):
+    started = tmp_path / "started"
+    nb = make_notebook(tmp_path / "50-slow-change.ipynb", *SLOW_CHANGE)
+    # a session of its own: signals go to the runner alone, as `kill PID` would send them
+    proc = subprocess.Popen([*RUNBOOK, "run", str(nb), "--params", str(lab_params), "--apply"], cwd=ROOT,
+                            env=dict(os.environ, RB_STARTED=str(started)), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not started.exists() and proc.poll() is None:
+        time.sleep(0.1)
+    if not started.exists():
+        proc.kill()
+        pytest.fail(f"the run never reached its slow cell:\n{proc.communicate()[1][-3000:]}")
+    return proc
+
+
+def _alive(pid) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGHUP", "kill -INT"])
+def test_a_signal_ends_the_run_with_an_interrupted_record(tmp_path, archive_root, lab_params, sig, code):
+    proc = _start_slow_run(tmp_path, lab_params, archive_root)
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the runner did not end within 90 s of {sig.name}")
+    assert proc.returncode == code, err[-3000:]
+    (m,) = manifests(archive_root)
+    assert m["status"] == "interrupted" and m["failure"]["ename"] == sig.name, m["failure"]
+    assert m["mode"] == "apply" and [c["action"] for c in m["changes"]] == ["set read_only"]
+    assert "interrupted" in err and "chain head: 1:" in err
+    kernel = m["versions"]["kernel"]["pid"]
+    deadline = time.monotonic() + 15
+    while _alive(kernel) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(kernel), "the kernel outlived the run"
+    assert not list((archive_root / ".journal").iterdir()), "the journal of an archived run must go"
+    from runbooklib.archive import run_lock
+
+    with run_lock("lab", "50-slow-change", {"operator": "next"}):  # released
+        pass
+    assert runbook("verify").returncode == 0
+
+
+def test_a_killed_run_is_archived_by_the_next_command(tmp_path, archive_root, lab_params):
+    proc = _start_slow_run(tmp_path, lab_params, archive_root)
+    (folder,) = (archive_root / ".journal").iterdir()  # under the archive, not lost in /tmp
+    journal = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+    kernel = next(e["pid"] for e in journal if e["event"] == "kernel")
+    proc.kill()  # SIGKILL: nothing can be caught
+    proc.communicate(timeout=30)
+    try:
+        os.kill(kernel, signal.SIGKILL)  # an orphaned kernel would sleep on; not the point here
+    except ProcessLookupError:
+        pass
+    assert not (archive_root / "ledger.jsonl").exists()
+    listed = runbook("runs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "never finished; archived as killed with 1 journaled change(s)" in listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["status"] == "killed" and row["run_id"] == folder.name and row["mode"] == "apply"
+    (m,) = manifests(archive_root)
+    assert m["failure"]["ename"] == "Killed" and [c["host"] for c in m["changes"]] == ["db1"]
+    assert m["files"]["journal"]["path"].endswith(".journal.jsonl")
+    assert not folder.exists()
+    assert runbook("verify").returncode == 0
+    again = runbook("runs", "--json")  # archived once, not at every command
+    assert len(json.loads(again.stdout)) == 1 and "never finished" not in again.stderr
+
+
+def test_a_damaged_archive_is_refused_before_the_notebook_starts(tmp_path, archive_root, lab_params):
+    marker = tmp_path / "ran"
+    nb = make_notebook(tmp_path / "60-marks.ipynb", f"open({str(marker)!r}, 'w').close()")
+    assert runbook("run", str(nb), "--params", str(lab_params)).returncode == 0
+    ledger = archive_root / "ledger.jsonl"
+    good = ledger.read_bytes()
+    ledger.write_bytes(good + good[: len(good) // 2])  # a second line cut short by a crash
+    marker.unlink()
+    cut = runbook("run", str(nb), "--params", str(lab_params), "--apply")
+    assert cut.returncode == 2 and "cannot take a record, so nothing was run" in cut.stderr
+    assert "line 2 is cut short" in cut.stderr and "Traceback" not in cut.stderr
+    assert not marker.exists()
+    ledger.write_bytes(good)
+    (archive_root / "index.sqlite").write_bytes(b"this is not a database" * 100)
+    corrupt = runbook("run", str(nb), "--params", str(lab_params), "--apply")
+    assert corrupt.returncode == 2 and "index.sqlite is damaged" in corrupt.stderr and "runbook reindex" in corrupt.stderr
+    assert not marker.exists() and "Traceback" not in corrupt.stderr
+    assert len(list(archive_root.rglob("*.ipynb"))) == 1  # no record without a manifest
+    for command in (("runs",), ("verify",)):
+        done = runbook(*command)
+        assert done.returncode == 1 and "index.sqlite is damaged" in done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+    fixed = runbook("reindex")
+    assert fixed.returncode == 0 and "moved to" in fixed.stdout
+    assert runbook("run", str(nb), "--params", str(lab_params)).returncode == 0 and marker.exists()
+
+
+def test_a_refused_run_keeps_the_holder_named_and_two_archives_share_the_lock(tmp_path, lab_params):
+    started, release = tmp_path / "started", tmp_path / "release"
+    nb = make_notebook(tmp_path / "10-slow.ipynb",
+                       "import os, pathlib, time\n"
+                       "pathlib.Path(os.environ['RB_STARTED']).touch()\n"
+                       "deadline = time.time() + 120\n"
+                       "while not os.path.exists(os.environ['RB_RELEASE']) and time.time() < deadline:\n"
+                       "    time.sleep(0.1)")
+    first = subprocess.Popen([*RUNBOOK, "--archive", str(tmp_path / "a1"), "run", str(nb), "--params", str(lab_params)],
+                             cwd=ROOT, env=dict(os.environ, RB_RELEASE=str(release), RB_STARTED=str(started)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not started.exists() and first.poll() is None:
+            time.sleep(0.1)
+        assert started.exists(), first.communicate(timeout=60)[1][-2000:] if first.poll() is not None else "slow"
+        for archive in ("a2", "a1", "a3"):  # another archive folder is no way around the lock
+            refused = runbook("--archive", str(tmp_path / archive), "run", str(nb), "--params", str(lab_params))
+            assert refused.returncode == 3, refused.stderr[-2000:]
+            assert f"pid {first.pid}," in refused.stderr and "tester@ci" in refused.stderr, refused.stderr
+    finally:
+        release.touch()
+        first.communicate(timeout=120)
+    assert first.returncode == 0
+

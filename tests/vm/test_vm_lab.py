@@ -60,12 +60,12 @@ def test_preflight_finds_the_failures_the_lab_really_has(lab, tmp_path):
     for check in failures(checks.evaluate(params, gathered)):
         found.setdefault(check.host, set()).add(check.rule)
     assert found == FRESH_FAILURES
-    done = runbook("--archive", str(tmp_path), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file))
+    done = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file))
     assert done.returncode == 4, done.stderr[-3000:]  # ran to its end; the verdict is "not ready"
     m = manifest(done.stderr)
     assert m["status"] == "succeeded" and m["changes"] == [] and m["simulated"] is True
     assert m["verdict"]["verdict"] == "not ready" and len(m["verdict"]["problems"]) == len(FRESH_FAILURES)
-    report = runbook("--archive", str(tmp_path), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file),
+    report = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file),
                      "--allow-not-ready")
     assert report.returncode == 0, report.stderr[-3000:]
 
@@ -75,13 +75,13 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
     host_forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     with Fleet.from_params(params, progress=None) as fleet:
         before = fingerprint(fleet)
-        plan = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params", str(lab.params_file))
+        plan = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/02-vm-baseline.ipynb", "--params", str(lab.params_file))
         assert plan.returncode == 0, plan.stderr[-3000:]
         assert "PLAN mode: nothing was changed" in plan.stderr
         assert fingerprint(fleet) == before
         assert manifest(plan.stderr)["changes"] == []
 
-        applied = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params",
+        applied = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/02-vm-baseline.ipynb", "--params",
                           str(lab.params_file), "--apply")
         assert applied.returncode == 0, applied.stderr[-3000:]
         changes = manifest(applied.stderr)["changes"]
@@ -92,12 +92,12 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
         assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == host_forwarding
         assert not Path("/etc/sysctl.d/90-kubernetes.conf").exists()
 
-        again = runbook("--archive", str(tmp_path), "run", "notebooks/02-vm-baseline.ipynb", "--params",
+        again = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/02-vm-baseline.ipynb", "--params",
                         str(lab.params_file), "--apply")
         assert again.returncode == 0, again.stderr[-3000:]
         assert manifest(again.stderr)["changes"] == []
         assert "Nothing to change" in again.stderr
-    verify = runbook("--archive", str(tmp_path), "verify")
+    verify = runbook("--archive", str(tmp_path / "archive"), "verify")
     assert verify.returncode == 0 and "3 records" in verify.stdout
 
 
