@@ -266,7 +266,7 @@ def test_structured_secrets_in_every_form_never_reach_the_record_or_the_terminal
         found = [n for n, text in needles.items() if text in stream]
         assert not found, f"the terminal showed {found[:5]}"
     m = json.loads(next(archive_root.rglob("*.manifest.json")).read_text())
-    assert "[redacted:database.root_password]" in m["changes"][0]["action"]
+    assert "[redacted:database.root_password]" in m["changes"][0]["operation"]
     assert m["failure"]["evalue"].startswith("login failed for [redacted:database.root_password]")
     assert "[redacted:database.root_password]" in m["params"]["content_redacted"]
     assert "[redacted:logging.password]" in m["params"]["content_redacted"]
@@ -411,7 +411,7 @@ def test_a_signal_ends_the_run_with_an_interrupted_record(tmp_path, archive_root
     assert proc.returncode == code, err[-3000:]
     (m,) = manifests(archive_root)
     assert m["status"] == "interrupted" and m["failure"]["ename"] == sig.name, m["failure"]
-    assert m["mode"] == "apply" and [c["action"] for c in m["changes"]] == ["set read_only"]
+    assert m["mode"] == "apply" and [c["operation"] for c in m["changes"]] == ["set read_only"]
     assert "interrupted" in err and "chain head: 1:" in err
     kernel = m["versions"]["kernel"]["pid"]
     deadline = time.monotonic() + 15

@@ -249,6 +249,8 @@ def build(component: str, version: str, moddir: Path) -> None:
         if present(component, version):
             log(f"{component} {version}: present in {final}")
             return
+        for stale in root.glob(f".tmp-{component}-{version}-*"):  # left by a killed run; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         t0 = time.monotonic()
         version_seen, flags, info = ldflags(component, moddir)
         assert version_seen == version, (version_seen, version)
