@@ -14,6 +14,7 @@ or an error per host, each naming its host, while a progress bar ticks once per 
 from __future__ import annotations
 
 import io
+import select
 import socket
 import threading
 import time
@@ -40,6 +41,11 @@ class HostKeyError(HostError):
 
 class Unreachable(HostError):
     """The host did not answer on its SSH port in time."""
+
+
+@dataclass
+class _Deadline(Exception):
+    """A command's deadline passed (ssh.command_timeout)."""
 
 
 @dataclass
@@ -155,6 +161,11 @@ class Fleet:
                 raise HostKeyError(host.name, (
                     f"{host.address}:{host.ssh_port} has no pinned key in {self.known_hosts}; add the VM's "
                     "verified key there (keys are never trusted on first use). Nothing was run on this host.")) from None
+            if "No existing session" in str(e) or "protocol banner" in str(e) or "authentication timeout" in str(e).lower():
+                raise Unreachable(host.name, (
+                    f"{host.address}:{host.ssh_port} accepted the connection but its SSH server did not complete the "
+                    f"handshake within {self.ssh.connect_timeout:g} s (ssh.connect_timeout); sshd is stalled or the "
+                    "host is overloaded. Nothing was run on this host.")) from None
             raise HostError(host.name, f"SSH to {host.address}:{host.ssh_port} failed: {e}") from None
         except paramiko.ssh_exception.NoValidConnectionsError:
             raise Unreachable(host.name, f"connection refused at {host.address}:{host.ssh_port}: nothing listens "
@@ -171,23 +182,66 @@ class Fleet:
         return conn
 
     def run_on(self, host: Host, command: str, timeout: float | None = None) -> HostResult:
-        """Run ``command`` on one host; errors come back in the result, naming the host."""
+        """Run ``command`` on one host; errors come back in the result, naming the host.
+
+        The command is bounded by ``timeout`` (default ``ssh.command_timeout``) whatever the network
+        does: a host whose link goes down mid-command is reported after the deadline, and its
+        connection is dropped so that the next command reconnects.
+        """
         t0 = time.monotonic()
+        limit = timeout or self.ssh.command_timeout
         try:
             conn = self.connection(host)
-            r = conn.run(command, timeout=timeout or self.ssh.command_timeout)
-            return HostResult(host.name, r.exited == 0, r.stdout, r.stderr, r.exited,
-                              "" if r.exited == 0 else f"{command.split()[0]!r} exited {r.exited}: "
-                                                       f"{r.stderr.strip()[-300:]}", time.monotonic() - t0)
+            code, out, err = self._exec(conn, command, limit)
+            return HostResult(host.name, code == 0, out, err, code,
+                              "" if code == 0 else f"{command.split()[0]!r} exited {code}: {err.strip()[-300:]}",
+                              time.monotonic() - t0)
         except HostError as e:
             return HostResult(host.name, False, error=str(e), seconds=time.monotonic() - t0)
-        except Exception as e:  # invoke's CommandTimedOut, a dropped transport, ...
+        except _Deadline:
             self._drop(host.name)
-            name = type(e).__name__
-            text = f"{name}: {e}" if str(e) else name
-            if name == "CommandTimedOut":
-                text = f"command did not finish within {timeout or self.ssh.command_timeout:g} s"
-            return HostResult(host.name, False, error=f"{host.name}: {text}", seconds=time.monotonic() - t0)
+            return HostResult(host.name, False, error=(
+                f"{host.name}: command did not finish within {limit:g} s (ssh.command_timeout); the host stopped "
+                "answering or the command hangs. The connection was dropped; check the host and re-run"),
+                seconds=time.monotonic() - t0)
+        except (paramiko.SSHException, OSError, EOFError) as e:  # a transport that died under the command
+            self._drop(host.name)
+            text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            return HostResult(host.name, False, error=f"{host.name}: connection lost during the command ({text})",
+                              seconds=time.monotonic() - t0)
+
+    @staticmethod
+    def _exec(conn, command: str, limit: float) -> tuple[int, str, str]:
+        """Execute on an open connection's transport with a deadline on every wait (not invoke's runner).
+
+        A channel read on a link that went down blocks until TCP gives up (many minutes); here each
+        wait is a select bounded by what is left of ``limit``.
+        """
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("the connection is closed")
+        deadline = time.monotonic() + limit
+        chan = transport.open_session(timeout=limit)
+        try:
+            chan.exec_command(command)
+            chan.shutdown_write()  # no stdin: a command that reads it sees end of file
+            out, err = bytearray(), bytearray()
+            while True:
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _Deadline()
+                if not transport.is_active():
+                    raise paramiko.SSHException("the transport closed")
+                select.select([chan], [], [], min(left, 0.5))
+            return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
+        finally:
+            chan.close()
 
     def put(self, host: Host, local: str | Path, remote: str, mode: int = 0o644) -> None:
         """Copy a local file to ``host`` over SFTP (the parent folder must exist)."""

@@ -223,3 +223,30 @@ def test_down_leaves_nothing_behind_even_after_a_failed_up(tmp_path):
             continue
         assert state == "Z", f"process {pid} is still alive"
     assert lab.down() == []  # and a second down has nothing to do
+
+
+def test_a_link_cut_mid_command_is_bounded_by_command_timeout_and_names_the_host(lab):
+    """The hang seen before: a host's link cut after its connection opened held a run for minutes."""
+    import threading
+    import time
+
+    params = load_params(lab.params_file)
+    fleet = Fleet(params.hosts, params.ssh.model_copy(update={"command_timeout": 5.0}), params.source_dir, progress=None)
+    timer = threading.Timer(1.0, lab.cut, args=("w1",))
+    try:
+        assert fleet.run("true").ok  # every connection is open before the cut
+        timer.start()
+        t0 = time.monotonic()
+        results = fleet.run("sleep 3; echo done")
+        elapsed = time.monotonic() - t0
+    finally:
+        timer.join()
+        lab.heal("w1")
+    try:
+        assert 4.5 < elapsed < 15, elapsed
+        assert not results["w1"].ok
+        assert results["w1"].error.startswith("w1: command did not finish within 5 s (ssh.command_timeout)")
+        assert {h: r.stdout.strip() for h, r in results.items() if h != "w1"} == {"cp1": "done", "db1": "done", "edge1": "done"}
+        assert fleet.run_on(host(fleet, "w1"), "echo back").stdout.strip() == "back"  # reconnects after the heal
+    finally:
+        fleet.close()
