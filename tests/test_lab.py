@@ -248,5 +248,13 @@ def test_a_link_cut_mid_command_is_bounded_by_command_timeout_and_names_the_host
         assert results["w1"].error.startswith("w1: command did not finish within 5 s (ssh.command_timeout)")
         assert {h: r.stdout.strip() for h, r in results.items() if h != "w1"} == {"cp1": "done", "db1": "done", "edge1": "done"}
         assert fleet.run_on(host(fleet, "w1"), "echo back").stdout.strip() == "back"  # reconnects after the heal
+        # cut while idle: the next command cannot even open its channel on the open connection
+        lab.cut("w1")
+        t0 = time.monotonic()
+        idle = fleet.run("echo up")
+        assert time.monotonic() - t0 < 15
+        assert not idle["w1"].ok and idle["w1"].error.startswith("w1: ")
+        assert all(r.ok for h, r in idle.items() if h != "w1")
     finally:
+        lab.heal("w1")
         fleet.close()
