@@ -370,12 +370,18 @@ class Archive:
     def _open_db(self) -> sqlite3.Connection:
         self.root.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.root / INDEX, timeout=30)
+        columns = [r[1] for r in db.execute("PRAGMA table_info(runs)")]
+        # an index written before these columns: add them (its rows show them empty; `reindex` fills them),
+        # keeping the chain head it remembers
+        for column, kind in (("changes", "INTEGER"), ("verdict", "TEXT"), ("interactive", "INTEGER"), ("reason", "TEXT")):
+            if columns and column not in columns:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
         db.executescript(
             """
             CREATE TABLE IF NOT EXISTS runs (
                 seq INTEGER PRIMARY KEY, run_id TEXT UNIQUE NOT NULL, notebook TEXT, environment TEXT,
                 status TEXT, mode TEXT, started_at TEXT, ended_at TEXT, duration_s REAL,
-                operator TEXT, manifest TEXT);
+                operator TEXT, manifest TEXT, changes INTEGER, verdict TEXT, interactive INTEGER, reason TEXT);
             CREATE INDEX IF NOT EXISTS runs_env ON runs(environment, started_at);
             CREATE INDEX IF NOT EXISTS runs_nb ON runs(notebook, started_at);
             CREATE INDEX IF NOT EXISTS runs_status ON runs(status, started_at);
@@ -390,10 +396,12 @@ class Archive:
         db = db or self._db()
         try:
             db.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (line["seq"], manifest["run_id"], manifest.get("notebook"), manifest.get("environment", {}).get("name"),
                  manifest.get("status"), manifest.get("mode"), manifest.get("started_at"), manifest.get("ended_at"),
-                 manifest.get("duration_s"), manifest.get("operator"), line["manifest"]),
+                 manifest.get("duration_s"), manifest.get("operator"), line["manifest"],
+                 len(manifest.get("changes") or []), (manifest.get("verdict") or {}).get("verdict"),
+                 int(bool(manifest.get("interactive"))), manifest.get("reason") or ""),
             )
             db.execute("INSERT INTO head VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET seq=excluded.seq, "
                        "sha256=excluded.sha256 WHERE excluded.seq >= head.seq", (line["seq"], line["sha256"]))

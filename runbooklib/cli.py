@@ -20,7 +20,8 @@ def cmd_run(args) -> int:
     from .runner import run_notebook
 
     result = run_notebook(args.notebook, args.params, apply=args.apply, timeout=args.timeout,
-                          archive_root=args.archive, stream=sys.stderr)
+                          archive_root=args.archive, stream=sys.stderr, summary_stream=sys.stdout,
+                          operator_name=args.operator, why=args.reason, no_input=args.no_input)
     if result.signal:
         return 128 + result.signal  # the shell's convention: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
     return result.exit_code(allow_not_ready=args.allow_not_ready)
@@ -73,19 +74,32 @@ def cmd_runs(args) -> int:
     if not rows:
         print("no runs match")
         return 0
-    cols = ["run_id", "environment", "notebook", "mode", "status", "started_at", "duration_s", "operator"]
-    widths = {c: max(len(c), *(len(str(r[c] if r[c] is not None else "")) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r[c] if r[c] is not None else "").ljust(widths[c]) for c in cols))
+    cols = ["run_id", "environment", "notebook", "mode", "status", "verdict", "changes", "started_at", "duration_s",
+            "operator", "reason"]
+    shown = [{c: ("" if r.get(c) is None else str(r[c])) for c in cols} for r in rows]
+    for r, row in zip(rows, shown):
+        if r.get("interactive"):
+            row["mode"] += " (interactive)"
+    widths = {c: max(len(c), *(len(row[c]) for row in shown)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
+    for row in shown:
+        print("  ".join(row[c].ljust(widths[c]) for c in cols).rstrip())
     return 0
 
 
 def cmd_show(args) -> int:
-    manifest = _archive(args).manifest(args.run)
+    archive = _archive(args)
+    manifest = archive.manifest(args.run)
     if not args.with_params:
         manifest = dict(manifest, params={k: v for k, v in manifest["params"].items() if k != "content_redacted"})
-    print(json.dumps(manifest, indent=2, sort_keys=True))
+    if args.json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+        return 0
+    from .record import describe
+
+    print(describe(manifest, archive.root))
+    if args.with_params:
+        print("\nparameter file (secrets redacted):\n" + manifest["params"].get("content_redacted", ""))
     return 0
 
 
@@ -185,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
     p.add_argument("--allow-not-ready", action="store_true",
                    help="exit 0 when the runbook ends with a bad verdict (not ready, incomplete): a report, not a gate")
+    p.add_argument("--reason", metavar="TEXT", help="why this run is made (a ticket, a change request); default $RUNBOOK_REASON")
+    p.add_argument("--operator", metavar="NAME", help="who runs it; default $RUNBOOK_OPERATOR, else user@host")
+    p.add_argument("--no-input", action="store_true", help="the archived HTML leaves the code cells out (for reviewers)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a parameter file and exit (2 when invalid)")
@@ -207,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("show", help="print one run's manifest")
+    p = sub.add_parser("show", help="one run: what, where, who, why, how it ended, what it changed (--json: the manifest)")
     p.add_argument("run", help="run id or a unique prefix")
     p.add_argument("--with-params", action="store_true", help="include the (redacted) parameter file")
+    p.add_argument("--json", action="store_true", help="the manifest as archived")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("verify", help="recompute the archive's hash chain and file hashes (exit 1 if broken)")

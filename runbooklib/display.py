@@ -141,12 +141,38 @@ class Banner:
         return f"<div style='background:{colors.get(self.tone, '#eee')};padding:6px'><table>{rows}</table></div>"
 
 
+class _Silent:
+    """A progress bar that draws nothing: headless, the per-host and per-change lines tell the story."""
+
+    def __init__(self, iterable: Iterable | None = None, total: int | None = None):
+        self.iterable, self.total, self.n = iterable, total, 0
+
+    def __iter__(self):
+        for item in self.iterable or ():
+            yield item
+            self.n += 1
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def progress(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None, headless: bool = False):
-    """A progress bar: a live widget in JupyterLab, plain text lines headless and in terminals."""
-    if headless or not in_notebook():
-        from tqdm.std import tqdm
+    """A progress bar: a live widget in JupyterLab, a text bar on a terminal, nothing in pipes and records."""
+    if in_notebook() and not headless:
+        from tqdm.auto import tqdm
 
-        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, mininterval=1.0, ascii=True, dynamic_ncols=False, ncols=90)
-    from tqdm.auto import tqdm
+        return tqdm(iterable, desc=desc, total=total)
+    if headless or not sys.stderr.isatty():
+        return _Silent(iterable, total)
+    from tqdm.std import tqdm
 
-    return tqdm(iterable, desc=desc, total=total)
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, mininterval=1.0, ascii=True, dynamic_ncols=False, ncols=90)

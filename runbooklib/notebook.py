@@ -224,7 +224,7 @@ class Run:
 
         return self._confirm_widget(len(steps), action, plan_summary(steps))
 
-    def finish(self, problems: Sequence[str] = (), verdict: str | None = None) -> str:
+    def finish(self, problems: Sequence[str] = (), verdict: str | None = None) -> None:
         """End the runbook with a verdict: the last output, journaled for the record, the runner's exit code.
 
         A verdict in :data:`BAD_VERDICTS` (``not ready``, ``incomplete``) makes ``runbook run`` exit 4
@@ -238,7 +238,6 @@ class Run:
         lines = [f"VERDICT: {verdict}" + (f" ({len(problems)} problem(s))" if problems else "")]
         lines += [f"  - {p}" for p in problems[:50]] + ([f"  ... and {len(problems) - 50} more"] if len(problems) > 50 else [])
         show("\n".join(lines))
-        return verdict
 
     def _confirm_widget(self, count: int, action: Callable[[], Any], summary: str = "") -> Confirmation:
         import ipywidgets as w

@@ -189,6 +189,9 @@ def parse_params(text: str, shown: str = "<params>", source: Path | None = None)
         params = Params.model_validate(data)
     except ValidationError as e:
         problems = [_problem_from_pydantic(err, root) for err in e.errors()]
+        # every problem at once: the cross-field rules still judge the sections that are valid
+        problems += _rules_on_what_validated(data, {err["loc"][0] for err in e.errors() if err["loc"]}, root, text, shown, source)
+        problems.sort(key=lambda pr: pr.line or 0)
         raise ParamsError(shown, problems) from None
     params._source = source or Path(shown)
     params._text = text
@@ -197,6 +200,27 @@ def parse_params(text: str, shown: str = "<params>", source: Path | None = None)
     if problems:
         raise ParamsError(shown, problems)
     return params
+
+
+def _rules_on_what_validated(data: dict, broken: set, root, text: str, shown: str, source: Path | None) -> list[Problem]:
+    """The cross-field rules' problems for a file whose structure has problems elsewhere.
+
+    Sections that failed are left out (optional ones) or replaced by a stand-in that no rule reads
+    (``ssh``); without a valid environment or inventory no rule can judge, and none is reported.
+    """
+    if broken & {"environment", "inventory"} or not isinstance(data, dict):
+        return []
+    usable = {k: v for k, v in data.items() if k not in broken and k in Params.model_fields}
+    if "ssh" in broken:
+        usable["ssh"] = {"key": "env:RUNBOOK_CHECK_PLACEHOLDER", "known_hosts": "-"}
+    try:
+        partial = Params.model_validate(usable)
+    except ValidationError:
+        return []
+    partial._source = source or Path(shown)
+    partial._text = text
+    return [Problem(pr.path, pr.message, _line_of(root, pr.path)) for pr in check_rules(partial)
+            if pr.path.split(".")[0].split("[")[0] not in broken]
 
 
 def _path_str(loc: tuple) -> str:

@@ -16,6 +16,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import secrets as _random
 import shutil
 import signal
@@ -30,7 +31,7 @@ from typing import Any, TextIO
 
 import nbformat
 
-from . import __version__, safeyaml
+from . import __version__, record, safeyaml
 from .archive import Archive, default_root, run_lock, sha256_file
 from .errors import ArchiveError, NotebookError, RunbookError
 from .notebook import BAD_VERDICTS, JOURNAL_ENV, utcnow
@@ -99,8 +100,14 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{_random.token_hex(3)}"
 
 
-def operator() -> str:
-    return os.environ.get("RUNBOOK_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+def operator(name: str | None = None) -> str:
+    """Who runs it: ``--operator``, else ``$RUNBOOK_OPERATOR``, else the local user at this machine."""
+    return name or os.environ.get("RUNBOOK_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def reason(text: str | None = None) -> str:
+    """Why it runs: ``--reason``, else ``$RUNBOOK_REASON`` (a ticket, a change request), else empty."""
+    return (text if text is not None else os.environ.get("RUNBOOK_REASON", "")).strip()
 
 
 def git_state(where: Path) -> dict:
@@ -135,6 +142,49 @@ def secret_redactor(params: Params) -> tuple[Redactor, list[str]]:
     return redactor, unresolved
 
 
+# a figure's text form, which papermill logs for every plot: the record keeps the picture itself
+_FIGURE_RESIDUE = re.compile(r"<Figure size \d+x\d+ with \d+ Axes>\n?")
+# what the kernel process says on its own stderr that an operator cannot act on
+_KERNEL_NOISE = re.compile(rb"^\[IPKernelApp\] (WARNING|ERROR) \| (.*(TCP|encryption|insecure).*|KeyboardInterrupt caught in kernel\.?)\r?\n",
+                           re.M | re.I)
+
+
+def cell_titles(nb: nbformat.NotebookNode) -> dict[int, str]:
+    """What the terminal shows as each code cell starts: ``[3/9] Facts``, keyed by papermill's cell number.
+
+    The title is the nearest markdown heading above the cell (``(continued)`` for later cells under
+    it), else the cell's first line. Papermill's injected parameters cell follows the tagged one.
+    """
+    cells: list[Any] = []
+    for cell in nb.cells:
+        cells.append(cell)
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            cells.append(None)
+    total = sum(1 for c in cells if c is None or c.cell_type == "code")
+    titles, heading, used, k = {}, "", False, 0
+    for number, cell in enumerate(cells, start=1):
+        if cell is not None and cell.cell_type == "markdown":
+            m = re.search(r"^#+\s*(.+?)\s*$", cell.source, re.M)
+            if m:
+                heading, used = m.group(1), False
+            continue
+        if cell is not None and cell.cell_type != "code":
+            continue
+        k += 1
+        if cell is None:
+            title = "parameters (injected by the runner)"
+        elif "parameters" in cell.get("metadata", {}).get("tags", []):
+            title = "parameters (the notebook's defaults)"
+        elif heading:
+            title = heading + (" (continued)" if used else "")
+            used = True
+        else:
+            first = next((ln.strip() for ln in cell.source.splitlines() if ln.strip() and not ln.strip().startswith("#")), "")
+            title = first[:70] or "(empty cell)"
+        titles[number] = f"[{k}/{total}] {title}"
+    return titles
+
+
 class _StreamFilter(logging.Filter):
     """Scrubs secrets from papermill's log stream and trims its per-cell banners.
 
@@ -143,18 +193,29 @@ class _StreamFilter(logging.Filter):
     comes (or the cell ends) and scrubs whole lines only.
     """
 
-    def __init__(self, redactor: Redactor):
+    def __init__(self, redactor: Redactor, titles: dict[int, str] | None = None):
         super().__init__()
         self.redactor = redactor
+        self.titles = titles or {}  # papermill's cell number -> "[k/n] title" (code cells only)
         self._pending: dict[int, str] = {}  # by level: stdout is logged as INFO, stderr as WARNING
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
+        if text.startswith(("Executing notebook with kernel", "Working directory:")):
+            return False  # papermill's preamble: the summary says which notebook and kernel ran
         if text.startswith(("Executing Cell", "Ending Cell", "Output Notebook", "Input Notebook")):
             held = self.drain()
-            if not held:
-                return False
-            return self._emit(record, held)
+            number = re.match(r"Executing Cell (\d+)", text)
+            title = self.titles.get(int(number.group(1))) if number else None
+            if held:
+                self._emit(record, held)
+                if title:
+                    record.msg += "\n" + title
+                return True
+            if title:
+                record.msg, record.args = title, ()
+                return True
+            return False
         text = self._pending.pop(record.levelno, "") + text
         cut = max(text.rfind("\n"), text.rfind("\r")) + 1  # progress bars redraw with \r
         if cut < len(text):
@@ -170,7 +231,7 @@ class _StreamFilter(logging.Filter):
         return held
 
     def _emit(self, record: logging.LogRecord, text: str) -> bool:
-        text = self.redactor.scrub(text.rstrip("\n"))
+        text = _FIGURE_RESIDUE.sub("", self.redactor.scrub(text.rstrip("\n"))).rstrip("\n")
         record.msg = "\n".join("  | " + line for line in text.splitlines()) if text else "  |"
         record.args = ()
         return True
@@ -203,7 +264,9 @@ def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
                     pending += chunk
                     cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1  # progress bars redraw with \r
                     if cut:
-                        os.write(saved, redactor.scrub(pending[:cut].decode(errors="replace")).encode())
+                        lines = _KERNEL_NOISE.sub(b"", pending[:cut])
+                        if lines:
+                            os.write(saved, redactor.scrub(lines.decode(errors="replace")).encode())
                         pending = pending[cut:]
             if pending:
                 os.write(saved, redactor.scrub(pending.decode(errors="replace")).encode())
@@ -285,17 +348,22 @@ class _HtmlRenderer:
         exporter.from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm-up")]))
         self._exporter = exporter
 
-    def render(self, nb: nbformat.NotebookNode) -> str:
+    def render(self, nb: nbformat.NotebookNode, title: str = "", no_input: bool = False) -> str:
+        """The notebook as one HTML page named ``title``; ``no_input`` leaves the code out (for reviewers)."""
         self._thread.join()
         if self._exporter is None:  # the warm-up failed; render the slow way and let errors surface
             self._warm()
-        body, _ = self._exporter.from_notebook_node(nb)
+        self._exporter.exclude_input = no_input
+        self._exporter.exclude_input_prompt = no_input
+        body, _ = self._exporter.from_notebook_node(nb, resources={"metadata": {"name": title or "runbook record"}})
         return body
 
 
 def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool = False,
                  timeout: float | None = None, archive_root: str | Path | None = None,
-                 stream: TextIO | None = sys.stderr, kernel_name: str | None = None) -> RunResult:
+                 stream: TextIO | None = sys.stderr, kernel_name: str | None = None,
+                 summary_stream: TextIO | None = sys.stdout, operator_name: str | None = None,
+                 why: str | None = None, no_input: bool = False) -> RunResult:
     """Execute ``notebook`` against ``params_file`` and archive the record, whatever the outcome.
 
     SIGINT, SIGTERM and SIGHUP end the run the same way: the kernel is stopped, the partial record
@@ -317,7 +385,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
     recover_killed_runs(archive, stream)
     archive.check_ready()  # a run that could not be archived must not start (with --apply least of all)
     run_id = new_run_id()
-    who = operator()
+    who = operator(operator_name)
+    record_options = {"reason": reason(why), "no_input": no_input}
     started = dt.datetime.now(dt.timezone.utc)
     holder = {"operator": who, "pid": os.getpid(), "run_id": run_id, "since": started.isoformat(timespec="seconds"),
               "archive": str(archive.root.resolve())}
@@ -349,7 +418,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
             redactor.merge(secret_redactor(params)[0])
             try:
                 result = _archive(archive, notebook, params, run_id, apply, who, started, ended, outcome, events,
-                                  redactor, renderer, stream)
+                                  redactor, renderer, summary_stream, **record_options)
             except BaseException as e:
                 # the journal stays; the next command archives what it holds, saying why
                 (folder / "not-archived").write_text(f"{type(e).__name__}: {redactor.scrub(str(e))}\n")
@@ -519,12 +588,13 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
 
     _register_memory_io()
     out_key = f"{MEMORY_SCHEME}{run_id}.ipynb"
+    titles = cell_titles(nbformat.read(notebook, as_version=4))
     logger = logging.getLogger("papermill")
     handler = None
     if stream is not None:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        stream_filter = _StreamFilter(redactor)
+        stream_filter = _StreamFilter(redactor, titles)
         handler.addFilter(stream_filter)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -537,7 +607,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
             pm.execute_notebook(
                 str(notebook), out_key,
                 parameters={"params_file": str(Path(params.source).resolve()), "run_id": run_id, "apply": bool(apply)},
-                kernel_name=kernel_name, progress_bar=stream is not None, log_output=stream is not None,
+                kernel_name=kernel_name, progress_bar=False, log_output=stream is not None,
                 execution_timeout=timeout, cwd=str(notebook.resolve().parent), start_timeout=120,
             )
     except PapermillExecutionError as e:
@@ -568,20 +638,18 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
         injected = sum(1 for c in nb.cells[: failure["cell_index"]]
                        if "injected-parameters" in c.get("metadata", {}).get("tags", []))
         failure["notebook_cell"] = failure["cell_index"] - injected
+        failure["cell"] = titles.get(failure["cell_index"] + 1, "")  # as the terminal showed it: "[3/4] Plan"
     return _Outcome(nb, status, failure, used)
 
 
 def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, apply: bool, who: str,
              started: dt.datetime, ended: dt.datetime, outcome: _Outcome, events: list[dict], redactor: Redactor,
-             renderer: _HtmlRenderer, stream: TextIO | None) -> RunResult:
+             renderer: _HtmlRenderer, stream: TextIO | None, reason: str = "", no_input: bool = False) -> RunResult:
     import papermill
 
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
     changes = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "change"]
     verdicts = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "verdict"]
-    nb = nbformat.from_dict(redactor.scrub_obj(_merge_streams(outcome.nb)))
-    nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
-    html_bytes = redactor.scrub(renderer.render(nb)).encode()
     manifest: dict[str, Any] = {
         "record": "runbook run",
         "run_id": run_id,
@@ -593,6 +661,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
         "mode": "apply" if apply else "plan",
         "params": {"path": str(params.source), "sha256": params.sha256, "content_redacted": redactor.scrub(params.text)},
         "operator": who,
+        "reason": reason,
         "git": git_state(notebook.resolve().parent),
         "versions": {
             "python": sys.version.split()[0],
@@ -611,6 +680,10 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
         "archived_at": utcnow(),
     }
     manifest = redactor.scrub_obj(manifest)
+    # the record stands alone: a header from the manifest, injected parameters on top, no bar residue
+    nb = record.arrange(nbformat.from_dict(redactor.scrub_obj(_merge_streams(outcome.nb))), manifest)
+    nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
+    html_bytes = redactor.scrub(renderer.render(nb, record.title(manifest), no_input)).encode()
     base = archive.record_base(params.environment.name, started.strftime("%Y-%m-%d"), run_id, notebook.stem)
     files = {"notebook": (base.with_name(base.name + ".ipynb"), nb_bytes),
              "html": (base.with_name(base.name + ".html"), html_bytes)}
@@ -638,8 +711,7 @@ def summary(result: RunResult) -> str:
              f"({m['mode']} mode, {len(m['changes'])} change(s) applied{verdict})"]
     if m.get("failure"):
         f = m["failure"]
-        cell = (f" at cell {f['notebook_cell']} of the notebook (In [{f['execution_count']}])"
-                if f.get("notebook_cell") is not None else "")
+        cell = f" at {f['cell']}" if f.get("cell") else ""
         lines.append(f"  failed{cell}: {f['ename']}: {f['evalue']}")
     lines.append(f"  record:   {result.notebook_path}")
     lines.append(f"  html:     {result.html_path}")

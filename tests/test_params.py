@@ -224,3 +224,17 @@ def test_baseline_run_with_a_private_authorized_key_never_starts(tmp_path, archi
     done = runbook("run", "notebooks/02-vm-baseline.ipynb", "--params", str(params), "--apply")
     assert done.returncode == 2 and "vm.deploy_user.authorized_key" in done.stderr and "PRIVATE" in done.stderr
     assert not archive_root.exists(), "nothing may run, lock or archive with an unusable reference"
+
+
+def test_check_reports_structural_and_cross_field_problems_in_one_pass(tmp_path):
+    """An unknown key must not hide a bad cluster DNS until it is fixed: both at once, in line order."""
+    data = lab_data()
+    data["ssh"]["conect_timeout"] = 5
+    set_path(data, "kubernetes.cluster_dns", "10.44.0.10")
+    path = write_params(tmp_path, data)
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    paths = [p.path for p in caught.value.problems]
+    assert paths == ["ssh.conect_timeout", "kubernetes.cluster_dns"]
+    assert "did you mean 'connect_timeout'" in caught.value.problems[0].message
+    assert "outside kubernetes.service_cidr" in caught.value.problems[1].message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -71,7 +72,8 @@ def test_overview_run_is_archived_with_every_field(archive3):
     nb_path = root / m["files"]["notebook"]["path"]
     assert nb_path.parent.parent.name == "lab"
     assert nb_path.name == f"{m['run_id']}-00-environment-overview.ipynb"
-    assert str(nb_path.name) in first.stderr
+    assert str(nb_path.name) in first.stdout  # the summary and the record's paths go to stdout
+    assert str(nb_path.name) not in first.stderr
     html = (root / m["files"]["html"]["path"]).read_text()
     assert "Inventory of lab" in html and "<img" in html  # the table and the topology figure
     nb = nbformat.read(nb_path, as_version=4)
@@ -90,19 +92,27 @@ def test_failed_notebook_is_archived_with_its_error(archive3):
     assert m["failure"]["notebook_cell"] == 2  # as numbered in the committed notebook (0-based)
     assert m["failure"]["cell_index"] == 3  # in the executed one, after papermill's injected cell
     assert m["failure"]["source_first_line"] == 'raise RuntimeError("the database refused the change")'
-    assert "failed at cell 2 of the notebook (In [4]): RuntimeError" in failed.stderr
+    assert m["failure"]["cell"] == "[4/4] raise RuntimeError(\"the database refused the change\")"
+    assert "failed at [4/4] raise RuntimeError" in failed.stdout and ": RuntimeError: the database refused" in failed.stdout
     nb = nbformat.read(root / m["files"]["notebook"]["path"], as_version=4)
     assert any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
     listed = runbook("--archive", str(root), "runs", "--status", "failed", "--json")
     assert [r["run_id"] for r in json.loads(listed.stdout)] == [m["run_id"]]
 
 
-def test_show_prints_the_manifest(archive3):
+def test_show_prints_a_summary_or_the_manifest(archive3):
     root = archive3[0]
-    m = manifests(root)[2]
+    m = manifests(root)[1]
     shown = runbook("--archive", str(root), "show", m["run_id"][:20])
     assert shown.returncode == 0
-    assert json.loads(shown.stdout)["run_id"] == m["run_id"]
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"run {m['run_id']}  99-fails on lab (lab)  [lab simulation]"
+    assert "  status     failed" in lines and "  operator   tester@ci" in lines
+    assert any(line.startswith("  failure    RuntimeError at [4/4] raise") and line.endswith(": the database refused the change")
+               for line in lines)
+    assert len(lines) < 30  # a summary, not 869 lines of JSON
+    as_json = runbook("--archive", str(root), "show", m["run_id"], "--json")
+    assert json.loads(as_json.stdout)["run_id"] == m["run_id"]
 
 
 def _tampered(root: Path, tmp_path: Path) -> Path:
@@ -412,7 +422,10 @@ def test_a_signal_ends_the_run_with_an_interrupted_record(tmp_path, archive_root
     (m,) = manifests(archive_root)
     assert m["status"] == "interrupted" and m["failure"]["ename"] == sig.name, m["failure"]
     assert m["mode"] == "apply" and [c["operation"] for c in m["changes"]] == ["set read_only"]
-    assert "interrupted" in err and "chain head: 1:" in err
+    assert "interrupted" in out and "chain head: 1:" in out
+    html = (archive_root / m["files"]["html"]["path"]).read_text()
+    top = html[: html.index("| run |") if "| run |" in html else html.index("<table")]
+    assert "This run was INTERRUPTED" in top and sig.name in top  # says so before anything else
     kernel = m["versions"]["kernel"]["pid"]
     deadline = time.monotonic() + 15
     while _alive(kernel) and time.monotonic() < deadline:
@@ -504,3 +517,56 @@ def test_a_refused_run_keeps_the_holder_named_and_two_archives_share_the_lock(tm
         first.communicate(timeout=120)
     assert first.returncode == 0
 
+
+
+def test_terminal_output_through_a_pipe_is_quiet_and_the_record_stands_alone(tmp_path, archive_root, lab_params):
+    """One line per cell, no bars or carriage returns, no kernel chatter; the summary on stdout; a record with its header."""
+    nb = make_notebook(
+        tmp_path / "40-quiet.ipynb",
+        "import runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nfor _ in run.progress(range(3), desc='work'):\n    pass",
+        "from runbooklib.phase.steps import Step\nrun.record(Step('w1', 'motd', 'write /etc/motd', 'true'))\n"
+        "run.finish([], verdict='applied')",
+    )
+    done = runbook("run", str(nb), "--params", str(lab_params), "--reason", "CHG-1234 quarterly drill",
+                   "--operator", "Alice Petrova")
+    assert done.returncode == 0, done.stderr
+    err, out = done.stderr, done.stdout
+    assert "\r" not in err and "\r" not in out
+    assert "Executing:" not in err and "IPKernelApp" not in err and "KeyboardInterrupt" not in err
+    assert "<Figure size" not in err
+    titles = [line for line in err.splitlines() if re.match(r"^\[\d+/\d+\] ", line)]
+    assert titles == ["[1/5] parameters (the notebook's defaults)", "[2/5] parameters (injected by the runner)",
+                      "[3/5] import runbooklib", "[4/5] import matplotlib.pyplot as plt", "[5/5] from runbooklib.phase.steps import Step"]
+    assert "  | changed: w1  motd: write /etc/motd" in err
+    assert out.splitlines()[0].startswith("run ") and "verdict: applied" in out.splitlines()[0]
+    assert "manifest:" in out and "manifest:" not in err
+    (m,) = manifests(archive_root)
+    assert m["reason"] == "CHG-1234 quarterly drill" and m["operator"] == "Alice Petrova"
+    html = (archive_root / m["files"]["html"]["path"]).read_text()
+    assert f"<title>40-quiet on lab: succeeded ({m['run_id']})</title>" in html
+    body = html.index("<body")
+    head = html[body: html.index("jp-CodeCell", body)]  # the header comes before any code cell
+    for text in (f"Record of run {m['run_id']}", "Alice Petrova", "CHG-1234 quarterly drill", m["started_at"],
+                 m["ended_at"], "verdict <strong>applied</strong>", m["git"]["commit"] or "not a git checkout",
+                 m["params"]["sha256"][:16],
+                 "1 on 1 host(s): w1 1"):
+        assert text in head, text
+    record = nbformat.read(archive_root / m["files"]["notebook"]["path"], as_version=4)
+    tags = [c.metadata.get("tags", []) for c in record.cells]
+    assert tags[0] == ["runbook-record-header"]
+    assert tags.index(["injected-parameters"]) < tags.index(["parameters"])  # what ran, above the defaults
+    listed = runbook("--archive", str(archive_root), "runs")
+    header, row = listed.stdout.splitlines()[:2]
+    assert header.split()[:8] == ["run_id", "environment", "notebook", "mode", "status", "verdict", "changes", "started_at"]
+    assert row.split()[4:7] == ["succeeded", "applied", "1"]
+
+
+def test_no_input_renders_the_record_without_code(tmp_path, archive_root, lab_params):
+    nb = make_notebook(tmp_path / "41-review.ipynb", "secret_sauce = 6 * 7\nprint('answer', secret_sauce)")
+    done = runbook("run", str(nb), "--params", str(lab_params), "--no-input")
+    assert done.returncode == 0, done.stderr
+    (m,) = manifests(archive_root)
+    html = (archive_root / m["files"]["html"]["path"]).read_text()
+    assert "answer 42" in html and "secret_sauce = 6" not in html
+    assert "secret_sauce = 6" in (archive_root / m["files"]["notebook"]["path"]).read_text()  # the .ipynb keeps the code
