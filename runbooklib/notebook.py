@@ -13,6 +13,7 @@ which the runner builds the archived manifest.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -78,6 +79,7 @@ class Run:
         self.changes: list[Change] = []
         self.redactor = Redactor()
         self._journal = os.environ.get(JOURNAL_ENV)
+        self._record = None  # the archive side of an interactive run (runbooklib.interactive)
         self._lock = threading.Lock()
 
     # -- facts about the run -----------------------------------------------------------------
@@ -238,6 +240,10 @@ class Run:
         lines = [f"VERDICT: {verdict}" + (f" ({len(problems)} problem(s))" if problems else "")]
         lines += [f"  - {p}" for p in problems[:50]] + ([f"  ... and {len(problems) - 50} more"] if len(problems) > 50 else [])
         show("\n".join(lines))
+        if self._record is not None:
+            from .interactive import finished_line
+
+            show(finished_line(self._record.close()))
 
     def _confirm_widget(self, count: int, action: Callable[[], Any], summary: str = "") -> Confirmation:
         import ipywidgets as w
@@ -249,18 +255,21 @@ class Run:
         out = w.Output()
         box = w.VBox([w.HBox([apply_btn, cancel_btn, w.Label(summary)]), out])
         outcome = Confirmation("pending", widget=box)
+        waiting = in_notebook()  # in a kernel the cell holds until the decision (see _wait_for_decision)
 
         def on_apply(_):
             if outcome.status != "pending":  # a double click queued before the buttons disabled
                 return
             outcome.status = "applying"
             apply_btn.disabled = cancel_btn.disabled = True
-            with out:
+            # in a kernel the cell waits for this click, so what the apply prints belongs under that cell
+            with (contextlib.nullcontext() if waiting else out):
                 self.apply = True
                 try:
                     outcome.result = action()
                     outcome.status = "applied"
-                    print(f"Applied. {len(self.changes)} change(s) recorded in this run.")
+                    if not waiting:  # a waiting cell says it itself, once the click is handled
+                        print(self._decision_line(outcome))
                 except Exception:
                     outcome.status = "failed"
                     raise
@@ -272,15 +281,22 @@ class Run:
                 return
             apply_btn.disabled = cancel_btn.disabled = True
             outcome.status = "cancelled"
-            with out:
-                print("Cancelled: nothing was changed.")
+            if not waiting:
+                with out:
+                    print(self._decision_line(outcome))
 
         apply_btn.on_click(on_apply)
         cancel_btn.on_click(on_cancel)
         show(box)
-        if in_notebook():
+        if waiting:
             self._wait_for_decision(outcome)
+            print(self._decision_line(outcome))
         return outcome
+
+    def _decision_line(self, outcome: Confirmation) -> str:
+        if outcome.status == "applied":
+            return f"Applied. {len(self.changes)} change(s) recorded in this run."
+        return "Cancelled: nothing was changed."
 
     @staticmethod
     def _wait_for_decision(outcome: Confirmation) -> None:
@@ -310,6 +326,10 @@ def open_run(params_file: str | Path, run_id: str | None = None, apply: bool = F
     """
     params = load_params(params_file)
     run = Run(params, run_id, apply, headless=run_id is not None if headless is None else headless)
+    if not run.headless and in_notebook():  # an engineer in JupyterLab: the run is recorded all the same
+        from . import interactive
+
+        run._record = interactive.start(run)
     run._write_journal({
         "event": "kernel",
         "python": platform.python_version(),

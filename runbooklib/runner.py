@@ -551,6 +551,7 @@ def recover_killed_runs(archive: Archive, stream: TextIO | None = sys.stderr) ->
             "record": "runbook run", **{k: info.get(k) for k in ("run_id", "notebook", "notebook_source",
                                                                   "environment", "simulated", "mode", "params",
                                                                   "operator", "git", "started_at")},
+            "interactive": bool(info.get("interactive")),
             "versions": {"runbooklib": __version__, "kernel": {"python": kernel.get("python"),
                                                                "executable": kernel.get("executable"),
                                                                "pid": kernel.get("pid")}},
@@ -559,6 +560,8 @@ def recover_killed_runs(archive: Archive, stream: TextIO | None = sys.stderr) ->
             "changes": [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "change"],
             "archived_at": utcnow(),
         })
+        if manifest["changes"]:  # an interactive run opens in plan mode; a click on Apply made changes
+            manifest["mode"] = "apply"
         if redactor.leaks(journal_bytes + manifest_bytes(manifest)):
             continue  # never archive a leak; the folder stays for a person to look at
         base = archive.record_base((info.get("environment") or {}).get("name", "unknown"),
@@ -644,7 +647,8 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
 
 def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, apply: bool, who: str,
              started: dt.datetime, ended: dt.datetime, outcome: _Outcome, events: list[dict], redactor: Redactor,
-             renderer: _HtmlRenderer, stream: TextIO | None, reason: str = "", no_input: bool = False) -> RunResult:
+             renderer: _HtmlRenderer, stream: TextIO | None, reason: str = "", no_input: bool = False,
+             interactive: bool = False) -> RunResult:
     import papermill
 
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
@@ -653,6 +657,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
     manifest: dict[str, Any] = {
         "record": "runbook run",
         "run_id": run_id,
+        "interactive": interactive,
         "notebook": notebook.stem,
         "notebook_source": str(notebook),
         "environment": {"name": params.environment.name, "kind": params.environment.kind,

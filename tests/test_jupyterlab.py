@@ -7,6 +7,7 @@ the same notebook plans, waits, and changes the hosts only when *Apply* is click
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -20,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import ROOT, require_lab, running_lab
+from conftest import ROOT, require_lab, runbook, running_lab
 from runbooklib.params import load_params
 from runbooklib.phase.checks import failures
 from runbooklib.ssh import Fleet
@@ -139,10 +140,17 @@ def test_engineer_plans_then_applies_with_a_click(lab, jupyter, tmp_path):
             # the cells below ran after the click and show the real outcome
             page.wait_for_selector(".jp-OutputArea-output >> text=VERDICT: applied", timeout=120_000)
             assert outputs.filter(has_text="Nothing applied").count() == 0
+            page.wait_for_selector(".jp-OutputArea-output >> text=Archived as run interactive-", timeout=60_000)
             page.screenshot(path=str(tmp_path / "after-click.png"), full_page=False)
         finally:
             browser.close()
     after = failing_checks(params)
     assert after == set(), f"still failing after the click: {after}"
+    # the click's changes are a record like any headless run's: listed, counted, in the chain
+    listed = runbook("runs", "--json")
+    (row,) = json.loads(listed.stdout)
+    assert row["interactive"] == 1 and row["mode"] == "apply" and row["verdict"] == "applied"
+    assert row["changes"] > 0 and row["notebook"] == "02-vm-baseline"
+    assert runbook("verify").returncode == 0
     if os.environ.get("RB_SCREENSHOT_DIR"):  # to look at what the engineer saw
         shutil.copy(tmp_path / "after-click.png", Path(os.environ["RB_SCREENSHOT_DIR"]) / "after-click.png")
