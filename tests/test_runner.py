@@ -570,3 +570,19 @@ def test_no_input_renders_the_record_without_code(tmp_path, archive_root, lab_pa
     html = (archive_root / m["files"]["html"]["path"]).read_text()
     assert "answer 42" in html and "secret_sauce = 6" not in html
     assert "secret_sauce = 6" in (archive_root / m["files"]["notebook"]["path"]).read_text()  # the .ipynb keeps the code
+
+
+@pytest.mark.parametrize("verdict,problems,code", [("ready", [], 0), ("not ready", ["w1: not ready"], 4),
+                                                   ("incomplete", ["db1: unreachable: refused"], 4), ("applied", [], 0)])
+def test_the_verdict_is_the_exit_code(tmp_path, archive_root, lab_params, verdict, problems, code):
+    nb = make_notebook(tmp_path / "60-verdict.ipynb",
+                       "import runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+                       f"run.finish({problems!r}, verdict={verdict!r})")
+    done = runbook("run", str(nb), "--params", str(lab_params))
+    assert done.returncode == code, done.stderr[-2000:]
+    assert f"verdict: {verdict}" in done.stdout.splitlines()[0]
+    (m,) = manifests(archive_root)
+    assert m["status"] == "succeeded" and m["verdict"]["verdict"] == verdict and m["verdict"]["problems"] == problems
+    if code:
+        report = runbook("run", str(nb), "--params", str(lab_params), "--allow-not-ready")
+        assert report.returncode == 0

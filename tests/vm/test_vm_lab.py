@@ -46,8 +46,8 @@ def fingerprint(fleet) -> dict:
     return {h: r.stdout for h, r in results.items()}
 
 
-def manifest(stdout_err: str) -> dict:
-    path = next(line.split("manifest:", 1)[1].strip() for line in stdout_err.splitlines() if "manifest:" in line)
+def manifest(stdout: str) -> dict:
+    path = next(line.split("manifest:", 1)[1].strip() for line in stdout.splitlines() if "manifest:" in line)
     return json.loads(Path(path).read_text())
 
 
@@ -62,7 +62,7 @@ def test_preflight_finds_the_failures_the_lab_really_has(lab, tmp_path):
     assert found == FRESH_FAILURES
     done = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file))
     assert done.returncode == 4, done.stderr[-3000:]  # ran to its end; the verdict is "not ready"
-    m = manifest(done.stderr)
+    m = manifest(done.stdout)
     assert m["status"] == "succeeded" and m["changes"] == [] and m["simulated"] is True
     assert m["verdict"]["verdict"] == "not ready" and len(m["verdict"]["problems"]) == len(FRESH_FAILURES)
     report = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file),
@@ -79,12 +79,14 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
         assert plan.returncode == 0, plan.stderr[-3000:]
         assert "PLAN mode: nothing was changed" in plan.stderr
         assert fingerprint(fleet) == before
-        assert manifest(plan.stderr)["changes"] == []
+        assert manifest(plan.stdout)["changes"] == [] and manifest(plan.stdout)["verdict"]["verdict"] == "planned"
 
         applied = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/02-vm-baseline.ipynb", "--params",
                           str(lab.params_file), "--apply")
         assert applied.returncode == 0, applied.stderr[-3000:]
-        changes = manifest(applied.stderr)["changes"]
+        assert manifest(applied.stdout)["verdict"] == {"verdict": "applied", "problems": [],
+                                                        "at": manifest(applied.stdout)["verdict"]["at"]}
+        changes = manifest(applied.stdout)["changes"]
         assert {c["host"] for c in changes} == set(FRESH_FAILURES)
         assert fingerprint(fleet) != before
         assert failures(checks.evaluate(params, vm_facts.gather(params, fleet))) == []
@@ -95,10 +97,13 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
         again = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/02-vm-baseline.ipynb", "--params",
                         str(lab.params_file), "--apply")
         assert again.returncode == 0, again.stderr[-3000:]
-        assert manifest(again.stderr)["changes"] == []
-        assert "Nothing to change" in again.stderr
+        assert manifest(again.stdout)["changes"] == []
+        assert "Nothing to change" in again.stderr and manifest(again.stdout)["verdict"]["verdict"] == "nothing to do"
+        ready = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/01-vm-preflight.ipynb", "--params",
+                        str(lab.params_file))
+        assert ready.returncode == 0 and "verdict: ready" in ready.stdout, ready.stdout + ready.stderr[-2000:]
     verify = runbook("--archive", str(tmp_path / "archive"), "verify")
-    assert verify.returncode == 0 and "3 records" in verify.stdout
+    assert verify.returncode == 0 and "4 records" in verify.stdout
 
 
 def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):
