@@ -49,6 +49,12 @@ def _file_step(host, op: str, path: str, want: str, f: dict, undo: str | None, u
     return Step(host.name, op, f"{verb} {path}", write_file(path, want), undo, undo_note, diff=file_diff(path, current, want))
 
 
+def _dropin(p, h, f: dict, op: str, path: str) -> list[Step]:
+    """The step that writes one of the baseline's own drop-in files, unless the host has it as desired."""
+    want = desired_files(p)[path]
+    return [] if _current(f, path) == want else [_file_step(h, op, path, want, f, f"rm -f {path}")]
+
+
 # -- operations --------------------------------------------------------------------------------
 
 @operation("swap disabled", touches="`/etc/fstab` (backup `/etc/fstab.runbook-bak`)",
@@ -74,10 +80,7 @@ def swap_disabled(p, h, f) -> list[Step]:
 def kubernetes_sysctls(p, h, f) -> list[Step]:
     if not h.in_cluster:
         return []
-    want = desired_files(p)[SYSCTL_FILE]
-    steps = []
-    if _current(f, SYSCTL_FILE) != want:
-        steps.append(_file_step(h, "kubernetes sysctls", SYSCTL_FILE, want, f, f"rm -f {SYSCTL_FILE}"))
+    steps = _dropin(p, h, f, "kubernetes sysctls", SYSCTL_FILE)
     live = f["sysctls"]["live"]
     wrong = [k for k, v in SYSCTLS.items() if live.get(k) != v]
     if wrong:
@@ -93,10 +96,7 @@ def kubernetes_sysctls(p, h, f) -> list[Step]:
 def kernel_modules(p, h, f) -> list[Step]:
     if not h.in_cluster:
         return []
-    want = desired_files(p)[MODULES_FILE]
-    steps = []
-    if _current(f, MODULES_FILE) != want:
-        steps.append(_file_step(h, "kernel modules", MODULES_FILE, want, f, f"rm -f {MODULES_FILE}"))
+    steps = _dropin(p, h, f, "kernel modules", MODULES_FILE)
     for mod in MODULES:
         if not f["modules"]["available"].get(mod):
             steps.append(Step(h.name, "kernel modules", f"load {mod}", f"modprobe {mod}", f"modprobe -r {mod}"))
