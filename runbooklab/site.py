@@ -145,6 +145,8 @@ class Lab(Network, Processes, Boot, Keys):
         data["ssh"]["known_hosts"] = str(self.known_hosts.relative_to(self.root))
         if (data.get("vm") or {}).get("deploy_user"):
             data["vm"]["deploy_user"]["authorized_key"] = f"file:{self.key.relative_to(self.root)}.pub"
+        if (data.get("registry") or {}).get("json_key"):
+            data["registry"]["json_key"] = f"file:{self.registry_key.relative_to(self.root)}"
         return data
 
     def _state(self) -> dict:

@@ -7,6 +7,7 @@ with its own name prefix and subnet, so a developer's running lab is never touch
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -258,3 +259,16 @@ def test_a_link_cut_mid_command_is_bounded_by_command_timeout_and_names_the_host
     finally:
         lab.heal("w1")
         fleet.close()
+
+
+def test_the_lab_provides_every_reference_its_parameters_make(lab):
+    """`lab up` writes what the lab's parameter files point at (keys, pins, a lab registry key of the real shape)."""
+    from conftest import runbook
+
+    own = runbook("check", str(lab.params_file))
+    assert own.returncode == 0 and "every reference resolves" in own.stdout, own.stdout + own.stderr
+    key = json.loads(lab.registry_key.read_text())
+    assert key["type"] == "service_account" and "LAB SIMULATION" in key["note"]
+    assert oct(lab.registry_key.stat().st_mode & 0o777) == "0o600"
+    seed = Lab(lab.root, name=lab.name, subnet=str(lab.subnet)).profile_data("seed")
+    assert seed["registry"]["json_key"] == "file:secrets/registry-key.json"  # mapped into this lab's own folder
