@@ -239,7 +239,7 @@ class Lab(Network, Processes, Boot, Keys):
                       self.root / "cluster.rkestate", self.root / "kube_config_cluster.yml"):
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
-            link = Path("/usr/local/bin/rke")
+            link = Path("/usr/local/bin/rke")  # where versions before runbooklab linked the stand-in: clean it up
             if self.name == "rblab" and link.is_symlink() and os.readlink(link) == str(self.root / "bin" / "rke"):
                 link.unlink()
                 actions.append(f"removed {link}")

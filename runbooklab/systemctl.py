@@ -178,10 +178,20 @@ def is_enabled(name: str) -> bool:
 
 def run_exec(specs: list[str], env: dict[str, str], name: str, what: str, extra: dict | None = None) -> None:
     for spec in specs:
-        argv, ignore = command_line(spec, {**env, **(extra or {})})
+        try:
+            argv, ignore = command_line(spec, {**env, **(extra or {})})
+        except ValueError as e:
+            raise Fail(f"{name}: cannot parse {what} {spec!r}: {e}") from None
         if not argv:
             continue
-        r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90)
+        try:
+            r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90)
+        except subprocess.TimeoutExpired:
+            raise Fail(f"Job for {name} failed: {what} {' '.join(argv)} did not finish within 90 s") from None
+        except OSError as e:
+            if ignore:
+                continue
+            raise Fail(f"Job for {name} failed: {what} {argv[0]}: {e.strerror or e}") from None
         if r.returncode != 0 and not ignore:
             log(name, f"{what} {' '.join(argv)} exited {r.returncode}: {r.stderr.strip()}")
             raise Fail(f"Job for {name} failed because the control process exited with error code "
@@ -214,14 +224,21 @@ def start(name: str, unit: dict) -> None:
                 pid = wait_pid_file(service, name)
                 pid_file(name).write_text(f"{pid}\n")
         else:
-            argv, _ = command_line(service.get("ExecStart", [""])[-1], env)
+            try:
+                argv, _ = command_line(service.get("ExecStart", [""])[-1], env)
+            except ValueError as e:
+                raise Fail(f"{name}: cannot parse ExecStart: {e}") from None
             if not argv:
                 raise Fail(f"{name} has no ExecStart")
             LOGS.mkdir(parents=True, exist_ok=True)
             out = open(LOGS / f"{name}.log", "ab")
-            proc = subprocess.Popen(argv, env={**env, "NOTIFY_SOCKET": ""}, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=out, start_new_session=True, cwd="/")
-            out.close()
+            try:
+                proc = subprocess.Popen(argv, env={**env, "NOTIFY_SOCKET": ""}, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=out, start_new_session=True, cwd="/")
+            except OSError as e:
+                raise Fail(f"Job for {name} failed: ExecStart {argv[0]}: {e.strerror or e}") from None
+            finally:
+                out.close()
             pid_file(name).write_text(f"{proc.pid}\n")
             time.sleep(0.3)  # a daemon that dies at once (bad config) is a failed start, as under systemd
             if proc.poll() is not None:
@@ -253,17 +270,30 @@ def stop(name: str, unit: dict) -> None:
     pid = main_pid(name)
     if pid is None:
         return
-    if service.get("ExecStop"):
-        run_exec(service["ExecStop"], environment(unit), name, "ExecStop", {"MAINPID": str(pid)})
-    if pid != 1 and alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not alive(pid):
-                break
-            time.sleep(0.05)
+    try:
+        if service.get("ExecStop"):
+            run_exec(service["ExecStop"], environment(unit), name, "ExecStop", {"MAINPID": str(pid)})
+    finally:  # a failing ExecStop does not leave the unit running
+        if pid != 1 and alive(pid):
+            signal_unit(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not alive(pid):
+                    break
+                time.sleep(0.05)
+            else:
+                signal_unit(pid, signal.SIGKILL)
+        pid_file(name).unlink(missing_ok=True)
+
+
+def signal_unit(pid: int, sig: int) -> None:
+    """Signal the unit's process group when it leads one (units this manager started), else its main process."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
         else:
-            os.kill(pid, signal.SIGKILL)
-    pid_file(name).unlink(missing_ok=True)
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def reload(name: str, unit: dict) -> None:

@@ -135,6 +135,7 @@ def notebook_path_from_server() -> str | None:
 
         kernel_id = re.search(r"kernel-(.+)\.json$", get_connection_file()).group(1)
         for server in serverapp.list_running_servers():
+            root = server.get("root_dir") or server.get("notebook_dir") or ""
             url = server["url"].rstrip("/") + "/api/sessions"
             if not url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
                 continue  # only a server on this machine (loopback)
@@ -142,7 +143,8 @@ def notebook_path_from_server() -> str | None:
             with urllib.request.urlopen(request, timeout=3) as answer:
                 for session in json.load(answer):
                     if session.get("kernel", {}).get("id") == kernel_id:
-                        return session.get("path") or session.get("notebook", {}).get("path")
+                        path = session.get("path") or session.get("notebook", {}).get("path")
+                        return str(Path(root) / path) if path and root else path
     except Exception:  # no server, no session API, no network: the record says "interactive" instead
         return None
     return None
@@ -153,9 +155,11 @@ class InteractiveRecord:
 
     def __init__(self, run) -> None:
         from .archive import Archive, default_root
+        from .references import require_references
         from .runner import _journal_info, operator, reason, recover_killed_runs, secret_redactor
 
         self.run = run
+        require_references(run.params)  # as a headless run: no run starts with a reference that cannot be used
         self.archive = Archive(default_root())
         recover_killed_runs(self.archive, None)
         self.archive.check_ready()
@@ -175,6 +179,15 @@ class InteractiveRecord:
         self.result = None
         atexit.register(self.close, "interrupted", "the kernel shut down before run.finish()")
 
+    def apply_lock(self):
+        """The run lock a headless run of the same runbook on the same environment takes, held for an apply."""
+        from .archive import run_lock
+
+        holder = {"operator": self.operator, "pid": os.getpid(), "run_id": self.run.run_id, "interactive": True,
+                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "archive": str(self.archive.root.resolve())}
+        return run_lock(self.run.params.environment.name, self.notebook.stem, holder)
+
     def close(self, status: str = "succeeded", why: str = "") -> Any:
         """Archive the run once (later calls return the first record)."""
         if self.result is not None:
@@ -187,7 +200,8 @@ class InteractiveRecord:
         nb = self.transcript.notebook() if self.captured else nbformat.v4.new_notebook(cells=[
             nbformat.v4.new_markdown_cell("*No transcript: this run was not driven from a Jupyter kernel. Its changes "
                                           "and verdict are in the manifest.*")])
-        failure = {"ename": "KernelExit", "evalue": why} if status != "succeeded" else None
+        failure = ({"ename": "KernelExit" if status == "interrupted" else "ApplyFailed", "evalue": why}
+                   if status != "succeeded" else None)
         outcome = _Outcome(nb, status, failure, "python3")
         ended = dt.datetime.now(dt.timezone.utc)
         self.redactor.merge(self.run.redactor)
@@ -195,18 +209,31 @@ class InteractiveRecord:
             self.result = _archive(self.archive, self.notebook, self.run.params, self.run.run_id, applied, self.operator,
                                    self.started, ended, outcome, events, self.redactor, _HtmlRenderer(), None,
                                    reason=self.reason, interactive=True)
+        except BaseException as e:
+            # the journal stays; the next command archives what it holds, saying why (not as "killed")
+            (self.folder / "not-archived").write_text(f"{type(e).__name__}: {self.redactor.scrub(str(e))}\n")
+            raise
         finally:
             self._journal_cm.__exit__(None, None, None)
+            self.run._journal = None  # nothing more goes to a journal that is archived (or kept for recovery)
         self.archive.close_journal(self.run.run_id)
         return self.result
 
 
+_current: InteractiveRecord | None = None  # the run this kernel has open
+
+
 def start(run) -> InteractiveRecord | None:
-    """Register an interactive run (a live kernel, no runner); None where there is no archive to write."""
+    """Register an interactive run (a live kernel, no runner); None where a runner drives the kernel."""
+    global _current
     if os.environ.get(JOURNAL_ENV):
         return None  # a runner drives this kernel and archives the run itself
+    if _current is not None and _current.result is None:
+        # the open_run cell ran again: the run it replaces ends here, with its record
+        _current.close("interrupted", "a new run was opened in the same kernel before run.finish()")
     record = InteractiveRecord(run)
     run._journal = str(record.journal)
+    _current = record
     return record
 
 

@@ -38,6 +38,12 @@ JOURNAL_ENV = "RUNBOOK_JOURNAL"
 BAD_VERDICTS = ("not ready", "incomplete")
 
 
+def _new_id() -> str:
+    import secrets
+
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
 def utcnow() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -73,13 +79,14 @@ class Run:
 
     def __init__(self, params: Params, run_id: str | None, apply: bool, headless: bool):
         self.params = params
-        self.run_id = run_id or f"interactive-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+        self.run_id = run_id or "interactive-" + _new_id()
         self.apply = bool(apply)
         self.headless = headless
         self.changes: list[Change] = []
         self.redactor = Redactor()
         self._journal = os.environ.get(JOURNAL_ENV)
         self._record = None  # the archive side of an interactive run (runbooklib.interactive)
+        self._finished = False
         self._lock = threading.Lock()
 
     # -- facts about the run -----------------------------------------------------------------
@@ -143,6 +150,9 @@ class Run:
 
     def record_change(self, host: str, operation: str, change: str = "") -> Change:
         """Note a change made to ``host``; every applied step is recorded once."""
+        if self._finished:
+            raise RunbookError(f"run {self.run_id} is finished and archived; a change made now would be in no record. "
+                               "Run the open_run cell again to start a new run")
         entry = Change(host, self.redactor.scrub(operation), self.redactor.scrub(change))
         with self._lock:  # apply steps on many hosts record from many threads
             self.changes.append(entry)
@@ -216,6 +226,15 @@ class Run:
         if not steps:
             show("Nothing to change: every host is already as planned.")
             return Confirmation("empty")
+        if self._finished:
+            raise RunbookError(f"run {self.run_id} is finished and archived; run the open_run cell again to plan and "
+                               "apply in a new run (so that its changes are recorded)")
+        if self._record is not None:  # an interactive apply takes the lock a headless run would
+            inner = action
+
+            def action():
+                with self._record.apply_lock():
+                    return inner()
         self.show_plan(steps, title)
         if self.headless:
             if not self.apply:
@@ -233,17 +252,21 @@ class Run:
         (0 with ``--allow-not-ready``); every problem is listed under it. Nothing is raised: the
         notebook ran to its end, and what it found is the verdict.
         """
+        if self._finished:
+            raise RunbookError(f"run {self.run_id} was already finished")
         verdict = verdict or ("incomplete" if problems else "done")
         problems = [self.redactor.scrub(p) for p in problems]
         self._write_journal({"event": "verdict", "verdict": verdict, "problems": problems, "at": utcnow()})
         self.close()
+        self._finished = True
         lines = [f"VERDICT: {verdict}" + (f" ({len(problems)} problem(s))" if problems else "")]
         lines += [f"  - {p}" for p in problems[:50]] + ([f"  ... and {len(problems) - 50} more"] if len(problems) > 50 else [])
         show("\n".join(lines))
         if self._record is not None:
             from .interactive import finished_line
 
-            show(finished_line(self._record.close()))
+            show(finished_line(self._record.close("failed" if verdict == "failed" else "succeeded",
+                                                  "the apply failed" if verdict == "failed" else "")))
 
     def _confirm_widget(self, count: int, action: Callable[[], Any], summary: str = "") -> Confirmation:
         import ipywidgets as w
@@ -298,8 +321,7 @@ class Run:
             return f"Applied. {len(self.changes)} change(s) recorded in this run."
         return "Cancelled: nothing was changed."
 
-    @staticmethod
-    def _wait_for_decision(outcome: Confirmation) -> None:
+    def _wait_for_decision(self, outcome: Confirmation) -> None:
         """Hold the cell (and so Run All) until the engineer decides and the action has run.
 
         The kernel keeps handling widget events meanwhile (jupyter-ui-poll), so the click reaches
@@ -314,8 +336,9 @@ class Run:
                 poll(10)
                 time.sleep(0.05)
         if outcome.status == "failed":
-            raise RunbookError("the apply failed; its error is shown under the buttons above, and every change "
-                               "made before it is in the run's change log")
+            problem = "the apply failed; its error is shown above, and every change made before it is in the run's change log"
+            self.finish([problem], verdict="failed")  # the record says failed, not "the kernel shut down"
+            raise RunbookError(problem)
 
 
 def open_run(params_file: str | Path, run_id: str | None = None, apply: bool = False,

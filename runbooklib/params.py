@@ -190,7 +190,7 @@ def parse_params(text: str, shown: str = "<params>", source: Path | None = None)
     except ValidationError as e:
         problems = [_problem_from_pydantic(err, root) for err in e.errors()]
         # every problem at once: the cross-field rules still judge the sections that are valid
-        problems += _rules_on_what_validated(data, {err["loc"][0] for err in e.errors() if err["loc"]}, root, text, shown, source)
+        problems += _rules_on_what_validated(data, [_clean_loc(err["loc"]) for err in e.errors()], root, text, shown, source)
         problems.sort(key=lambda pr: pr.line or 0)
         raise ParamsError(shown, problems) from None
     params._source = source or Path(shown)
@@ -202,25 +202,62 @@ def parse_params(text: str, shown: str = "<params>", source: Path | None = None)
     return params
 
 
-def _rules_on_what_validated(data: dict, broken: set, root, text: str, shown: str, source: Path | None) -> list[Problem]:
-    """The cross-field rules' problems for a file whose structure has problems elsewhere.
+def _rules_on_what_validated(data: dict, locs: list[tuple], root, text: str, shown: str, source: Path | None) -> list[Problem]:
+    """The cross-field rules' problems for a file whose structure has problems too.
 
-    Sections that failed are left out (optional ones) or replaced by a stand-in that no rule reads
-    (``ssh``); without a valid environment or inventory no rule can judge, and none is reported.
+    First the offending keys alone are left out (an unknown key, a wrong value); if the rest still
+    does not validate, whole sections that failed are left out (optional ones) or stood in for
+    (``ssh``). Rules about what was left out are not reported: its own problem already is.
     """
-    if broken & {"environment", "inventory"} or not isinstance(data, dict):
+    import copy
+
+    if not isinstance(data, dict):
         return []
-    usable = {k: v for k, v in data.items() if k not in broken and k in Params.model_fields}
-    if "ssh" in broken:
-        usable["ssh"] = {"key": "env:RUNBOOK_CHECK_PLACEHOLDER", "known_hosts": "-"}
-    try:
-        partial = Params.model_validate(usable)
-    except ValidationError:
-        return []
+    partial = _validate_without(data, locs)
+    broken = {loc[0] for loc in locs if loc}
+    if partial is None:
+        if broken & {"environment", "inventory"}:
+            return []  # without a valid environment or inventory no rule can judge
+        usable = {k: copy.deepcopy(v) for k, v in data.items() if k not in broken and k in Params.model_fields}
+        if "ssh" in broken:
+            usable["ssh"] = {"key": "env:RUNBOOK_CHECK_PLACEHOLDER", "known_hosts": "-"}
+        try:
+            partial = Params.model_validate(usable)
+        except ValidationError:
+            return []
+        skip = {(b,) for b in broken}
+    else:
+        skip = {tuple(loc) for loc in locs}
     partial._source = source or Path(shown)
     partial._text = text
-    return [Problem(pr.path, pr.message, _line_of(root, pr.path)) for pr in check_rules(partial)
-            if pr.path.split(".")[0].split("[")[0] not in broken]
+    out = []
+    for pr in check_rules(partial):
+        parts = tuple(int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", pr.path))
+        if any(parts[:len(loc)] == loc for loc in skip):
+            continue
+        out.append(Problem(pr.path, pr.message, _line_of(root, pr.path)))
+    return out
+
+
+def _validate_without(data: dict, locs: list[tuple]):
+    """``data`` with the value at each error location removed, validated; None if that is not enough."""
+    import copy
+
+    trimmed = copy.deepcopy(data)
+    for loc in sorted(locs, key=len, reverse=True):
+        node = trimmed
+        for part in loc[:-1]:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
+                break
+        if isinstance(node, dict):
+            node.pop(loc[-1], None) if loc else None
+    try:
+        return Params.model_validate(trimmed)
+    except ValidationError:
+        return None
 
 
 def _path_str(loc: tuple) -> str:

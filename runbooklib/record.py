@@ -76,7 +76,8 @@ def header_markdown(manifest: dict) -> str:
 
 
 def _cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """A value in a markdown table cell: HTML escaped (a reason or an operator is typed by people), pipes kept."""
+    return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
 
 
 def arrange(nb: nbformat.NotebookNode, manifest: dict) -> nbformat.NotebookNode:

@@ -270,6 +270,7 @@ def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
                         pending = pending[cut:]
             if pending:
                 os.write(saved, redactor.scrub(pending.decode(errors="replace")).encode())
+            os.close(saved)  # the pump's own copy: never closed under it while a late writer still drains
 
         thread = threading.Thread(target=pump, name=f"runbook-scrub-fd{fd}", daemon=True)
         thread.start()
@@ -281,9 +282,8 @@ def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
         sys.stderr.flush()
         for fd, saved, _ in relays:
             os.dup2(saved, fd)  # our end of the pipe closes; the relay drains what the kernel wrote
-        for fd, saved, thread in relays:
+        for _, _, thread in relays:
             thread.join(timeout=10)
-            os.close(saved)
 
 
 def _write_stream(stream: TextIO | None, text: str) -> None:
@@ -562,8 +562,12 @@ def recover_killed_runs(archive: Archive, stream: TextIO | None = sys.stderr) ->
         })
         if manifest["changes"]:  # an interactive run opens in plan mode; a click on Apply made changes
             manifest["mode"] = "apply"
-        if redactor.leaks(journal_bytes + manifest_bytes(manifest)):
-            continue  # never archive a leak; the folder stays for a person to look at
+        leaked = redactor.leaks(journal_bytes + manifest_bytes(manifest))
+        if leaked:  # never archive a leak; the folder stays for a person, who is told where
+            _write_stream(stream, f"runbook: run {info.get('run_id')} never finished and its journal {folder} still "
+                                  f"holds secret {', '.join(leaked)} after scrubbing; it was NOT archived. Look at it, "
+                                  "then remove the folder")
+            continue
         base = archive.record_base((info.get("environment") or {}).get("name", "unknown"),
                                    started.strftime("%Y-%m-%d"), info["run_id"], info.get("notebook", "unknown"))
         archive.commit(manifest, {"journal": (base.with_name(base.name + ".journal.jsonl"), journal_bytes)},

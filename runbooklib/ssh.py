@@ -3,8 +3,9 @@
 Every connection checks the host key strictly against the pinned known-hosts file from the
 parameters (``ssh.known_hosts``): an unknown or changed key is refused before anything runs on that
 host, never trusted on first use. The key comes from the ``ssh.key`` secret reference. Fleet
-commands run with bounded parallelism (``ssh.parallelism``), per-host timeouts, and return a result
-or an error per host, each naming its host, while a progress bar ticks once per host.
+commands run with bounded parallelism (``ssh.parallelism``), a deadline per command
+(``ssh.command_timeout``), and return a result or an error per host, each naming its host; a
+progress callback, when given, ticks once per host.
 
     fleet = Fleet.from_params(params)
     results = fleet.run("uname -r")
@@ -137,10 +138,10 @@ class Fleet:
 
         config = fabric.Config(ssh_config=paramiko.SSHConfig(), overrides={
             "run": {"hide": True, "warn": True, "in_stream": False},
-            "timeouts": {"connect": int(self.ssh.connect_timeout)},
+            "timeouts": {"connect": self.ssh.connect_timeout},
         })
         conn = fabric.Connection(str(host.address), user=host.user, port=host.ssh_port, config=config,
-                                 connect_timeout=int(self.ssh.connect_timeout),
+                                 connect_timeout=self.ssh.connect_timeout,
                                  connect_kwargs={**self._connect_kwargs, "look_for_keys": False,
                                                  "allow_agent": False, "banner_timeout": self.ssh.connect_timeout,
                                                  "auth_timeout": self.ssh.connect_timeout})
@@ -149,7 +150,11 @@ class Fleet:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         conn.client = client
         try:
-            conn.open()
+            try:
+                conn.open()
+            except BaseException:
+                client.close()  # a half-open transport keeps a thread and a socket otherwise
+                raise
         except paramiko.BadHostKeyException:
             raise HostKeyError(host.name, (
                 f"host key at {host.address}:{host.ssh_port} does not match the one pinned in {self.known_hosts}. "
@@ -262,14 +267,22 @@ class Fleet:
         targets = list(hosts) if hosts is not None else self.hosts
         results: dict[str, T] = {}
         bar = self._progress(total=len(targets), desc=desc or "fleet") if self._progress and targets else None
-        with ThreadPoolExecutor(max_workers=min(self.ssh.parallelism, max(len(targets), 1))) as pool:
-            futures = {pool.submit(fn, h): h for h in targets}
-            for fut in as_completed(futures):
-                results[futures[fut].name] = fut.result()
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
+        raised: list[BaseException] = []
+        try:
+            with ThreadPoolExecutor(max_workers=min(self.ssh.parallelism, max(len(targets), 1))) as pool:
+                futures = {pool.submit(fn, h): h for h in targets}
+                for fut in as_completed(futures):
+                    try:
+                        results[futures[fut].name] = fut.result()
+                    except BaseException as e:  # a bug in fn: every other host still finishes first
+                        raised.append(e)
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        if raised:
+            raise raised[0]
         return {h.name: results[h.name] for h in targets}
 
     def run(self, command: str | Callable[[Host], str], hosts: Iterable[Host] | None = None,

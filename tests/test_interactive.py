@@ -99,3 +99,27 @@ def test_a_kernel_killed_after_an_apply_leaves_its_changes_in_the_archive(kernel
     assert row["status"] == "killed" and row["interactive"] == 1 and row["changes"] == 1 and row["mode"] == "apply"
     assert runbook("--archive", str(archive_root), "verify").returncode == 0
     assert not Path(folder).exists()
+
+
+def test_nothing_is_applied_after_the_run_is_finished(kernel, lab_params, archive_root):
+    km, kc = kernel
+    execute(kc, OPEN.format(params=str(lab_params)))
+    execute(kc, "run.finish([], verdict='done')")
+    msg_id = kc.execute(CHANGE)
+    reply = kc.get_shell_msg(timeout=60)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=60)
+    assert reply["content"]["status"] == "error" and "is finished and archived" in reply["content"]["evalue"]
+    (row,) = json.loads(runbook("--archive", str(archive_root), "runs", "--json").stdout)
+    assert row["changes"] == 0 and row["verdict"] == "done"
+
+
+def test_opening_a_new_run_in_the_same_kernel_archives_the_one_it_replaces(kernel, lab_params, archive_root):
+    km, kc = kernel
+    execute(kc, OPEN.format(params=str(lab_params)))
+    execute(kc, CHANGE)
+    execute(kc, OPEN.format(params=str(lab_params)))  # the open_run cell, run again
+    execute(kc, "run.finish([], verdict='done')")
+    rows = json.loads(runbook("--archive", str(archive_root), "runs", "--json").stdout)
+    assert sorted((r["status"], r["changes"]) for r in rows) == [("interrupted", 1), ("succeeded", 0)]
+    assert len({r["run_id"] for r in rows}) == 2

@@ -113,7 +113,7 @@ def test_open_run_defaults(params):
     assert banner["lab"].startswith("rehearsal on the built-in lab")
 
 
-def test_banner_of_a_production_environment_says_so_and_has_no_lab_line(tmp_path):
+def test_banner_of_a_staging_environment_says_so_and_has_no_lab_line(tmp_path):
     from conftest import lab_data, set_path, write_params
 
     data = lab_data()

@@ -226,15 +226,17 @@ def test_baseline_run_with_a_private_authorized_key_never_starts(tmp_path, archi
     assert not archive_root.exists(), "nothing may run, lock or archive with an unusable reference"
 
 
-def test_check_reports_structural_and_cross_field_problems_in_one_pass(tmp_path):
+@pytest.mark.parametrize("typo,where", [("ssh.conect_timeout", "another section"),
+                                        ("kubernetes.typo_key", "the same section"),
+                                        ("inventory.hosts[0].adress", "the inventory")])
+def test_check_reports_structural_and_cross_field_problems_in_one_pass(tmp_path, typo, where):
     """An unknown key must not hide a bad cluster DNS until it is fixed: both at once, in line order."""
     data = lab_data()
-    data["ssh"]["conect_timeout"] = 5
+    set_path(data, typo, "10.0.0.5")
     set_path(data, "kubernetes.cluster_dns", "10.44.0.10")
-    path = write_params(tmp_path, data)
     with pytest.raises(ParamsError) as caught:
-        load_params(path)
-    paths = [p.path for p in caught.value.problems]
-    assert paths == ["ssh.conect_timeout", "kubernetes.cluster_dns"]
-    assert "did you mean 'connect_timeout'" in caught.value.problems[0].message
-    assert "outside kubernetes.service_cidr" in caught.value.problems[1].message
+        load_params(write_params(tmp_path, data))
+    by_path = {p.path: p.message for p in caught.value.problems}
+    assert set(by_path) == {typo, "kubernetes.cluster_dns"}, where
+    assert by_path[typo].startswith(f"unknown key {typo.rsplit('.', 1)[1]!r}")
+    assert "outside kubernetes.service_cidr" in by_path["kubernetes.cluster_dns"]

@@ -80,8 +80,14 @@ def test_a_wheel_holds_every_module_and_imports_outside_the_checkout(tmp_path):
     """A non-editable install (a wheel) must carry every subpackage of the library and the lab."""
     import json
 
+    import shutil
+
+    # a copy of the sources: setuptools writes build/ and *.egg-info next to what it builds
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", ".lab", "outputs", "build", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", ".ruff_cache"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir",
-                            str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+                            str(tmp_path / "dist"), str(src)], capture_output=True, text=True, cwd=tmp_path)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("runbooklib-*.whl")
     target = tmp_path / "installed"

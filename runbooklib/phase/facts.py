@@ -44,7 +44,7 @@ class Gathered(NamedTuple):
 
     facts: dict[str, dict[str, Any]]
     errors: dict[str, str]
-    fact_errors: dict[str, dict[str, str]] = {}
+    fact_errors: dict[str, dict[str, str]] | None = None
 
 
 def sections(text: str, sep: str = "--") -> dict[str, list[str]]:

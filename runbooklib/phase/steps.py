@@ -43,16 +43,17 @@ class Operation:
     ensure: Callable[[Any, Any, dict], list[Step]]
     touches: str
     undo: str
-    fixes: tuple[str, ...] = ()  # readiness rules it makes pass
-
     def __call__(self, params, host, facts) -> list[Step]:
         return self.ensure(params, host, facts)
 
 
-def operation(name: str, *, touches: str, undo: str, fixes: tuple[str, ...] = ()):
-    """Declare an operation: ``@operation("swap disabled", touches="/etc/fstab", undo="swapon -a")``."""
+def operation(name: str, *, touches: str, undo: str):
+    """Declare an operation: ``@operation("swap disabled", touches="/etc/fstab", undo="swapon -a")``.
+
+    Which readiness rules it makes pass is said once, by the rules (``Rule.fixed_by``).
+    """
     def wrap(fn: Callable[[Any, Any, dict], list[Step]]) -> Operation:
-        return Operation(name, fn, touches, undo, fixes)
+        return Operation(name, fn, touches, undo)
     return wrap
 
 
@@ -89,13 +90,26 @@ def file_diff(path: str, current: str | None, want: str) -> str:
 
 # -- planning and applying ---------------------------------------------------------------------
 
-def plan(operations: Sequence[Operation], params, facts: dict[str, dict]) -> list[Step]:
-    """Every step still needed, host by host (hosts with facts only), in operation order."""
+def plan(operations: Sequence[Operation], params, facts: dict[str, dict],
+         fact_errors: dict[str, dict[str, str]] | None = None) -> list[Step]:
+    """Every step still needed, host by host (hosts with facts only), in operation order.
+
+    A host some of whose facts failed to parse or were cut short gets one blocked step instead: an
+    operation planned on a default value could undo what it cannot see (an ``/etc/hosts`` read as
+    empty would be rewritten without its other lines).
+    """
     steps = []
     for host in params.hosts:
-        if host.name in facts:
-            for op in operations:
-                steps.extend(op(params, host, facts[host.name]))
+        if host.name not in facts:
+            continue
+        broken = (fact_errors or {}).get(host.name)
+        if broken:
+            why = "; ".join(f"{name}: {reason}" for name, reason in broken.items())
+            steps.append(Step(host.name, "facts", "nothing planned: some facts could not be read", None,
+                              blocked=f"facts incomplete ({why}); re-run once the host answers fully"))
+            continue
+        for op in operations:
+            steps.extend(op(params, host, facts[host.name]))
     return steps
 
 
@@ -126,7 +140,11 @@ def apply(fleet, steps: Sequence[Step], on_change: Callable[[Step], Any] | None 
                 break
             result.applied.append(step)
             if on_change:
-                on_change(step)
+                try:
+                    on_change(step)
+                except Exception as e:  # applied, but not in the record: stop this host and say so
+                    result.error = f"{host.name}: {step.operation} ({step.change}) was applied but not recorded: {e}"
+                    break
         return result
 
     targets = [h for h in fleet.hosts if h.name in by_host]

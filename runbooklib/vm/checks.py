@@ -159,8 +159,10 @@ def _deploy_user(p, h, f):
     missing = [g for g in du.groups if g not in fact["groups"]]
     if missing:
         return False, f"{du.name} is not in group(s) {', '.join(missing)}"
-    if du.public_key(p.source_dir) not in fact["authorized_keys"]:
-        return False, f"{du.name}'s authorized_keys lacks the deploy key"
+    keys = [line.strip() for line in du.public_key(p.source_dir).splitlines() if line.strip()]
+    missing = [k for k in keys if k not in fact["authorized_keys"]]
+    if missing:
+        return False, f"{du.name}'s authorized_keys lacks {len(missing)} of the {len(keys)} deploy key(s)"
     return True, f"{du.name} ({', '.join(fact['groups'])})"
 
 
@@ -184,7 +186,7 @@ RULES: tuple[Rule, ...] = (
     Rule("docker version", "RKE1 refuses Docker versions it was not validated against.", _docker_version,
          needs=("runtime",), applies=_for("rke1", cluster_only=True), scope="RKE1 nodes"),
     Rule("docker group", "RKE1 drives Docker over SSH as the SSH user.", _docker_group,
-         needs=("user",), applies=_for("rke1", cluster_only=True), scope="RKE1 nodes", fixed_by=("deploy user",)),
+         needs=("user",), applies=_for("rke1", cluster_only=True), scope="RKE1 nodes"),
     Rule("swap off", "The kubelet will not start while swap is on.", _swap,
          needs=("swap",), applies=_for(*BOTH, cluster_only=True), scope="Kubernetes nodes", fixed_by=("swap disabled",)),
     Rule("bridge sysctl", "Pod traffic crossing a bridge must pass iptables, or Services break.",

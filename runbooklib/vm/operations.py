@@ -51,14 +51,18 @@ def _file_step(host, op: str, path: str, want: str, f: dict, undo: str | None, u
 
 def _dropin(p, h, f: dict, op: str, path: str) -> list[Step]:
     """The step that writes one of the baseline's own drop-in files, unless the host has it as desired."""
-    want = desired_files(p)[path]
-    return [] if _current(f, path) == want else [_file_step(h, op, path, want, f, f"rm -f {path}")]
+    want, current = desired_files(p)[path], _current(f, path)
+    if current == want:
+        return []
+    if current is None:
+        return [_file_step(h, op, path, want, f, f"rm -f {path}")]
+    return [_file_step(h, op, path, want, f, None, f"put back the old {path} (its lines are in the diff)")]
 
 
 # -- operations --------------------------------------------------------------------------------
 
 @operation("swap disabled", touches="`/etc/fstab` (backup `/etc/fstab.runbook-bak`)",
-           undo="restore the backup, `swapon -a`", fixes=("swap off",))
+           undo="restore the backup, `swapon -a`")
 def swap_disabled(p, h, f) -> list[Step]:
     if not h.in_cluster:
         return []
@@ -75,8 +79,7 @@ def swap_disabled(p, h, f) -> list[Step]:
     return steps
 
 
-@operation("kubernetes sysctls", touches=f"`{SYSCTL_FILE}`, live sysctls", undo="remove the file, `sysctl --system`",
-           fixes=("bridge sysctl", "ip forward"))
+@operation("kubernetes sysctls", touches=f"`{SYSCTL_FILE}`, live sysctls", undo="remove the file, `sysctl --system`")
 def kubernetes_sysctls(p, h, f) -> list[Step]:
     if not h.in_cluster:
         return []
@@ -91,8 +94,7 @@ def kubernetes_sysctls(p, h, f) -> list[Step]:
     return steps
 
 
-@operation("kernel modules", touches=f"`{MODULES_FILE}`, loaded modules", undo="remove the file (modules stay loaded until reboot)",
-           fixes=("kernel modules", "bridge sysctl"))
+@operation("kernel modules", touches=f"`{MODULES_FILE}`, loaded modules", undo="remove the file (modules stay loaded until reboot)")
 def kernel_modules(p, h, f) -> list[Step]:
     if not h.in_cluster:
         return []
@@ -103,8 +105,7 @@ def kernel_modules(p, h, f) -> list[Step]:
     return steps
 
 
-@operation("hostname", touches="`/etc/hostname`, the running host name", undo="write the old name back (shown per step)",
-           fixes=("hostname",))
+@operation("hostname", touches="`/etc/hostname`, the running host name", undo="write the old name back (shown per step)")
 def hostname_set(p, h, f) -> list[Step]:
     hn = f["hostname"]
     steps = []
@@ -140,7 +141,7 @@ def desired_hosts_file(p, current: str) -> str:
 
 
 @operation("cluster hosts", touches="managed block in `/etc/hosts` (backup `/etc/hosts.runbook-bak`)",
-           undo="restore the backup", fixes=("name resolution",))
+           undo="restore the backup")
 def cluster_hosts_file(p, h, f) -> list[Step]:
     current = _current(f, "/etc/hosts") or ""
     want = desired_hosts_file(p, current)
@@ -151,8 +152,7 @@ def cluster_hosts_file(p, h, f) -> list[Step]:
                  "cp /etc/hosts.runbook-bak /etc/hosts", diff=file_diff("/etc/hosts", current, want))]
 
 
-@operation("ssh hardened", touches=f"`{SSHD_DROPIN}` (validated with `sshd -t` first)", undo="remove it, `systemctl reload ssh`",
-           fixes=("ssh hardening",))
+@operation("ssh hardened", touches=f"`{SSHD_DROPIN}` (validated with `sshd -t` first)", undo="remove it, `systemctl reload ssh`")
 def ssh_hardened(p, h, f) -> list[Step]:
     want = desired_files(p)[SSHD_DROPIN]
     if _current(f, SSHD_DROPIN) == want:
@@ -168,8 +168,7 @@ def ssh_hardened(p, h, f) -> list[Step]:
                  diff=file_diff(SSHD_DROPIN, _current(f, SSHD_DROPIN), want))]
 
 
-@operation("deploy user", touches="the user, its groups, `~/.ssh/authorized_keys`", undo="`userdel -r <user>`",
-           fixes=("deploy user", "docker group"))
+@operation("deploy user", touches="the user, its groups, `~/.ssh/authorized_keys`", undo="`userdel -r <user>`")
 def deploy_user_present(p, h, f) -> list[Step]:
     du = p.vm.deploy_user
     if du is None:
@@ -186,10 +185,12 @@ def deploy_user_present(p, h, f) -> list[Step]:
                           " && ".join(f"(getent group {shlex.quote(g)} >/dev/null || groupadd {shlex.quote(g)})" for g in missing)
                           + f" && usermod -aG {','.join(shlex.quote(g) for g in missing)} {name}",
                           " && ".join(f"gpasswd -d {name} {shlex.quote(g)}" for g in missing)))
-    key = du.public_key(p.source_dir)
-    if key not in fact["authorized_keys"]:
+    for key in [line.strip() for line in du.public_key(p.source_dir).splitlines() if line.strip()]:
+        if key in fact["authorized_keys"]:
+            continue
         qk = shlex.quote(key)
-        steps.append(Step(h.name, "deploy user", f"authorize the deploy key for {du.name}",
+        label = " ".join(key.split()[2:]) or key.split()[-1][-12:]  # the key's comment, else the end of its blob
+        steps.append(Step(h.name, "deploy user", f"authorize the deploy key ({label}) for {du.name}",
                           f"home=$(getent passwd {name} | cut -d: -f6) && install -d -m 700 -o {name} -g {name} $home/.ssh && "
                           f"touch $home/.ssh/authorized_keys && (grep -qxF {qk} $home/.ssh/authorized_keys || echo {qk} >> "
                           f"$home/.ssh/authorized_keys) && chown {name}: $home/.ssh/authorized_keys && chmod 600 $home/.ssh/authorized_keys",
@@ -198,7 +199,7 @@ def deploy_user_present(p, h, f) -> list[Step]:
 
 
 @operation("time synced", touches=f"`{CHRONY_DROPIN}`, `{CHRONY_DEFAULTS}`, the chrony service",
-           undo="remove the files, `systemctl restart chrony`", fixes=("time sync",))
+           undo="remove the files, `systemctl restart chrony`")
 def time_synced(p, h, f) -> list[Step]:
     ts = f["time_sync"]
     if ts["running"] and ts["running"] != "chronyd":

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from ..errors import ParamsError, Problem
 from ..schema import Section, UserName
+from ..secrets import read_secret_file
 
 RoleOrDefault = Literal["default", "etcd", "controlplane", "worker", "database", "edge", "elk"]
 
@@ -24,9 +25,11 @@ class DeployUser(Section):
             path = Path(self.authorized_key[5:]).expanduser()
             path = path if path.is_absolute() else base_dir / path
             try:
-                return path.read_text().strip()
+                return read_secret_file(path).strip()  # a regular file of bounded size: a FIFO must not hang a plan
             except OSError as e:
                 raise ParamsError(str(path), [Problem("vm.deploy_user.authorized_key", f"cannot read {path}: {e.strerror}")]) from None
+            except ValueError as e:
+                raise ParamsError(str(path), [Problem("vm.deploy_user.authorized_key", f"{path} {e}")]) from None
         return self.authorized_key.strip()
 
 

@@ -163,8 +163,6 @@ def test_desired_files_pass_the_rules_that_send_engineers_to_the_baseline(params
     assert "-x" in files[CHRONY_DEFAULTS]  # the lab shares the kernel clock (vm.time_sync_controls_clock: false)
 
 
-
-
 def test_rke1_is_flagged_end_of_life(params, tmp_path):
     assert "RKE1 reached end of life on 2025-07-31" in checks.lifecycle_warning(params)
     data = lab_data()

@@ -100,3 +100,37 @@ def test_problems_name_stopped_and_unreachable_hosts():
     assert phase_steps.problems(results, {"w3": "w3: connection refused"}) == [
         "w2: ssh hardened failed", "w3: unreachable: w3: connection refused"]
     assert phase_steps.result_rows(results)[1] == {"host": "w2", "steps applied": 0, "result": "w2: ssh hardened failed"}
+
+
+def test_a_host_whose_facts_failed_gets_no_plan_but_a_blocked_step(params):
+    """A fact read as its default (here /etc/hosts as empty) must not become a rewrite that drops lines."""
+    f = converged(params, "w1")
+    f["managed_files"] = {}
+    steps = phase_steps.plan(operations.OPERATIONS, params, {"w1": f},
+                             {"w1": {"managed_files": "no output (the command was cut short)"}})
+    assert [(s.host, s.command) for s in steps] == [("w1", None)]
+    assert "facts incomplete (managed_files: no output" in steps[0].blocked
+
+
+def test_every_deploy_key_is_authorized_and_a_converged_host_plans_none(tmp_path):
+    data = lab_data()
+    keys = "ssh-ed25519 AAAAkeyone alice\nssh-ed25519 AAAAkeytwo bob\n"
+    (tmp_path / "team.pub").write_text(keys)
+    set_path(data, "vm.deploy_user.authorized_key", "file:team.pub")
+    params = load_params(write_params(tmp_path, data))
+    f = converged(params, "w1")
+    f["deploy_user"] = {"exists": True, "groups": ["deploy", "docker"], "authorized_keys": ["ssh-ed25519 AAAAkeyone alice"]}
+    (step,) = phase_steps.plan(operations.OPERATIONS, params, {"w1": f})
+    assert step.change == "authorize the deploy key (bob) for deploy" and "AAAAkeytwo" in step.command
+    f["deploy_user"]["authorized_keys"] = keys.splitlines()
+    assert phase_steps.plan(operations.OPERATIONS, params, {"w1": f}) == []
+
+
+def test_an_updated_dropin_is_undone_by_hand_a_new_one_by_removal(params):
+    f = converged(params, "w1")
+    f["managed_files"] = {**f["managed_files"], "/etc/sysctl.d/90-kubernetes.conf": "net.ipv4.ip_forward = 1\n"}
+    (step,) = phase_steps.plan(operations.OPERATIONS, params, {"w1": f})
+    assert step.undo is None and "put back the old /etc/sysctl.d/90-kubernetes.conf" in step.undo_note
+    f["managed_files"]["/etc/sysctl.d/90-kubernetes.conf"] = None
+    (step,) = phase_steps.plan(operations.OPERATIONS, params, {"w1": f})
+    assert step.undo == "rm -f /etc/sysctl.d/90-kubernetes.conf"
