@@ -79,7 +79,6 @@ def test_ruff_is_clean():
 def test_a_wheel_holds_every_module_and_imports_outside_the_checkout(tmp_path):
     """A non-editable install (a wheel) must carry every subpackage of the library and the lab."""
     import json
-
     import shutil
 
     # a copy of the sources: setuptools writes build/ and *.egg-info next to what it builds
