@@ -82,7 +82,10 @@ def public_keys_problem(text: str) -> str | None:
 
 
 def private_key_problem(text: str) -> str | None:
-    """None if ``text`` is exactly one private key (any usual format); else what it is instead."""
+    """None if ``text`` holds a private key block (PEM, OpenSSH or PuTTY); else what it is instead.
+
+    What surrounds the block is not judged: paramiko reads the first key it finds.
+    """
     if _PRIVATE_PEM.search(text) or re.search(r"^PuTTY-User-Key-File-\d+:", text, re.MULTILINE):
         return None
     lines = _meaningful_lines(text)

@@ -401,8 +401,12 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
         with archive.journal(run_id, info) as folder, _signals_end_the_run() as signals:
             journal = folder / "journal.jsonl"
             signals.armed = True
+            outcome = None
             try:
                 outcome = _execute(notebook, params, run_id, apply, timeout, journal, redactor, stream, kernel_name)
+            except _Signalled:  # landed just before or just after _execute's own handling: still a record
+                if outcome is None:
+                    outcome = _Outcome(nbformat.read(notebook, as_version=4), "interrupted", None, kernel_name)
             finally:
                 signals.armed = False  # from here on a signal waits for the record
             events = _read_journal(journal)
