@@ -38,8 +38,8 @@ SHAPES: dict[str, Callable[[str], str | None]] = {
 }
 
 
-def _lab_hint(params: Params, path: Path) -> str:
-    if params.environment.kind == "lab" and ".lab" in path.parts:
+def _lab_hint(path: Path) -> str:
+    if ".lab" in path.parts:  # a path into the rehearsal lab's folder: say what writes it
         return " (for the lab, `runbook lab up` writes it)"
     return ""
 
@@ -49,7 +49,7 @@ def _read(params: Params, path: Path, what: str) -> tuple[str | None, str | None
     try:
         return read_secret_file(path), None
     except FileNotFoundError:
-        return None, f"{what} {path} does not exist{_lab_hint(params, path)}"
+        return None, f"{what} {path} does not exist{_lab_hint(path)}"
     except OSError as e:
         return None, f"{what} {path} cannot be read ({e.strerror}); check its owner and mode"
     except ValueError as e:
