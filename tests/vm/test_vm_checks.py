@@ -155,9 +155,7 @@ def test_desired_files_pass_the_rules_that_send_engineers_to_the_baseline(params
                                                 "--configured--\n" + files[SYSCTL_FILE])
     host_facts["modules"] = facts.parse_modules("br_netfilter 32768 0 - Live 0x0\noverlay 151552 0 - Live 0x0\n"
                                                 "--fs--\n--bridge--\npresent\n--configured--\n" + files[MODULES_FILE])
-    # sshd -T prints the effective settings in lower case: what the drop-in sets, as sshd reports it
-    host_facts["sshd"] = facts.parse_sshd("".join(line.lower() + "\n" for line in files[SSHD_DROPIN].splitlines()
-                                                  if line and not line.startswith("#")))
+    host_facts["sshd"] = effective_sshd_settings(files[SSHD_DROPIN])  # what the real sshd makes of it
     assert failing(params, "w1", host_facts) == {}
     assert files[CHRONY_DROPIN] == "# NTP servers (written by runbooklib)\nserver 10.77.0.1 iburst\n"
     assert "-x" in files[CHRONY_DEFAULTS]  # the lab shares the kernel clock (vm.time_sync_controls_clock: false)
@@ -168,3 +166,28 @@ def test_rke1_is_flagged_end_of_life(params, tmp_path):
     data = lab_data()
     set_path(data, "kubernetes.distribution", "rke2")
     assert checks.lifecycle_warning(load_params(write_params(tmp_path, data, "rke2.yaml"))) is None
+
+
+def effective_sshd_settings(dropin: str) -> dict:
+    """What the real sshd makes of the drop-in (``sshd -T``), read by the fact's own parser."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd).exists() or os.geteuid() != 0:
+        pytest.skip("needs sshd and root (`make setup` installs openssh-server)")
+    with tempfile.TemporaryDirectory() as d:
+        key = Path(d) / "host_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        (Path(d) / "dropin.conf").write_text(dropin)
+        (Path(d) / "sshd_config").write_text(f"Include {d}/dropin.conf\nHostKey {key}\nPasswordAuthentication yes\n")
+        # sshd -T wants its privilege separation directory: give it one in a private /run, not the machine's
+        script = f"mount -t tmpfs tmpfs /run && mkdir /run/sshd && exec {sshd} -T -f {d}/sshd_config"
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                              capture_output=True, text=True)
+    assert done.returncode == 0, f"sshd rejects the drop-in: {done.stderr}"
+    wanted = ("passwordauthentication", "permitrootlogin", "kbdinteractiveauthentication", "pubkeyauthentication")
+    return facts.parse_sshd("".join(line + "\n" for line in done.stdout.splitlines() if line.split(" ")[0] in wanted))
