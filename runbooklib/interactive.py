@@ -207,7 +207,7 @@ class InteractiveRecord:
         self.redactor.merge(self.run.redactor)
         try:
             self.result = _archive(self.archive, self.notebook, self.run.params, self.run.run_id, applied, self.operator,
-                                   self.started, ended, outcome, events, self.redactor, _HtmlRenderer(), None,
+                                   self.started, ended, outcome, events, self.redactor, _HtmlRenderer(background=False), None,
                                    reason=self.reason, interactive=True)
         except BaseException as e:
             # the journal stays; the next command archives what it holds, saying why (not as "killed")

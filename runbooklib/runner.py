@@ -336,10 +336,12 @@ class _HtmlRenderer:
     executes, so it pays that cost then instead of after the run.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, background: bool = True) -> None:
+        """``background=False`` loads the templates when rendering (at interpreter exit no thread may start)."""
         self._exporter = None
-        self._thread = threading.Thread(target=self._warm, name="runbook-html-warmup", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._warm, name="runbook-html-warmup", daemon=True) if background else None
+        if self._thread is not None:
+            self._thread.start()
 
     def _warm(self) -> None:
         from nbconvert import HTMLExporter
@@ -350,8 +352,9 @@ class _HtmlRenderer:
 
     def render(self, nb: nbformat.NotebookNode, title: str = "", no_input: bool = False) -> str:
         """The notebook as one HTML page named ``title``; ``no_input`` leaves the code out (for reviewers)."""
-        self._thread.join()
-        if self._exporter is None:  # the warm-up failed; render the slow way and let errors surface
+        if self._thread is not None:
+            self._thread.join()
+        if self._exporter is None:  # the warm-up failed (or never ran); render the slow way and let errors surface
             self._warm()
         self._exporter.exclude_input = no_input
         self._exporter.exclude_input_prompt = no_input

@@ -123,3 +123,17 @@ def test_opening_a_new_run_in_the_same_kernel_archives_the_one_it_replaces(kerne
     rows = json.loads(runbook("--archive", str(archive_root), "runs", "--json").stdout)
     assert sorted((r["status"], r["changes"]) for r in rows) == [("interrupted", 1), ("succeeded", 0)]
     assert len({r["run_id"] for r in rows}) == 2
+
+
+def test_a_kernel_shut_down_without_finish_archives_its_run_on_the_way_out(kernel, lab_params, archive_root):
+    """Closing the notebook (the kernel's normal exit) is the most common end of an interactive run."""
+    km, kc = kernel
+    execute(kc, OPEN.format(params=str(lab_params)))
+    execute(kc, CHANGE)
+    km.shutdown_kernel(now=False)  # a clean shutdown request, as JupyterLab sends when the notebook is closed
+    (row,) = json.loads(runbook("--archive", str(archive_root), "runs", "--json").stdout)
+    assert row["status"] == "interrupted" and row["interactive"] == 1 and row["changes"] == 1
+    m = json.loads(runbook("--archive", str(archive_root), "show", row["run_id"], "--json").stdout)
+    assert m["failure"]["evalue"] == "the kernel shut down before run.finish()"
+    assert (archive_root / m["files"]["html"]["path"]).exists() and (archive_root / m["files"]["notebook"]["path"]).exists()
+    assert runbook("--archive", str(archive_root), "verify").returncode == 0
