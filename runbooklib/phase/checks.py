@@ -110,6 +110,21 @@ def ready_hosts(checks: Sequence[Check]) -> list[str]:
     return [h for h in hosts if h not in bad]
 
 
+def readiness_verdict(checks: Sequence[Check]) -> tuple[str, list[str]]:
+    """``("ready", [])`` when every host passes every rule that applies, else ``("not ready", problems)``.
+
+    One problem per host that is not ready, with why: unreachable hosts with their error, the others
+    with their failing rules.
+    """
+    lost = unreachable(checks)
+    problems = [f"{h}: unreachable: {e}" for h, e in lost.items()]
+    for host in dict.fromkeys(c.host for c in checks):
+        failed = [c.rule for c in checks if c.host == host and c.status is Status.FAIL]
+        if host not in lost and failed:
+            problems.append(f"{host}: not ready ({', '.join(failed)})")
+    return ("not ready" if problems else "ready"), problems
+
+
 def recap_by_host(checks: Sequence[Check]) -> list[dict]:
     """One line per host, Ansible-recap style: counts per status; an unreachable host is one line."""
     out = []

@@ -191,6 +191,16 @@ def problems(results: dict[str, HostApply], unreachable: dict[str, str]) -> list
     return [r.error for r in results.values() if not r.ok] + [f"{h}: unreachable: {e}" for h, e in unreachable.items()]
 
 
+# what a confirmation's outcome means as a runbook's verdict
+_VERDICTS = {"applied": "applied", "empty": "nothing to do", "planned": "planned", "cancelled": "cancelled",
+             "pending": "waiting for a decision", "failed": "failed"}
+
+
+def apply_verdict(outcome_status: str, problems: Sequence[str]) -> str:
+    """The verdict of a plan-and-apply runbook: ``incomplete`` when any host has a problem, else what the confirmation became."""
+    return "incomplete" if problems else _VERDICTS.get(outcome_status, outcome_status)
+
+
 def rollback_markdown(operations: Sequence[Operation]) -> str:
     """The rollback table a runbook's first cell shows, generated so that it cannot drift."""
     lines = ["| operation | touches | to undo |", "| --- | --- | --- |"]

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import lab_data, set_path, write_params
 from runbooklib.params import load_params
-from runbooklib.phase.checks import Check, Status, fixed, matrix_rows, recap_by_host, recap_by_rule
+from runbooklib.phase.checks import Check, Status, fixed, matrix_rows, readiness_verdict, recap_by_host, recap_by_rule
 from runbooklib.phase.facts import Gathered
 from runbooklib.vm import checks, facts, operations
 from runbooklib.vm.facts import CHRONY_DEFAULTS, CHRONY_DROPIN, MODULES_FILE, SSHD_DROPIN, SYSCTL_FILE
@@ -191,3 +191,11 @@ def effective_sshd_settings(dropin: str) -> dict:
     assert done.returncode == 0, f"sshd rejects the drop-in: {done.stderr}"
     wanted = ("passwordauthentication", "permitrootlogin", "kbdinteractiveauthentication", "pubkeyauthentication")
     return facts.parse_sshd("".join(line + "\n" for line in done.stdout.splitlines() if line.split(" ")[0] in wanted))
+
+
+def test_the_readiness_verdict_names_each_host_and_why():
+    checks_ = [Check("w1", "swap off", Status.FAIL, "swap is on"), Check("w1", "time sync", Status.FAIL, "none"),
+               Check("w2", "swap off", Status.OK), Check("db1", "os", Status.UNREACHABLE, "db1: refused"),
+               Check("db1", "swap off", Status.NA)]
+    assert readiness_verdict(checks_) == ("not ready", ["db1: unreachable: db1: refused", "w1: not ready (swap off, time sync)"])
+    assert readiness_verdict([Check("w2", "swap off", Status.OK), Check("db1", "swap off", Status.NA)]) == ("ready", [])

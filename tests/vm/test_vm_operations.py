@@ -134,3 +134,11 @@ def test_an_updated_dropin_is_undone_by_hand_a_new_one_by_removal(params):
     f["managed_files"]["/etc/sysctl.d/90-kubernetes.conf"] = None
     (step,) = phase_steps.plan(operations.OPERATIONS, params, {"w1": f})
     assert step.undo == "rm -f /etc/sysctl.d/90-kubernetes.conf"
+
+
+@pytest.mark.parametrize("status,problems,verdict", [
+    ("applied", [], "applied"), ("empty", [], "nothing to do"), ("planned", [], "planned"),
+    ("cancelled", [], "cancelled"), ("applied", ["w2: ssh hardened failed"], "incomplete"),
+    ("planned", ["db1: unreachable: refused"], "incomplete")])
+def test_the_apply_verdict(status, problems, verdict):
+    assert phase_steps.apply_verdict(status, problems) == verdict
