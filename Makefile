@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup system venv demo lab-down test bench notebooks kube-parts clean
 
-setup: system venv
+setup: system venv kube-parts
 
 system:
 	@scripts/ensure-debian-packages

@@ -49,6 +49,8 @@ mount --bind {keys} "$R/run/rblab/keys"
 mount -o remount,bind,ro "$R/run/rblab/keys"
 # the project (its code and interpreter) at the same path, read-only: lab daemons run from it
 mkdir -p "$R{project}" && mount --bind {project} "$R{project}" && mount -o remount,bind,ro "$R{project}"
+# the lab's real Kubernetes parts (runbooklab/kbin's cache), read-only: what RKE would pull as images
+mkdir -p "$R{vm_kbin}" && mount --bind {kbin} "$R{vm_kbin}" && mount -o remount,bind,ro "$R{vm_kbin}"
 # what a Debian VM's init gives it: `systemctl` answered by the lab's service manager (a stand-in:
 # runbooklab/systemctl.py), with sshd, PID 1 here, as the VM's ssh.service
 mkdir -p "$R/usr/local/sbin" "$R/run/lab-systemd"
@@ -77,7 +79,12 @@ class Boot:
         if not hostkey.exists():
             _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{vm}", "-f", str(hostkey))
         (d / "state" / "sshd_config").write_text(SSHD_CONFIG.format(address=address))
-        (d / "boot.sh").write_text(BOOT_SCRIPT.format(vm=vm, dir=d, keys=self.authorized_dir, sshd=SSHD, project=PROJECT))
+        from .kubernetes import parts
+
+        kbin = parts.cache_root()
+        kbin.mkdir(parents=True, exist_ok=True)
+        (d / "boot.sh").write_text(BOOT_SCRIPT.format(vm=vm, dir=d, keys=self.authorized_dir, sshd=SSHD, project=PROJECT,
+                                                      kbin=kbin, vm_kbin=parts.VM_KBIN))
 
     def _boot(self, vm: str) -> int:
         d = self.vm_dir(vm)

@@ -48,7 +48,7 @@ class Processes:
         return None
 
     def _comms(self, vm: str) -> list[str]:
-        """Process names in the VM; the lab's own Python daemons by what they are (``lab-apiserver``)."""
+        """Process names in the VM; the lab's own Python daemons by what they are (``lab-dockerd``)."""
         names = []
         for pid in self.pids(vm):
             try:

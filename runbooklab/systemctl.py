@@ -8,8 +8,10 @@ and needs a cgroup tree of its own), so each VM gets this small manager as
 (``/lib/systemd/system``, ``/etc/systemd/system``) and honours what the project's services use:
 ``Type`` (simple, exec, notify, forking, oneshot), ``ExecStartPre``, ``ExecStart``,
 ``ExecStartPost``, ``ExecReload`` (with ``$MAINPID``), ``ExecStop``, ``EnvironmentFile``,
-``Environment``, ``PIDFile``, ``RuntimeDirectory`` and ``Alias``. Sandboxing, users, cgroups,
-dependencies and timers are not emulated. "Enabled" is the usual ``*.wants`` symlink on the VM's
+``Environment``, ``PIDFile``, ``RuntimeDirectory``, ``Alias``, and ``Restart`` (``always``,
+``on-failure``) with ``RestartSec`` for simple services: a small supervisor process restarts the
+main process, as systemd would, and gives up after 5 starts in 10 s (``StartLimitBurst``'s
+default). Sandboxing, users, cgroups, dependencies and timers are not emulated. "Enabled" is the usual ``*.wants`` symlink on the VM's
 disk, so it survives ``lab stop``/``lab start``; the lab starts enabled units at boot
 (``systemctl lab-boot``). ``systemctl --version`` says what it is.
 
@@ -167,6 +169,8 @@ def state(name: str, unit: dict) -> str:
         return "active" if (STATE / f"{name}.done").exists() else "inactive"
     if main_pid(name):
         return "active"
+    if supervisor_pid(name):
+        return "activating"  # between a crash and its restart
     return "failed" if (STATE / f"{name}.failed").exists() else "inactive"
 
 
@@ -205,7 +209,7 @@ def log(name: str, text: str) -> None:
 
 
 def start(name: str, unit: dict) -> None:
-    if state(name, unit) == "active":
+    if state(name, unit) in ("active", "activating"):
         return
     service = unit.get("Service", {})
     kind = service.get("Type", ["simple"])[-1]
@@ -230,24 +234,109 @@ def start(name: str, unit: dict) -> None:
                 raise Fail(f"{name}: cannot parse ExecStart: {e}") from None
             if not argv:
                 raise Fail(f"{name} has no ExecStart")
-            LOGS.mkdir(parents=True, exist_ok=True)
-            out = open(LOGS / f"{name}.log", "ab")
-            try:
-                proc = subprocess.Popen(argv, env={**env, "NOTIFY_SOCKET": ""}, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=out, start_new_session=True, cwd="/")
-            except OSError as e:
-                raise Fail(f"Job for {name} failed: ExecStart {argv[0]}: {e.strerror or e}") from None
-            finally:
-                out.close()
+            proc = spawn(name, argv, env)
             pid_file(name).write_text(f"{proc.pid}\n")
             time.sleep(0.3)  # a daemon that dies at once (bad config) is a failed start, as under systemd
             if proc.poll() is not None:
                 raise Fail(f"Job for {name} failed: the main process exited with code {proc.returncode}; "
                            f"see {LOGS / (name + '.log')}")
+            if restart_policy(unit) != "no":
+                supervise(name, proc)
         run_exec(service.get("ExecStartPost", []), env, name, "ExecStartPost")
     except Fail:
         (STATE / f"{name}.failed").touch()
         raise
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """The main process, in a session of its own, its output appended to the unit's log."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    out = open(LOGS / f"{name}.log", "ab")
+    try:
+        return subprocess.Popen(argv, env={**env, "NOTIFY_SOCKET": ""}, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=out, start_new_session=True, cwd="/")
+    except OSError as e:
+        raise Fail(f"Job for {name} failed: ExecStart {argv[0]}: {e.strerror or e}") from None
+    finally:
+        out.close()
+
+
+def restart_policy(unit: dict) -> str:
+    service = unit.get("Service", {})
+    if service.get("Type", ["simple"])[-1] not in ("simple", "exec", "notify"):
+        return "no"
+    policy = service.get("Restart", ["no"])[-1]
+    if policy not in ("no", "always", "on-failure"):
+        raise Fail(f"Restart={policy} is not supported by the lab's service manager (use always or on-failure)")
+    return policy
+
+
+def supervisor_file(name: str) -> Path:
+    return STATE / f"{name}.supervisor"
+
+
+def supervise(name: str, first: subprocess.Popen) -> None:
+    """Start a supervisor that waits for the main process and starts it again under the unit's Restart=.
+
+    The supervisor (``systemctl lab-supervise NAME PID``) leads a session of its own and outlives this
+    command; ``stop`` kills it before the main process, so a stopped unit is not restarted. The first
+    process is not its child: it watches that one by polling, and the ones it starts by waiting.
+    """
+    sup = subprocess.Popen([sys.executable, os.path.abspath(__file__), "lab-supervise", name, str(first.pid)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True, cwd="/")
+    supervisor_file(name).write_text(f"{sup.pid}\n")
+
+
+def _supervise(name: str, pid: int) -> None:
+    starts: list[float] = [time.monotonic()]
+    while True:
+        while alive(pid):
+            time.sleep(0.2)
+        code = _exit_code(pid)
+        try:
+            _, _, unit = find_unit(name)
+            policy = restart_policy(unit)
+        except Fail:
+            return
+        if policy == "no" or (policy == "on-failure" and code == 0):
+            log(name, f"main process exited ({code}); Restart={policy}: not restarted")
+            return
+        delay = _seconds(unit.get("Service", {}).get("RestartSec", ["0.1"])[-1])
+        time.sleep(delay)
+        now = time.monotonic()
+        starts = [t for t in starts if now - t < 10] + [now]
+        if len(starts) > 5:
+            log(name, "start request repeated too quickly (5 starts within 10 s): the unit failed")
+            (STATE / f"{name}.failed").touch()
+            supervisor_file(name).unlink(missing_ok=True)
+            return
+        log(name, f"main process exited ({code}); scheduled restart (Restart={policy})")
+        try:
+            argv, _ = command_line(unit["Service"].get("ExecStart", [""])[-1], environment(unit))
+            proc = spawn(name, argv, environment(unit))
+        except (Fail, ValueError) as e:
+            log(name, f"restart failed: {e}")
+            continue
+        pid_file(name).write_text(f"{proc.pid}\n")
+        pid = proc.pid
+
+
+def _exit_code(pid: int) -> int | None:
+    """The exit status of a child (reaped here); None for a process that was not ours to reap."""
+    try:
+        _, status = os.waitpid(pid, os.WNOHANG)
+        return os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        return None
+
+
+def _seconds(text: str) -> float:
+    m = re.fullmatch(r"\s*([\d.]+)\s*(ms|s|min)?\s*", text)
+    if not m:
+        return 0.1
+    value = float(m.group(1))
+    return value / 1000 if m.group(2) == "ms" else value * 60 if m.group(2) == "min" else value
 
 
 def wait_pid_file(service: dict, name: str, timeout: float = 10.0) -> int:
@@ -267,6 +356,7 @@ def wait_pid_file(service: dict, name: str, timeout: float = 10.0) -> int:
 def stop(name: str, unit: dict) -> None:
     service = unit.get("Service", {})
     (STATE / f"{name}.done").unlink(missing_ok=True)
+    stop_supervisor(name)
     pid = main_pid(name)
     if pid is None:
         return
@@ -276,13 +366,43 @@ def stop(name: str, unit: dict) -> None:
     finally:  # a failing ExecStop does not leave the unit running
         if pid != 1 and alive(pid):
             signal_unit(pid, signal.SIGTERM)
-            for _ in range(100):
-                if not alive(pid):
-                    break
-                time.sleep(0.05)
-            else:
+            if not wait_gone(pid, _seconds(service.get("TimeoutStopSec", ["10"])[-1])):
+                log(name, "State 'stop-sigterm' timed out. Killing.")
                 signal_unit(pid, signal.SIGKILL)
+                wait_gone(pid, 5.0)  # its ports are free only once it is gone
         pid_file(name).unlink(missing_ok=True)
+
+
+def supervisor_pid(name: str) -> int | None:
+    try:
+        pid = int(supervisor_file(name).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if alive(pid) else None
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stop_supervisor(name: str) -> None:
+    """Kill the unit's supervisor first, so that it does not start the main process again."""
+    pid = supervisor_pid(name)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for _ in range(50):
+            if not alive(pid):
+                break
+            time.sleep(0.02)
+    supervisor_file(name).unlink(missing_ok=True)
 
 
 def signal_unit(pid: int, sig: int) -> None:
@@ -348,6 +468,9 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "lab-boot":
         return boot()
+    if command == "lab-supervise":  # internal: the supervisor of a unit with Restart= (see supervise)
+        _supervise(names[0], int(names[1]))
+        return 0
     if not names:
         print(f"Too few arguments for {command}.", file=sys.stderr)
         return 1

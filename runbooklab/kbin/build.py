@@ -64,6 +64,9 @@ COMPONENTS: dict[str, dict] = {
     "kwok": {
         "module": "sigs.k8s.io/kwok",
         "binaries": {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+        # KWOK run outside a cluster takes its Stages from --config: the release's own, saved beside
+        # the binary (node: initialize and heartbeat with a lease; pod: ready, complete, delete)
+        "stages": ("kustomize/stage/node/fast", "kustomize/stage/node/heartbeat-with-lease", "kustomize/stage/pod/fast"),
     },
     "helm": {
         "module": "helm.sh/helm/v3",
@@ -229,7 +232,23 @@ def target_dir(component: str, version: str) -> Path:
 
 def present(component: str, version: str) -> bool:
     bindir = target_dir(component, version) / "bin"
-    return all(os.access(bindir / b, os.X_OK) for b in COMPONENTS[component]["binaries"])
+    return all(os.access(bindir / b, os.X_OK) for b in COMPONENTS[component]["binaries"]) and has_stages(component, version)
+
+
+def has_stages(component: str, version: str) -> bool:
+    return not COMPONENTS[component].get("stages") or any((target_dir(component, version) / "stages").glob("*.yaml"))
+
+
+def save_stages(component: str, moddir: Path, dest: Path) -> None:
+    """Copy the release's Stage documents (not its tests) from the module's source into ``dest``/stages."""
+    source = Path(module_info(moddir, COMPONENTS[component]["module"])["Dir"])
+    tmp = Path(tempfile.mkdtemp(prefix=".stages-", dir=dest))
+    for sub in COMPONENTS[component]["stages"]:
+        for doc in sorted((source / sub).glob("*.yaml")):
+            if doc.name != "kustomization.yaml":
+                shutil.copyfile(doc, tmp / doc.name)
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, dest / "stages")
 
 
 def plan(components: list[str], kube_version: str | None) -> list[tuple[str, str, Path]]:
@@ -248,6 +267,11 @@ def build(component: str, version: str, moddir: Path) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second `make setup` waits instead of building twice
         if present(component, version):
             log(f"{component} {version}: present in {final}")
+            return
+        if final.is_dir() and not has_stages(component, version) and all(
+                os.access(final / "bin" / b, os.X_OK) for b in COMPONENTS[component]["binaries"]):
+            save_stages(component, moddir, final)  # a cache from before the stages were saved
+            log(f"{component} {version}: saved its stages in {final / 'stages'}")
             return
         for stale in root.glob(f".tmp-{component}-{version}-*"):  # left by a killed run; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
@@ -280,6 +304,8 @@ def build(component: str, version: str, moddir: Path) -> None:
                 "build_seconds": round(elapsed, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024),
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
+            if COMPONENTS[component].get("stages"):
+                save_stages(component, moddir, tmp)
             (tmp / "kbin.json").write_text(json.dumps(manifest, indent=2) + "\n")
             os.chmod(tmp, 0o755)
             if final.exists():  # an incomplete leftover from an older layout
@@ -326,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 version = required_version(HERE / c / "go.mod", COMPONENTS[c]["module"])
             for b in COMPONENTS[c]["binaries"]:
                 path = target_dir(c, version) / "bin" / b
-                ok = os.access(path, os.X_OK)
+                ok = os.access(path, os.X_OK) and has_stages(c, version)
                 missing += not ok
                 if args.list:
                     print(f"{b} {path}" + ("" if ok else "  (missing)"))

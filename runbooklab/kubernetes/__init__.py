@@ -1,9 +1,11 @@
 """What the Kubernetes phase needs of the lab: Docker on RKE1 nodes, a cluster.yml and ``rke``.
 
 Registered in :data:`runbooklab.site.PROVISIONERS`; ``runbook lab up`` calls :func:`provision`
-after the VMs are up. Everything here is a LAB SIMULATION where nothing real can run (see the
-README's "real or stand-in" table): the Docker API stand-in (``dockerd.py``), the rke stand-in
-(``rke.py``), the API server stand-in (``apiserver.py``) and the node heartbeat (``heartbeat.py``).
+after the VMs are up. The cluster itself is real Kubernetes and etcd built from their Go modules
+(``runbooklab/kbin``, located by ``parts.py``), started by the ``rke`` stand-in (``rke.py``, with
+``cluster.py`` and ``etcd.py``). LAB SIMULATION where nothing real can run (see the README's
+"real or stand-in" table): the Docker API (``dockerd.py``), RKE itself, and the kubelets (KWOK
+manages each VM's Node instead).
 """
 
 from __future__ import annotations
@@ -36,10 +38,29 @@ def install_rke(lab, actions: list[str]) -> None:
         actions.append(f"installed the rke stand-in as {wrapper}")
 
 
+def install_tools(lab, actions: list[str]) -> None:
+    """kubectl, etcdctl and helm of the versions the lab's cluster runs, in ``<lab>/bin`` beside ``rke``."""
+    from . import parts
+
+    tools = {"kubectl": ("kubernetes", "kubectl"), "etcdctl": ("etcd", "etcdctl"), "etcdutl": ("etcd", "etcdutl"),
+             "helm": ("helm", "helm")}
+    for name, (component, binary) in tools.items():
+        target = parts.host_path(component, binary)
+        link = lab.root / "bin" / name
+        if not target.exists():
+            continue  # not built: rke up says which command builds it
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink() or link.readlink() != target:
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
+            actions.append(f"linked {link} -> {target}")
+
+
 def provision(lab, params, actions: list[str]) -> None:
-    """RKE1 sites: Docker on every cluster node, ``cluster.yml`` rendered by the product, ``rke``."""
+    """RKE1 sites: Docker on every cluster node, ``cluster.yml`` rendered by the product, ``rke`` and the tools."""
     if not is_rke1(params):
         return
+    install_tools(lab, actions)
     for host in params.hosts:
         if host.in_cluster and start_docker(lab, host.name):
             actions.append(f"{host.name}: started the Docker stand-in (lab simulation)")

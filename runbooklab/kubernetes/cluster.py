@@ -1,16 +1,29 @@
-"""The lab's simulated Kubernetes cluster, assembled from real parts where they exist.
+"""The lab's Kubernetes cluster: real components on the VMs, started as RKE1 starts them.
 
-Real: the etcd cluster on the etcd nodes, SSH to every node, TLS with x509 client certificates.
-Stand-ins (LAB SIMULATION): the API server on the control-plane nodes, and a heartbeat per node
-instead of a kubelet. The ``rke`` stand-in drives these functions from a cluster.yml.
+Real, built from their Go modules (``runbooklab/kbin``): etcd 3.6 on the etcd nodes (TLS between
+members and to clients), kube-apiserver on every control-plane node (x509 client certificates,
+service-account keys, ``--authorization-mode=Node,RBAC``), kube-controller-manager and
+kube-scheduler with leader election across the control-plane nodes, and on every other node
+Debian's nginx as RKE1's ``nginx-proxy`` (a TCP balancer over the API servers on 127.0.0.1:6443).
+RKE1 runs these as Docker containers; the lab runs the same binaries as systemd units under the
+lab's service manager (``rke-etcd``, ``rke-kube-apiserver``, ...), with ``Restart=always`` as
+RKE's containers have, so ``lab stop``/``lab start`` and ``lab cut`` hit real processes.
+
+LAB SIMULATION, said wherever it shows: no kubelet runs. KWOK, one instance inside each VM
+(``lab-kwok-node``), manages that VM's Node object: conditions, lease, and the pods bound to it
+(Running, with an IP from the node's pod range). A stopped VM stops its KWOK, so the real node
+lifecycle controller turns the node NotReady. KWOK lists nodes and pods the way a controller does,
+which the Node authorizer refuses to a node's own identity (``system:node:<name>`` may read only its
+own Node); so each KWOK has a certificate of the group ``runbook-lab:kwok``, bound to the rules of
+KWOK's own ``kwok-controller`` ClusterRole.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
-import shlex
 import ssl
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,16 +31,27 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .. import daemon
-from . import etcd as lab_etcd
-from .apiserver import SIMULATED
+from . import parts
 from .pki import Pki
 
 SSL_DIR = "/etc/kubernetes/ssl"
+UNIT_DIR = "/etc/systemd/system"
 API_PORT = 6443
-API_LOG = "/var/log/kube-apiserver-lab.log"
-HEARTBEAT_LOG = "/var/log/lab-heartbeat.log"
+ETCD_DATA = "/var/lib/etcd"
+SIMULATED = "runbook.lab/simulated"
+KWOK_NOTE = "LAB SIMULATION: no kubelet runs on this lab VM; KWOK inside the VM manages this Node and its pods"
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+KWOK_GROUP = "runbook-lab:kwok"
+# the rules of KWOK's own ClusterRole (kustomize/rbac/role.yaml of sigs.k8s.io/kwok), less its CRDs
+KWOK_RULES = [
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["nodes/status", "pods/status"], "verbs": ["patch", "update"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete", "get", "list", "patch", "update", "watch"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "get", "list", "patch", "update", "watch"]},
+]
+# every unit the rke stand-in may start on a node, in the order it stops them
+UNITS = ("lab-kwok-node", "rke-nginx-proxy", "rke-kube-scheduler", "rke-kube-controller-manager", "rke-kube-apiserver", "rke-etcd")
 
 
 @dataclass
@@ -43,9 +67,28 @@ class NodeSpec:
     taints: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class ClusterSpec:
+    """What every component's flags come from: versions, ranges and the nodes by role."""
+
+    name: str
+    kubernetes: str
+    etcd: str
+    kwok: str
+    service_range: str
+    cluster_cidr: str
+    nodes: list[NodeSpec]
+    extra_args: dict[str, dict[str, str]] = field(default_factory=dict)  # RKE's services.<name>.extra_args
+
+    def with_role(self, role: str) -> list[NodeSpec]:
+        return [n for n in self.nodes if role in n.roles]
+
+
 class ClusterError(Exception):
     pass
 
+
+# -- the API, from the machine running rke ----------------------------------------------------------
 
 class ApiClient:
     """A tiny HTTPS client with the admin certificate (no dependency on the kubernetes package)."""
@@ -64,85 +107,347 @@ class ApiClient:
                                          data=json.dumps(body).encode() if body is not None else None)
             try:
                 with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
-                    return resp.status, json.loads(resp.read() or b"{}")
+                    return resp.status, _json(resp.read())
             except urllib.error.HTTPError as e:
-                return e.code, json.loads(e.read() or b"{}")
+                return e.code, _json(e.read())
             except (urllib.error.URLError, OSError) as e:
                 last = f"{server}: {e}"
         raise ClusterError(f"no API server answered ({last})")
 
     def ready(self) -> bool:
         try:
-            code, _ = self.request("GET", "/version")
+            code, _ = self.request("GET", "/readyz")
             return code == 200
         except ClusterError:
             return False
 
 
-def issue_certificates(pki: Pki, cluster_name: str, control_plane: list[NodeSpec], nodes: list[NodeSpec]) -> None:
-    pki.ensure_ca(cluster_name)
-    names = tuple(n.address for n in control_plane) + tuple(n.name for n in control_plane) + (
-        "127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
+def _json(data: bytes) -> dict:
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError:
+        return {"message": data.decode(errors="replace")[:300]}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+# -- certificates and kubeconfigs ---------------------------------------------------------------
+
+def issue_certificates(pki: Pki, spec: ClusterSpec) -> None:
+    """Everything the components need (kept when still valid for the nodes cluster.yml names)."""
+    pki.ensure_ca(spec.name)
+    pki.ensure_ca(spec.name, "kube-apiserver-requestheader-ca", "kube-apiserver-requestheader-ca")
+    pki.ensure_key("kube-service-account-token")
+    cp = spec.with_role("controlplane")
+    names = tuple(n.address for n in cp) + tuple(n.name for n in cp) + (
+        "127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local", first_service_ip(spec.service_range))
     pki.issue("kube-apiserver", "kube-apiserver", server_names=names, client=False)
+    pki.issue("kube-apiserver-etcd-client", "kube-apiserver-etcd-client")
+    pki.issue("kube-apiserver-proxy-client", "kube-apiserver-proxy-client", ca="kube-apiserver-requestheader-ca")
     pki.issue("kube-admin", "kube-admin", ("system:masters",))
-    for n in nodes:
-        pki.issue(f"node-{n.name}", f"system:node:{n.name}", ("system:nodes",))
+    pki.issue("kube-controller-manager", "system:kube-controller-manager")
+    pki.issue("kube-scheduler", "system:kube-scheduler")
+    for n in spec.with_role("etcd"):
+        pki.issue(f"kube-etcd-{n.name}", f"kube-etcd-{n.name}", server_names=(n.address, n.name, "127.0.0.1", "localhost"))
+    for n in spec.nodes:
+        pki.issue(f"kube-node-{n.name}", f"system:node:{n.name}", ("system:nodes",))
+        pki.issue(f"kwok-{n.name}", f"{KWOK_GROUP}:{n.name}", (KWOK_GROUP,))
 
 
-def kubeconfig(pki: Pki, cluster_name: str, server: str) -> str:
-    import base64
+def first_service_ip(service_range: str) -> str:
+    import ipaddress
 
+    return str(next(ipaddress.ip_network(service_range).hosts()))
+
+
+def kubeconfig(pki: Pki, cluster_name: str, server: str, user: str = "kube-admin") -> str:
+    """A kubeconfig with the certificates inline (what rke writes as kube_config_cluster.yml)."""
     def b64(name: str) -> str:
         return base64.b64encode(pki.path(name).read_bytes()).decode()
 
     return yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": cluster_name, "cluster": {"server": server, "certificate-authority-data": b64("ca.pem")}}],
-        "users": [{"name": f"kube-admin-{cluster_name}", "user": {"client-certificate-data": b64("kube-admin.pem"),
-                                                                  "client-key-data": b64("kube-admin-key.pem")}}],
-        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": f"kube-admin-{cluster_name}"}}],
+        "users": [{"name": f"{user}-{cluster_name}", "user": {"client-certificate-data": b64(f"{user}.pem"),
+                                                              "client-key-data": b64(f"{user}-key.pem")}}],
+        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": f"{user}-{cluster_name}"}}],
         "current-context": cluster_name,
     }, sort_keys=False)
 
 
-def copy_certificates(fleet, host, pki: Pki, node: NodeSpec, control_plane: bool) -> None:
-    r = fleet.run_on(host, f"mkdir -p {SSL_DIR} && chmod 700 {SSL_DIR}")
+def node_kubeconfig(user: str, cert: str) -> str:
+    """A kubeconfig on a node, naming the certificate files in SSL_DIR, for the API on 127.0.0.1."""
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": f"https://127.0.0.1:{API_PORT}",
+                                                   "certificate-authority": f"{SSL_DIR}/ca.pem"}}],
+        "users": [{"name": user, "user": {"client-certificate": f"{SSL_DIR}/{cert}.pem",
+                                          "client-key": f"{SSL_DIR}/{cert}-key.pem"}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+        "current-context": "local",
+    }, sort_keys=False)
+
+
+# -- what each node runs ----------------------------------------------------------------------------
+
+def _unit(description: str, argv: list[str], restart: bool = True) -> str:
+    lines = ["[Unit]", f"Description={description}", "", "[Service]", "Type=simple",
+             "ExecStart=" + " \\\n    ".join(argv)]
+    if restart:
+        lines += ["Restart=always", "RestartSec=2"]
+    return "\n".join(lines + ["", "[Install]", "WantedBy=multi-user.target", ""])
+
+
+def _flags(defaults: dict[str, str], extra: dict[str, str]) -> list[str]:
+    """``--name=value`` flags: RKE's defaults, then ``services.<svc>.extra_args`` over them, as RKE merges."""
+    merged = {**defaults, **{str(k).lstrip("-"): str(v) for k, v in extra.items()}}
+    return [f"--{k}={v}" for k, v in merged.items()]
+
+
+def etcd_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
+    members = spec.with_role("etcd")
+    initial = ",".join(f"etcd-{m.name}=https://{m.address}:2380" for m in members)
+    cert = f"{SSL_DIR}/kube-etcd-{n.name}"
+    flags = _flags({
+        "name": f"etcd-{n.name}", "data-dir": ETCD_DATA,
+        "listen-client-urls": "https://0.0.0.0:2379", "advertise-client-urls": f"https://{n.address}:2379",
+        "listen-peer-urls": "https://0.0.0.0:2380", "initial-advertise-peer-urls": f"https://{n.address}:2380",
+        "initial-cluster": initial, "initial-cluster-state": "new", "initial-cluster-token": "etcd-cluster-1",
+        "cert-file": f"{cert}.pem", "key-file": f"{cert}-key.pem", "client-cert-auth": "true",
+        "trusted-ca-file": f"{SSL_DIR}/ca.pem", "peer-cert-file": f"{cert}.pem", "peer-key-file": f"{cert}-key.pem",
+        "peer-client-cert-auth": "true", "peer-trusted-ca-file": f"{SSL_DIR}/ca.pem",
+        "heartbeat-interval": "500", "election-timeout": "5000",
+    }, spec.extra_args.get("etcd", {}))
+    unit = _unit(f"etcd {spec.etcd} (real etcd; RKE runs it as the etcd container)",
+                 [parts.vm_path("etcd", "etcd", spec.etcd), *flags])
+    return {f"{UNIT_DIR}/rke-etcd.service": (unit.encode(), 0o644)}
+
+
+def apiserver_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
+    etcd = ",".join(f"https://{m.address}:2379" for m in spec.with_role("etcd"))
+    ssl_ = SSL_DIR
+    flags = _flags({
+        "advertise-address": n.address, "bind-address": "0.0.0.0", "secure-port": str(API_PORT),
+        "etcd-servers": etcd, "etcd-cafile": f"{ssl_}/ca.pem", "etcd-certfile": f"{ssl_}/kube-apiserver-etcd-client.pem",
+        "etcd-keyfile": f"{ssl_}/kube-apiserver-etcd-client-key.pem", "storage-backend": "etcd3",
+        "client-ca-file": f"{ssl_}/ca.pem", "tls-cert-file": f"{ssl_}/kube-apiserver.pem",
+        "tls-private-key-file": f"{ssl_}/kube-apiserver-key.pem", "anonymous-auth": "false",
+        "service-account-issuer": "rke", "service-account-key-file": f"{ssl_}/kube-service-account-token.pem",
+        "service-account-signing-key-file": f"{ssl_}/kube-service-account-token-key.pem",
+        "service-cluster-ip-range": spec.service_range, "service-node-port-range": "30000-32767",
+        "authorization-mode": "Node,RBAC", "enable-admission-plugins": "NodeRestriction",
+        "allow-privileged": "true", "profiling": "false",
+        "requestheader-client-ca-file": f"{ssl_}/kube-apiserver-requestheader-ca.pem",
+        "proxy-client-cert-file": f"{ssl_}/kube-apiserver-proxy-client.pem",
+        "proxy-client-key-file": f"{ssl_}/kube-apiserver-proxy-client-key.pem",
+        "requestheader-allowed-names": "kube-apiserver-proxy-client", "requestheader-extra-headers-prefix": "X-Remote-Extra-",
+        "requestheader-group-headers": "X-Remote-Group", "requestheader-username-headers": "X-Remote-User",
+        "kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
+    }, spec.extra_args.get("kube-api", {}))
+    return {f"{UNIT_DIR}/rke-kube-apiserver.service": (_unit(
+        f"kube-apiserver {spec.kubernetes} (real; RKE runs it as the kube-apiserver container)",
+        [parts.vm_path("kubernetes", "kube-apiserver", spec.kubernetes), *flags]).encode(), 0o644)}
+
+
+def controller_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
+    cm_config = f"{SSL_DIR}/kubecfg-kube-controller-manager.yaml"
+    sched_config = f"{SSL_DIR}/kubecfg-kube-scheduler.yaml"
+    cm = _flags({
+        "kubeconfig": cm_config, "authentication-kubeconfig": cm_config, "authorization-kubeconfig": cm_config,
+        "leader-elect": "true", "bind-address": "127.0.0.1", "profiling": "false",
+        "service-account-private-key-file": f"{SSL_DIR}/kube-service-account-token-key.pem",
+        "root-ca-file": f"{SSL_DIR}/ca.pem", "use-service-account-credentials": "true",
+        "cluster-signing-cert-file": f"{SSL_DIR}/ca.pem", "cluster-signing-key-file": f"{SSL_DIR}/ca-key.pem",
+        "allocate-node-cidrs": "true", "cluster-cidr": spec.cluster_cidr, "node-cidr-mask-size": "24",
+        "service-cluster-ip-range": spec.service_range, "terminated-pod-gc-threshold": "1000",
+    }, spec.extra_args.get("kube-controller", {}))
+    sched = _flags({"kubeconfig": sched_config, "authentication-kubeconfig": sched_config,
+                    "authorization-kubeconfig": sched_config, "leader-elect": "true", "bind-address": "127.0.0.1",
+                    "profiling": "false"}, spec.extra_args.get("scheduler", {}))
+    return {
+        cm_config: (node_kubeconfig("system:kube-controller-manager", "kube-controller-manager").encode(), 0o600),
+        sched_config: (node_kubeconfig("system:kube-scheduler", "kube-scheduler").encode(), 0o600),
+        f"{UNIT_DIR}/rke-kube-controller-manager.service": (_unit(
+            f"kube-controller-manager {spec.kubernetes} (real; RKE runs it as the kube-controller-manager container)",
+            [parts.vm_path("kubernetes", "kube-controller-manager", spec.kubernetes), *cm]).encode(), 0o644),
+        f"{UNIT_DIR}/rke-kube-scheduler.service": (_unit(
+            f"kube-scheduler {spec.kubernetes} (real; RKE runs it as the kube-scheduler container)",
+            [parts.vm_path("kubernetes", "kube-scheduler", spec.kubernetes), *sched]).encode(), 0o644),
+    }
+
+
+NGINX_PROXY = """\
+# RKE1's nginx-proxy: the node's API endpoint 127.0.0.1:{port}, balanced over every control-plane node
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+pid /run/rke-nginx-proxy.pid;
+error_log /var/log/rke-nginx-proxy.log warn;
+events {{ worker_connections 1024; }}
+stream {{
+    upstream kube_apiserver {{
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_pass kube_apiserver;
+        proxy_connect_timeout 2s;
+        proxy_timeout 30m;
+    }}
+}}
+"""
+
+
+def nginx_proxy_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
+    servers = "\n".join(f"        server {c.address}:{API_PORT} max_fails=1 fail_timeout=10s;" for c in spec.with_role("controlplane"))
+    conf = "/etc/kubernetes/nginx-proxy.conf"
+    unit = _unit("nginx-proxy (Debian's nginx; RKE runs it as the nginx-proxy container on nodes without a control plane)",
+                 ["/usr/sbin/nginx", "-c", conf, "-e", "/var/log/rke-nginx-proxy.log", "-g", "'daemon off;'"])
+    return {conf: (NGINX_PROXY.format(port=API_PORT, servers=servers).encode(), 0o644),
+            f"{UNIT_DIR}/rke-nginx-proxy.service": (unit.encode(), 0o644)}
+
+
+def kwok_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
+    stages = sorted(parts.kwok_stages(spec.kwok).glob("*.yaml"))
+    config = "---\n".join(p.read_text() for p in stages)
+    kubecfg = f"{SSL_DIR}/kubecfg-kwok.yaml"
+    argv = [parts.vm_path("kwok", "kwok", spec.kwok), f"--kubeconfig={kubecfg}", "--config=/etc/kubernetes/kwok-stages.yaml",
+            f"--manage-single-node={n.name}", f"--node-name={n.name}", f"--node-ip={n.address}",
+            "--server-address=127.0.0.1:10247", "--node-lease-duration-seconds=40"]
+    return {
+        kubecfg: (node_kubeconfig(f"{KWOK_GROUP}:{n.name}", f"kwok-{n.name}").encode(), 0o600),
+        "/etc/kubernetes/kwok-stages.yaml": (config.encode(), 0o644),
+        f"{UNIT_DIR}/lab-kwok-node.service": (_unit(f"KWOK {spec.kwok} for node {n.name} ({KWOK_NOTE})", argv).encode(), 0o644),
+    }
+
+
+def certificate_files(pki: Pki, spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
+    def pair(name: str) -> dict[str, tuple[bytes, int]]:
+        return {f"{SSL_DIR}/{name}.pem": (pki.path(f"{name}.pem").read_bytes(), 0o644),
+                f"{SSL_DIR}/{name}-key.pem": (pki.path(f"{name}-key.pem").read_bytes(), 0o600)}
+
+    files = {f"{SSL_DIR}/ca.pem": (pki.path("ca.pem").read_bytes(), 0o644), **pair(f"kube-node-{n.name}"), **pair(f"kwok-{n.name}")}
+    if "etcd" in n.roles:
+        files |= pair(f"kube-etcd-{n.name}")
+    if "controlplane" in n.roles:
+        files[f"{SSL_DIR}/ca-key.pem"] = (pki.path("ca-key.pem").read_bytes(), 0o600)
+        files[f"{SSL_DIR}/kube-apiserver-requestheader-ca.pem"] = (
+            pki.path("kube-apiserver-requestheader-ca.pem").read_bytes(), 0o644)
+        for name in ("kube-apiserver", "kube-apiserver-etcd-client", "kube-apiserver-proxy-client",
+                     "kube-service-account-token", "kube-controller-manager", "kube-scheduler"):
+            files |= pair(name)
+    return files
+
+
+def node_plan(pki: Pki, spec: ClusterSpec, n: NodeSpec, planes: tuple[str, ...]) -> tuple[dict, list[tuple[str, tuple[str, ...]]]]:
+    """The files a node gets and its units, each with the files whose change restarts it.
+
+    ``planes`` limits what is set up: ``etcd``, ``controlplane``, ``worker`` (RKE's order); certificates
+    always go. KWOK runs on every node (every node is a Node), nginx-proxy where no API server runs.
+    """
+    files = certificate_files(pki, spec, n)
+    units: list[tuple[str, tuple[str, ...]]] = []
+    certs = tuple(files)
+    if "etcd" in planes and "etcd" in n.roles:
+        f = etcd_files(spec, n)
+        files |= f
+        units.append(("rke-etcd", tuple(f) + certs))
+    if "controlplane" in planes and "controlplane" in n.roles:
+        f = apiserver_files(spec, n)
+        files |= f
+        units.append(("rke-kube-apiserver", tuple(f) + certs))
+        f = controller_files(spec, n)
+        files |= f
+        units.append(("rke-kube-controller-manager", (f"{SSL_DIR}/kubecfg-kube-controller-manager.yaml",
+                                                      f"{UNIT_DIR}/rke-kube-controller-manager.service") + certs))
+        units.append(("rke-kube-scheduler", (f"{SSL_DIR}/kubecfg-kube-scheduler.yaml", f"{UNIT_DIR}/rke-kube-scheduler.service") + certs))
+    if "worker" in planes:
+        if "controlplane" not in n.roles:
+            f = nginx_proxy_files(spec, n)
+            files |= f
+            units.append(("rke-nginx-proxy", tuple(f)))
+        f = kwok_files(spec, n)
+        files |= f
+        units.append(("lab-kwok-node", tuple(f) + certs))
+    return files, units
+
+
+def write_files(fleet, host, files: dict[str, tuple[bytes, int]]) -> set[str]:
+    """Put each file on ``host`` unless it is there already with this content; the paths that changed."""
+    listing = " ".join(f"'{p}'" for p in files)
+    r = fleet.run_on(host, f"mkdir -p {SSL_DIR} {UNIT_DIR} /etc/kubernetes && chmod 700 {SSL_DIR} && "
+                           f"sha256sum {listing} 2>/dev/null; true")
     r.check()
-    files = [("ca.pem", "ca.pem", 0o644), (f"node-{node.name}.pem", "node.pem", 0o644),
-             (f"node-{node.name}-key.pem", "node-key.pem", 0o600)]
-    if control_plane:
-        files += [("kube-apiserver.pem", "kube-apiserver.pem", 0o644), ("kube-apiserver-key.pem", "kube-apiserver-key.pem", 0o600)]
-    for local, remote, mode in files:
-        fleet.put(host, pki.path(local), f"{SSL_DIR}/{remote}", mode)
+    have = {}
+    for line in r.stdout.splitlines():
+        digest, _, path = line.partition("  ")
+        have[path.strip()] = digest
+    changed = {p for p, (data, _) in files.items() if have.get(p) != hashlib.sha256(data).hexdigest()}
+    if changed:
+        sftp = fleet.connection(host).sftp()
+        for path in sorted(changed):
+            data, mode = files[path]
+            tmp = f"{path}.rke-tmp"
+            with sftp.open(tmp, "wb") as f:
+                f.write(data)
+            sftp.chmod(tmp, mode)
+            sftp.posix_rename(tmp, path)
+    return changed
 
 
-def start_api_servers(fleet, hosts, etcd_hosts, version: str) -> None:
-    """Start the API stand-in on each control-plane host (idempotent); the first runs the controllers."""
-    endpoints = ",".join(lab_etcd.endpoints(etcd_hosts))
-    python = shlex.quote(sys.executable)
-    for i, h in enumerate(hosts):
-        cmd = (f"{python} -m runbooklab.kubernetes.apiserver --listen {h.address}:{API_PORT} --etcd {endpoints} "
-               f"--tls-dir {SSL_DIR} --kubernetes-version {version}" + (" --controllers" if i == 0 else ""))
-        fleet.run_on(h, daemon.enable("lab-apiserver", cmd, API_LOG)).check()
+PLANES = {"etcd": ("rke-etcd",), "controlplane": ("rke-kube-apiserver", "rke-kube-controller-manager", "rke-kube-scheduler"),
+          "worker": ("rke-nginx-proxy", "lab-kwok-node")}
 
 
-def stop_api_server(fleet, host) -> None:
-    fleet.run_on(host, daemon.disable("lab-apiserver"))
+@dataclass
+class NodeChanges:
+    """A node's units (with their input files) and which files ``prepare_node`` changed."""
+
+    units: list[tuple[str, tuple[str, ...]]]
+    changed: set[str]
 
 
-def start_heartbeat(fleet, host, servers: list[str]) -> None:
-    python = shlex.quote(sys.executable)
-    cmd = (f"{python} -m runbooklab.kubernetes.heartbeat --server {','.join(servers)} --node {host.name} --tls-dir {SSL_DIR}")
-    fleet.run_on(host, daemon.enable("lab-heartbeat", cmd, HEARTBEAT_LOG)).check()
+def prepare_node(fleet, host, pki: Pki, spec: ClusterSpec, n: NodeSpec) -> NodeChanges:
+    """Every file the node's units need, written where it differs; nothing started yet."""
+    files, units = node_plan(pki, spec, n, tuple(PLANES))
+    changed = write_files(fleet, host, files)
+    if "etcd" in n.roles:
+        fleet.run_on(host, f"mkdir -p {ETCD_DATA} && chmod 700 {ETCD_DATA}").check()
+    return NodeChanges(units, changed)
 
 
-def wait_ready(api: ApiClient, timeout: float = 30.0) -> None:
+def start_units(fleet, host, n: NodeSpec, plan: NodeChanges, plane: str) -> list[str]:
+    """The plane's units on the node: restarted when their files changed, else enabled and started if not running."""
+    done = []
+    for unit, inputs in plan.units:
+        if unit not in PLANES[plane]:
+            continue
+        verb = "restart" if plan.changed & set(inputs) else "start"
+        r = fleet.run_on(host, f"systemctl daemon-reload && systemctl enable {unit} >/dev/null && "
+                               f"{{ systemctl is-active -q {unit} && [ {verb} = start ] || systemctl {verb} {unit}; }}")
+        if not r.ok:
+            raise ClusterError(f"{n.name}: {unit} did not start: {(r.stderr or r.error or '').strip()[-400:]} "
+                               f"(see /var/log/lab-systemd/{unit}.service.log on {n.name})")
+        done.append(f"{unit} {'restarted' if verb == 'restart' else 'running'}")
+    return done
+
+
+def stop_command(wipe: bool = False) -> str:
+    """Stop and disable every unit the stand-in starts; with ``wipe``, remove their files and etcd's data too."""
+    cmd = "; ".join(f"systemctl disable --now {u} >/dev/null 2>&1" for u in UNITS)
+    if wipe:
+        cmd += (f"; rm -rf {ETCD_DATA} {SSL_DIR} /etc/kubernetes/kwok-stages.yaml /etc/kubernetes/nginx-proxy.conf "
+                + " ".join(f"{UNIT_DIR}/{u}.service" for u in UNITS))
+    return cmd + "; true"
+
+
+def wait_ready(api: ApiClient, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if api.ready():
             return
-        time.sleep(0.2)
-    raise ClusterError(f"the API server stand-in did not answer within {timeout:g} s (see {API_LOG} on the control plane)")
+        time.sleep(0.5)
+    raise ClusterError(f"kube-apiserver did not report ready within {timeout:g} s "
+                       "(see /var/log/lab-systemd/rke-kube-apiserver.service.log on the control-plane nodes)")
 
 
 def ensure_namespaces(api: ApiClient) -> None:
@@ -153,33 +458,69 @@ def ensure_namespaces(api: ApiClient) -> None:
             raise ClusterError(f"cannot create namespace {ns}: {body.get('message')}")
 
 
-def node_object(n: NodeSpec, version: str) -> dict:
+def ensure_kwok_role(api: ApiClient) -> None:
+    """The ClusterRole and binding that let each VM's KWOK manage its node (created or brought in line)."""
+    name = "runbook-lab:kwok-node"
+    meta = {"name": name, "labels": {SIMULATED: "true"}, "annotations": {"runbook.lab/simulation": KWOK_NOTE}}
+    objects = [
+        ("/apis/rbac.authorization.k8s.io/v1/clusterroles", {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                                                             "metadata": meta, "rules": KWOK_RULES}),
+        ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": KWOK_GROUP}]}),
+    ]
+    for collection, obj in objects:
+        code, body = api.request("POST", collection, obj)
+        if code == 409:
+            code, body = api.request("PUT", f"{collection}/{name}", obj)
+        if code not in (200, 201):
+            raise ClusterError(f"cannot create {obj['kind']} {name}: {body.get('message')}")
+
+
+def rke_taints(n: NodeSpec) -> list[dict]:
+    """RKE1's taints on nodes that are not workers, then the ones cluster.yml gives."""
+    taints = []
+    if "worker" not in n.roles:
+        if "controlplane" in n.roles:
+            taints.append({"key": "node-role.kubernetes.io/controlplane", "value": "true", "effect": "NoSchedule"})
+        if "etcd" in n.roles:
+            taints.append({"key": "node-role.kubernetes.io/etcd", "value": "true", "effect": "NoExecute"})
+    return taints + n.taints
+
+
+def node_object(n: NodeSpec, spec: ClusterSpec) -> dict:
     labels = {"kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-              "runbook.lab/simulated": "true", **n.labels}
+              SIMULATED: "true", **n.labels}
     for role in n.roles:
         labels[f"node-role.kubernetes.io/{role}"] = "true"
+    capacity = {"cpu": "2", "memory": "4Gi", "pods": "110", "ephemeral-storage": "20Gi"}
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": n.name, "labels": labels,
-                         "annotations": {"runbook.lab/simulation": "this node is a lab VM; no kubelet runs on it"}},
-            "spec": {"taints": n.taints} if n.taints else {},
+                         "annotations": {"runbook.lab/simulation": KWOK_NOTE, "kwok.x-k8s.io/node": "fake"}},
+            "spec": {"taints": rke_taints(n)} if rke_taints(n) else {},
             "status": {"addresses": [{"type": "InternalIP", "address": n.address}, {"type": "Hostname", "address": n.name}],
-                       "nodeInfo": {"kubeletVersion": f"{version}+{SIMULATED}", "kubeProxyVersion": f"{version}+{SIMULATED}",
-                                    "containerRuntimeVersion": f"{SIMULATED}://none", "osImage": "Debian GNU/Linux 12 (bookworm)",
-                                    "kernelVersion": "", "operatingSystem": "linux", "architecture": "amd64",
-                                    "machineID": "", "systemUUID": "", "bootID": ""},
-                       "conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusNeverUpdated",
-                                       "message": "waiting for the first heartbeat (lab simulation)"}]}}
+                       "capacity": capacity, "allocatable": capacity,
+                       "nodeInfo": {"kubeletVersion": f"{spec.kubernetes}+kwok-lab-simulation",
+                                    "kubeProxyVersion": f"{spec.kubernetes}+kwok-lab-simulation",
+                                    "containerRuntimeVersion": f"kwok://{spec.kwok}", "osImage": "Debian GNU/Linux 12 (bookworm)",
+                                    "kernelVersion": "lab-simulation", "operatingSystem": "linux", "architecture": "amd64",
+                                    "machineID": "", "systemUUID": "", "bootID": ""}}}
 
 
-def register_node(api: ApiClient, n: NodeSpec, version: str) -> bool:
-    """Create the Node, or bring its labels, taints and addresses in line. True if it was created."""
-    obj = node_object(n, version)
+def register_node(api: ApiClient, n: NodeSpec, spec: ClusterSpec) -> bool:
+    """Create the Node (its status too: KWOK keeps what is set), or bring labels and taints in line. True if created."""
+    obj = node_object(n, spec)
     code, body = api.request("POST", "/api/v1/nodes", obj)
     if code == 201:
+        code, body = api.request("PATCH", f"/api/v1/nodes/{n.name}/status", {"status": obj["status"]},
+                                 "application/merge-patch+json")
+        if code != 200:
+            raise ClusterError(f"cannot set the status of node {n.name}: {body.get('message')}")
         return True
     if code != 409:
         raise ClusterError(f"cannot register node {n.name}: {body.get('message')}")
-    patch = {"metadata": {"labels": obj["metadata"]["labels"]}, "spec": {"taints": n.taints or None}}
+    patch = {"metadata": {"labels": obj["metadata"]["labels"]}, "spec": {"taints": rke_taints(n) or None}}
     code, body = api.request("PATCH", f"/api/v1/nodes/{n.name}", patch, "application/merge-patch+json")
     if code != 200:
         raise ClusterError(f"cannot update node {n.name}: {body.get('message')}")

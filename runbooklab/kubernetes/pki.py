@@ -1,8 +1,11 @@
-"""The lab cluster's PKI: a CA, the API server's serving certificate, and x509 client certificates.
+"""The lab cluster's PKI: CAs, serving certificates, x509 client certificates, the service-account key.
 
-As RKE does with ``authentication.strategy: x509``: clients (kubectl, the Python client, node
-heartbeats) present certificates signed by the cluster CA; the subject's CN is the user and O the
-groups. Everything here is for the lab only; every certificate says so in its subject.
+As RKE does with ``authentication.strategy: x509``: clients (kubectl, the Python client, the
+controllers, each node's agent) present certificates signed by the cluster CA; the subject's CN is
+the user and O the groups. A second CA signs the API server's front-proxy client certificate (the
+request-header CA), and etcd's members and clients use certificates of the cluster CA, as RKE sets
+them up. Certificates are kept while their subject and names still fit (a later ``rke up`` does not
+rotate them); everything here is for the lab only and every certificate says so in its subject.
 """
 
 from __future__ import annotations
@@ -47,13 +50,13 @@ class Pki:
     def path(self, name: str) -> Path:
         return self.root / name
 
-    def ensure_ca(self, cluster: str) -> None:
-        if self.path("ca.pem").exists():
+    def ensure_ca(self, cluster: str, name: str = "ca", title: str = "kube-ca") -> None:
+        if self.path(f"{name}.pem").exists():
             return
         self.root.mkdir(parents=True, exist_ok=True)
         key = _key()
         now = dt.datetime.now(dt.timezone.utc)
-        cert = (x509.CertificateBuilder().subject_name(_name(f"kube-ca {cluster}")).issuer_name(_name(f"kube-ca {cluster}"))
+        cert = (x509.CertificateBuilder().subject_name(_name(f"{title} {cluster}")).issuer_name(_name(f"{title} {cluster}"))
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -61,19 +64,48 @@ class Pki:
                                              key_encipherment=False, data_encipherment=False, key_agreement=False,
                                              encipher_only=False, decipher_only=False), critical=True)
                 .sign(key, hashes.SHA256()))
-        self.path("ca-key.pem").write_bytes(_pem_key(key))
-        self.path("ca-key.pem").chmod(0o600)
-        self.path("ca.pem").write_bytes(_pem_cert(cert))
+        self.path(f"{name}-key.pem").write_bytes(_pem_key(key))
+        self.path(f"{name}-key.pem").chmod(0o600)
+        self.path(f"{name}.pem").write_bytes(_pem_cert(cert))
+
+    def ensure_key(self, name: str) -> None:
+        """A bare key pair, ``<name>-key.pem`` and ``<name>.pem`` (public): the service-account signing key."""
+        if self.path(f"{name}-key.pem").exists():
+            return
+        key = _key()
+        self.path(f"{name}-key.pem").write_bytes(_pem_key(key))
+        self.path(f"{name}-key.pem").chmod(0o600)
+        self.path(f"{name}.pem").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def fits(self, name: str, cn: str, orgs: tuple[str, ...], server_names: tuple[str, ...], ca: str) -> bool:
+        """Whether ``<name>.pem`` exists, was signed by ``ca``, and has this subject and these names."""
+        try:
+            cert = x509.load_pem_x509_certificate(self.path(f"{name}.pem").read_bytes())
+            issuer = x509.load_pem_x509_certificate(self.path(f"{ca}.pem").read_bytes())
+        except (OSError, ValueError):
+            return False
+        if cert.subject != _name(cn, orgs) or cert.issuer != issuer.subject or not self.path(f"{name}-key.pem").exists():
+            return False
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            have = {str(v) for v in sans.get_values_for_type(x509.IPAddress)} | set(sans.get_values_for_type(x509.DNSName))
+        except x509.ExtensionNotFound:
+            have = set()
+        remaining = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+        return have == {str(n) for n in server_names} and remaining > dt.timedelta(days=30)
 
     def issue(self, name: str, cn: str, orgs: tuple[str, ...] = (), server_names: tuple[str, ...] = (),
-              client: bool = True) -> tuple[Path, Path]:
-        """Issue (or reissue) ``<name>.pem`` and ``<name>-key.pem`` signed by the CA."""
-        ca_key = serialization.load_pem_private_key(self.path("ca-key.pem").read_bytes(), None)
-        ca = x509.load_pem_x509_certificate(self.path("ca.pem").read_bytes())
+              client: bool = True, ca: str = "ca") -> tuple[Path, Path]:
+        """``<name>.pem`` and ``<name>-key.pem`` signed by ``ca``: kept if they still fit, else issued anew."""
+        if self.fits(name, cn, orgs, server_names, ca):
+            return self.path(f"{name}.pem"), self.path(f"{name}-key.pem")
+        ca_key = serialization.load_pem_private_key(self.path(f"{ca}-key.pem").read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(self.path(f"{ca}.pem").read_bytes())
         key = _key()
         now = dt.datetime.now(dt.timezone.utc)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-        builder = (x509.CertificateBuilder().subject_name(_name(cn, orgs)).issuer_name(ca.subject)
+        builder = (x509.CertificateBuilder().subject_name(_name(cn, orgs)).issuer_name(ca_cert.subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=825))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))

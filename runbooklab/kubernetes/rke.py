@@ -1,12 +1,16 @@
-"""``rke`` for the lab: a stand-in for Rancher's RKE1 binary (LAB SIMULATION).
+"""``rke`` for the lab: a stand-in for Rancher's RKE1 binary (LAB SIMULATION) that starts real Kubernetes.
 
 It reads ``cluster.yml`` as RKE does and rejects what RKE rejects, reaches every node over SSH with
 the user, key and port the file gives, checks RKE's prerequisites on each node (a Docker engine of
-a supported version that the SSH user may use) and fails like RKE when one is missing, then starts
-the real etcd on the etcd nodes and the API server stand-in on the control-plane nodes, registers
-every node with its roles, labels and taints, and writes ``kube_config_cluster.yml`` and
-``cluster.rkestate`` beside ``cluster.yml``. A later ``rke up`` adds and removes nodes as the file
-now says; ``--update-only`` touches workers only.
+a supported version that the SSH user may use; the lab's Docker is a stand-in) and fails like RKE
+when one is missing. Then it does what RKE does with containers, with the real binaries the lab
+built from their Go modules, run as systemd units: etcd 3.6 on the etcd nodes, kube-apiserver,
+kube-controller-manager and kube-scheduler on the control-plane nodes, nginx-proxy on the others,
+registers every node with its roles, labels and taints (KWOK inside each VM manages it: no kubelet
+runs), and writes ``kube_config_cluster.yml`` and ``cluster.rkestate`` beside ``cluster.yml``. A
+later ``rke up`` adds and removes nodes as the file now says; ``--update-only`` touches workers only.
+The Kubernetes version is cluster.yml's ``kubernetes_version`` (without RKE's ``-rancher`` suffix);
+a version the lab has not built fails as an image RKE cannot pull, with the command that builds it.
 
     rke up [--config cluster.yml] [--update-only]
     rke remove [--config cluster.yml] [--force]
@@ -32,12 +36,12 @@ import yaml
 from runbooklib.schema import K8S_ROLES, SSH, Host
 from runbooklib.ssh import Fleet
 
-from .. import daemon
 from . import cluster as lab_cluster
 from . import etcd as lab_etcd
+from . import parts
 from .pki import Pki
 
-VERSION = "v1.8.0-lab-simulation"
+VERSION = "v1.8.0-lab-simulation"  # the rke it stands in for: 1.8, the last RKE1 release line
 TOP_LEVEL_KEYS = {
     "nodes", "services", "network", "authentication", "authorization", "ignore_docker_version", "kubernetes_version",
     "private_registries", "ingress", "cluster_name", "ssh_key_path", "ssh_cert_path", "ssh_agent_auth", "bastion_host",
@@ -150,8 +154,26 @@ def node_specs(c: dict) -> list[lab_cluster.NodeSpec]:
 
 
 def k8s_version(c: dict) -> str:
-    v = str(c.get("kubernetes_version") or "v1.31.9")
+    v = str(c.get("kubernetes_version") or parts.default_version("kubernetes"))
     return v.split("-rancher")[0] if v.startswith("v") else "v" + v.split("-rancher")[0]
+
+
+def cluster_spec(c: dict, nodes: list[lab_cluster.NodeSpec]) -> lab_cluster.ClusterSpec:
+    """Versions (each checked to be built: else RKE's image pull failure) and ranges from cluster.yml."""
+    services = c.get("services") or {}
+    version = k8s_version(c)
+    try:
+        versions = {name: parts.require(name, version if name == "kubernetes" else None) for name in ("kubernetes", "etcd", "kwok")}
+    except parts.PartMissing as e:
+        raise RkeFatal(f"Failed to pull the images of Kubernetes {version}: {e}") from None
+    extra = {name: {str(k): str(v) for k, v in ((services.get(name) or {}).get("extra_args") or {}).items()}
+             for name in ("etcd", "kube-api", "kube-controller", "scheduler")}
+    return lab_cluster.ClusterSpec(
+        name=str(c.get("cluster_name") or "local"), kubernetes=versions["kubernetes"], etcd=versions["etcd"],
+        kwok=versions["kwok"],
+        service_range=str((services.get("kube-api") or {}).get("service_cluster_ip_range") or "10.43.0.0/16"),
+        cluster_cidr=str((services.get("kube-controller") or {}).get("cluster_cidr") or "10.42.0.0/16"),
+        nodes=nodes, extra_args=extra)
 
 
 def make_fleet(c: dict, config_dir: Path, nodes: list[lab_cluster.NodeSpec]) -> Fleet:
@@ -223,31 +245,49 @@ def check_prerequisites(fleet: Fleet, c: dict, nodes: list[lab_cluster.NodeSpec]
                            f"[{' '.join(v + 'x' for v in DOCKER_SUPPORTED)}]")
 
 
+def _each(fleet: Fleet, hosts: dict, nodes: list[lab_cluster.NodeSpec], fn) -> dict[str, object]:
+    """``fn(node, host)`` on many nodes at once; the first failure is raised once all are done."""
+    by_host = {hosts[n.name].name: n for n in nodes}
+
+    def one(h):
+        try:
+            return fn(by_host[h.name], h)
+        except Exception as e:  # noqa: BLE001 - reported below, with the node's name
+            return e
+
+    results = fleet.each(one, hosts=[hosts[n.name] for n in nodes], desc="nodes")
+    for name, value in results.items():
+        if isinstance(value, Exception):
+            raise RkeFatal(f"[{by_host[name].name}] {type(value).__name__}: {value}")
+    return results
+
+
 def cmd_up(args, log: Log) -> None:
     config = Path(args.config).resolve()
     c = load_cluster(config)
     nodes = node_specs(c)
-    cluster_name = str(c.get("cluster_name") or "local")
-    version = k8s_version(c)
+    spec = cluster_spec(c, nodes)
     state_path = config.with_name("cluster.rkestate")
     kube_path = config.with_name("kube_config_cluster.yml")
     state = load_state(state_path)
     log.info(f"Running RKE version: {VERSION}")
     log.info("Initiating Kubernetes cluster" if state is None else "Updating Kubernetes cluster")
+    log.info(f"Kubernetes {spec.kubernetes}, etcd {spec.etcd} (real, built by runbooklab/kbin); nodes managed by "
+             f"KWOK {spec.kwok} (LAB SIMULATION: no kubelet)")
     if args.update_only and state is None:
         raise RkeFatal("--update-only needs an existing cluster: cluster.rkestate not found beside cluster.yml")
-    etcd_nodes = [n for n in nodes if "etcd" in n.roles]
-    cp_nodes = [n for n in nodes if "controlplane" in n.roles]
+    etcd_nodes = spec.with_role("etcd")
+    cp_nodes = spec.with_role("controlplane")
     with tempfile.TemporaryDirectory(prefix="rke-lab-pki-") as tmp:
         fleet = make_fleet(c, config.parent, nodes)
-        hosts = {h.name: h for h in fleet.hosts}
+        hosts = {n.name: h for n, h in zip(nodes, fleet.hosts)}
         try:
             check_prerequisites(fleet, c, nodes, log)
             if state is None:
-                probe = lab_etcd.EtcdClient(lab_etcd.endpoints([hosts[_host_name(n.name)] for n in etcd_nodes]), timeout=2)
-                if probe.healthy():
-                    raise RkeFatal("etcd already holds a cluster on these nodes but cluster.rkestate is missing: the state "
-                                   "file is required for every later run. Restore it from your backup; do not "
+                holding = lab_etcd.holds_data(fleet, hosts, spec)
+                if holding:
+                    raise RkeFatal(f"etcd already holds a cluster on {', '.join(holding)} but cluster.rkestate is missing: "
+                                   "the state file is required for every later run. Restore it from your backup; do not "
                                    "run rke up without it")
                 pki = Pki(Path(tmp))
                 log.info("[certificates] Generating CA kubernetes certificates")
@@ -263,22 +303,24 @@ def cmd_up(args, log: Log) -> None:
                     changed = [n.name for n in nodes if "worker" not in n.roles and previous.get(n.name, {}).get("roles") != n.roles]
                     if changed:
                         log.warn(f"--update-only: ignoring changes to non-worker nodes {', '.join(changed)}")
-            lab_cluster.issue_certificates(pki, cluster_name, cp_nodes, nodes)
+            lab_cluster.issue_certificates(pki, spec)
             save_state(state_path, c, nodes, pki)
             log.info(f"Successfully Deployed state file at [{state_path}]")
-            for n in nodes:
-                lab_cluster.copy_certificates(fleet, hosts[_host_name(n.name)], pki, n, "controlplane" in n.roles)
-            if not args.update_only:
-                log.info("[etcd] Building up etcd plane..")
-                lab_etcd.start_cluster(fleet, [hosts[_host_name(n.name)] for n in etcd_nodes])
-                log.info("[etcd] Successfully started etcd plane.. Checking etcd cluster health")
-                log.info("[controlplane] Building up Controller Plane..")
-                lab_cluster.start_api_servers(fleet, [hosts[_host_name(n.name)] for n in cp_nodes],
-                                              [hosts[_host_name(n.name)] for n in etcd_nodes], version)
+            touched = [n for n in nodes if not args.update_only or "worker" in n.roles]
+            plans = _each(fleet, hosts, touched, lambda n, h: lab_cluster.prepare_node(fleet, h, pki, spec, n))
+            log.info("[certificates] Deployed certificates and configuration to the nodes")
             servers = [f"https://{n.address}:{lab_cluster.API_PORT}" for n in cp_nodes]
             api = lab_cluster.ApiClient(servers, pki)
+            if not args.update_only:
+                log.info("[etcd] Building up etcd plane..")
+                _each(fleet, hosts, etcd_nodes, lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name], "etcd"))
+                lab_etcd.wait_healthy(fleet, hosts, spec)
+                log.info("[etcd] Successfully started etcd plane.. Checking etcd cluster health")
+                log.info("[controlplane] Building up Controller Plane..")
+                _each(fleet, hosts, cp_nodes, lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name], "controlplane"))
             lab_cluster.wait_ready(api)
             lab_cluster.ensure_namespaces(api)
+            lab_cluster.ensure_kwok_role(api)
             log.info("[controlplane] Successfully started Controller Plane..")
             log.info("[worker] Building up Worker Plane..")
             wanted = {n.name for n in nodes}
@@ -291,14 +333,13 @@ def cmd_up(args, log: Log) -> None:
                     log.info(f"[remove/{name}] Removing node from cluster")
                     lab_cluster.remove_node(api, name)
                     _stop_on_removed(fleet, addr, log)
-            for n in nodes:
-                if args.update_only and "worker" not in n.roles:
-                    continue
-                if lab_cluster.register_node(api, n, version):
+            for n in touched:
+                if lab_cluster.register_node(api, n, spec):
                     log.info(f"[worker] Added node [{n.name}] ({', '.join(n.roles)})")
-                lab_cluster.start_heartbeat(fleet, hosts[_host_name(n.name)], servers)
-            kube_path.write_text("# kubeconfig of a LAB SIMULATION cluster (runbooklib rke stand-in)\n"
-                                 + lab_cluster.kubeconfig(pki, cluster_name, servers[0]))
+            _each(fleet, hosts, touched, lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name], "worker"))
+            kube_path.write_text(f"# kubeconfig of the lab cluster {spec.name}: Kubernetes {spec.kubernetes} (real), nodes "
+                                 "simulated by KWOK (written by the runbooklib lab's rke stand-in)\n"
+                                 + lab_cluster.kubeconfig(pki, spec.name, servers[0]))
             kube_path.chmod(0o600)
             log.info(f"Wrote kubeconfig file [{kube_path}]")
             log.info("Finished building Kubernetes cluster successfully")
@@ -312,7 +353,7 @@ def _stop_on_removed(fleet: Fleet, address: str | None, log: Log) -> None:
         return
     host = Host(name="removed-node", address=address, roles=["worker"], location={"country": "RU"},
                 user=fleet.hosts[0].user, ssh_port=fleet.hosts[0].ssh_port)
-    r = fleet.run_on(host, daemon.disable("lab-heartbeat") + "; " + daemon.disable("lab-apiserver"))
+    r = fleet.run_on(host, lab_cluster.stop_command())
     if not r.ok:
         log.warn(f"[remove] could not clean up {address}: {r.error}")
 
@@ -326,8 +367,7 @@ def cmd_remove(args, log: Log) -> None:
     fleet = make_fleet(c, config.parent, nodes)
     try:
         for h in fleet.hosts:
-            fleet.run_on(h, f"{daemon.disable('lab-heartbeat')}; {daemon.disable('lab-apiserver')}; {daemon.disable('lab-etcd')}; "
-                            f"rm -rf {lab_etcd.DATA_DIR} {lab_cluster.SSL_DIR}; true")
+            fleet.run_on(h, lab_cluster.stop_command(wipe=True)).check()
             log.info(f"[remove] Cleaned host [{h.address}]")
     finally:
         fleet.close()
@@ -340,44 +380,41 @@ def cmd_etcd(args, log: Log) -> None:
     config = Path(args.config).resolve()
     c = load_cluster(config)
     nodes = node_specs(c)
-    etcd_nodes = [n for n in nodes if "etcd" in n.roles]
+    spec = cluster_spec(c, nodes)
+    members = spec.with_role("etcd")
     fleet = make_fleet(c, config.parent, nodes)
-    hosts = {h.name: h for h in fleet.hosts}
-    members = [hosts[_host_name(n.name)] for n in etcd_nodes]
+    hosts = {n.name: h for n, h in zip(nodes, fleet.hosts)}
     snapshot = f"{SNAPSHOT_DIR}/{args.name}"
     try:
         if args.etcd_command == "snapshot-save":
-            for h in members:
-                fleet.run_on(h, f"mkdir -p {SNAPSHOT_DIR} && ETCDCTL_API=3 etcdctl --endpoints http://{h.address}:2379 "
-                                f"snapshot save {snapshot}").check()
-                log.info(f"[etcd] Saved snapshot [{args.name}] on host [{h.address}]")
+            for n in members:
+                lab_etcd.snapshot_save(fleet, hosts[n.name], spec, n, snapshot)
+                log.info(f"[etcd] Saved snapshot [{args.name}] on host [{n.address}]")
             log.info(f"Finished saving/uploading snapshot [{args.name}] on all etcd hosts")
             return
-        # restore: every member from the same snapshot (the first member's), then start again
-        missing = [h.name for h in members if not fleet.run_on(h, f"test -f {snapshot}").ok]
+        # restore: every member from the same snapshot (the first member's that has it), then start again
+        missing = [n.name for n in members if not fleet.run_on(hosts[n.name], f"test -f {snapshot}").ok]
         if len(missing) == len(members):
             raise RkeFatal(f"Failed to restore etcd snapshot: snapshot [{args.name}] not found on any etcd host")
-        source = next(h for h in members if h.name not in missing)
+        source = next(n for n in members if n.name not in missing)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / args.name
-            fleet.connection(source).get(snapshot, str(local))
-            for h in members:
-                if h.name in missing:
-                    fleet.run_on(h, f"mkdir -p {SNAPSHOT_DIR}").check()
-                    fleet.put(h, local, snapshot)
-        cp = [hosts[_host_name(n.name)] for n in nodes if "controlplane" in n.roles]
-        for h in cp:
-            lab_cluster.stop_api_server(fleet, h)
-        initial = ",".join(f"{h.name}=http://{h.address}:2380" for h in members)
-        for h in members:
-            fleet.run_on(h, f"{daemon.stop('lab-etcd')}; "
-                            f"rm -rf {lab_etcd.DATA_DIR}/{h.name}.etcd && ETCDCTL_API=3 etcdctl snapshot restore {snapshot} "
-                            f"--name {h.name} --initial-cluster {initial} --initial-cluster-token lab "
-                            f"--initial-advertise-peer-urls http://{h.address}:2380 "
-                            f"--data-dir {lab_etcd.DATA_DIR}/{h.name}.etcd").check()
-            log.info(f"[etcd] Restored snapshot [{args.name}] on host [{h.address}]")
-        lab_etcd.start_cluster(fleet, members)
-        lab_cluster.start_api_servers(fleet, cp, members, k8s_version(c))
+            fleet.connection(hosts[source.name]).get(snapshot, str(local))
+            for n in members:
+                if n.name in missing:
+                    fleet.run_on(hosts[n.name], f"mkdir -p {SNAPSHOT_DIR}").check()
+                    fleet.put(hosts[n.name], local, snapshot)
+        cp = spec.with_role("controlplane")
+        for n in cp:
+            fleet.run_on(hosts[n.name], "systemctl stop rke-kube-apiserver").check()
+        for n in members:
+            fleet.run_on(hosts[n.name], "systemctl stop rke-etcd && " + lab_etcd.restore_command(spec, n, snapshot)).check()
+            log.info(f"[etcd] Restored snapshot [{args.name}] on host [{n.address}]")
+        for n in members:
+            fleet.run_on(hosts[n.name], "systemctl start rke-etcd").check()
+        lab_etcd.wait_healthy(fleet, hosts, spec)
+        for n in cp:
+            fleet.run_on(hosts[n.name], "systemctl start rke-kube-apiserver").check()
         log.info(f"Finished restoring snapshot [{args.name}] on all etcd hosts")
     finally:
         fleet.close()
@@ -401,13 +438,14 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--name", required=True)
     args = parser.parse_args(argv)
     if args.version:
-        print(f"rke version {VERSION} (runbooklib lab stand-in, not Rancher's rke)")
+        print(f"rke version {VERSION} (runbooklib lab stand-in, not Rancher's rke; it starts Kubernetes "
+              f"{parts.default_version('kubernetes')} and etcd {parts.default_version('etcd')} built from their modules)")
         return 0
     if not args.command:
         parser.print_help()
         return 1
     log = Log()
-    log.warn("This is the runbooklib LAB SIMULATION of rke: it builds a simulated cluster on lab VMs")
+    log.warn("This is the runbooklib LAB SIMULATION of rke: real Kubernetes and etcd on lab VMs, nodes simulated by KWOK")
     try:
         {"up": cmd_up, "remove": cmd_remove, "etcd": cmd_etcd}[args.command](args, log)
         return 0
