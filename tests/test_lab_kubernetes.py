@@ -1,14 +1,16 @@
-"""The lab's Kubernetes: real etcd, the API server stand-in, and the rke stand-in, end to end.
+"""The lab's Kubernetes: real etcd 3.6, kube-apiserver, controller-manager and scheduler, started by rke.
 
-Real clients only: kubectl (the machine's, /usr/bin/kubectl) and the official Python client, over
-HTTPS with the x509 client certificate from the kubeconfig that `rke up` wrote.
+Real clients only: kubectl and etcdctl of the same releases (built by runbooklab/kbin), helm, and the
+official Python client, over HTTPS with the x509 client certificate from the kubeconfig that `rke up`
+wrote. The nodes are the lab's VMs, managed by KWOK inside each VM (no kubelet): the tests check what
+the real controllers and scheduler do with them.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,12 +20,14 @@ import yaml
 
 from conftest import lab_identity, require_lab, running_lab
 from runbooklab import Lab
-from runbooklab.kubernetes import start_docker
+from runbooklab.kubernetes import parts, start_docker
 
-require_lab("etcd", "etcdctl", "kubectl")
+KUBECTL = str(parts.host_path("kubernetes", "kubectl"))
+HELM = str(parts.host_path("helm", "helm"))
+require_lab(KUBECTL, HELM, str(parts.host_path("kubernetes", "kube-apiserver")), str(parts.host_path("etcd", "etcd")),
+            str(parts.host_path("kwok", "kwok")))
 NET = lab_identity("rbk8s", "10.85.0.0/24")[1].rsplit(".", 2)[0] + ".0"  # the lab subnet's first three octets
-
-KUBECTL = shutil.which("kubectl")
+VERSION = parts.default_version("kubernetes")
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +42,15 @@ def rke(lab: Lab, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=300)
 
 
-def kubectl(lab: Lab, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, KUBECONFIG=str(lab.root / "kube_config_cluster.yml"))
+def kubectl(lab: Lab, *args: str, check: bool = True, stdin: str | None = None, kubeconfig=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig or lab.root / "kube_config_cluster.yml"))
     done = subprocess.run([KUBECTL, *args], capture_output=True, text=True, env=env, input=stdin, timeout=60)
     if check:
         assert done.returncode == 0, done.stderr
     return done
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -93,7 +97,7 @@ def cluster(lab, pristine):
         done = rke(lab, "up")
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Finished building Kubernetes cluster successfully" in done.stderr
-        wait_for(lambda: converged(lab, pristine), what="every node Ready")
+        wait_for(lambda: converged(lab, pristine), timeout=60, what="every node Ready")
     yield lab
     (lab.root / "cluster.yml").write_text(pristine)  # whatever the test edited, even when it failed
 
@@ -113,42 +117,69 @@ def test_rke_up_lists_every_node_with_its_roles(cluster):
     rows = {line.split()[0]: line.split() for line in wide.splitlines()[1:]}
     assert sorted(rows) == ["cp1", "cp2", "cp3", "w1", "w2", "w3", "w4", "w5"]
     assert rows["cp1"][2] == "controlplane,etcd" and rows["w3"][2] == "worker"
-    assert rows["w3"][4] == f"{NET}.23"  # INTERNAL-IP, an -o wide column
-    assert "lab-simulation" in rows["w1"][3]
+    assert rows["w3"][5] == f"{NET}.23"  # INTERNAL-IP, an -o wide column
+    assert rows["w1"][4] == f"{VERSION}+kwok-lab-simulation"  # VERSION: no kubelet runs, and the node says so
     running = {st.name: st.processes for st in cluster.status()}
-    assert {"etcd", "lab-apiserver", "lab-heartbeat", "lab-dockerd"} <= set(running["cp1"])
-    assert "lab-apiserver" not in running["w1"] and "lab-heartbeat" in running["w1"]
+    # real processes, run by the lab's service manager as RKE runs its containers ("kube-controller" is
+    # kube-controller-manager's name cut to the kernel's 15 characters)
+    assert {"etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kwok", "lab-dockerd"} <= set(running["cp1"])
+    assert {"nginx", "kwok"} <= set(running["w1"]) and not {"kube-apiserver", "etcd"} & set(running["w1"])
 
 
-def test_etcd_is_a_real_three_member_cluster(cluster):
-    endpoints = ",".join(f"http://{NET}.{i}:2379" for i in (11, 12, 13))
-    env = dict(os.environ, ETCDCTL_API="3")
-    health = subprocess.run(["etcdctl", "--endpoints", endpoints, "endpoint", "health"], capture_output=True, text=True, env=env)
-    assert health.returncode == 0 and health.stderr.count("is healthy") + health.stdout.count("is healthy") == 3
-    members = subprocess.run(["etcdctl", "--endpoints", endpoints, "member", "list"], capture_output=True, text=True, env=env)
-    assert sorted(line.split(", ")[2] for line in members.stdout.splitlines()) == ["cp1", "cp2", "cp3"]
-    keys = subprocess.run(["etcdctl", "--endpoints", endpoints, "get", "/registry/core/nodes/", "--prefix", "--keys-only"],
-                          capture_output=True, text=True, env=env).stdout.split()
-    assert "/registry/core/nodes/w1" in keys  # the API objects live in etcd
-
-
-def test_everything_served_says_it_is_simulated(cluster, client):
+def test_kubectl_and_the_server_are_the_same_real_release(cluster, client):
     k8s, api = client
-    version = k8s.VersionApi(api).get_code()
-    assert "lab-simulation" in version.git_version and version.minor == "31"
+    versions = json.loads(kubectl(cluster, "version", "-o", "json").stdout)
+    assert versions["clientVersion"]["gitVersion"] == versions["serverVersion"]["gitVersion"] == VERSION
+    server = k8s.VersionApi(api).get_code()
+    assert server.git_version == VERSION and server.minor == VERSION.split(".")[1]
+    assert server.git_tree_state == "clean" and server.git_commit.startswith("h1:")  # the module's go.sum hash
     node = k8s.CoreV1Api(api).read_node("w1")
     assert node.metadata.labels["runbook.lab/simulated"] == "true"
-    assert "lab-simulation" in node.status.node_info.kubelet_version
-    verbose = kubectl(cluster, "get", "--raw", "/version", "-v=8").stderr
-    assert "X-Runbook-Lab: simulated Kubernetes API server stand-in" in verbose
+    assert "no kubelet" in node.metadata.annotations["runbook.lab/simulation"]
+    assert node.status.node_info.container_runtime_version.startswith("kwok://")
+    stand_in = subprocess.run([str(cluster.root / "bin" / "rke"), "--version"], capture_output=True, text=True)
+    assert "stand-in" in stand_in.stdout and VERSION in stand_in.stdout
+
+
+def test_controllers_elect_one_leader_across_the_control_plane(cluster, client):
+    k8s, api = client
+    leases = {lease.metadata.name: lease.spec.holder_identity
+              for lease in k8s.CoordinationV1Api(api).list_namespaced_lease("kube-system").items}
+    assert leases["kube-controller-manager"].split("_")[0] in ("cp1", "cp2", "cp3")
+    assert leases["kube-scheduler"].split("_")[0] in ("cp1", "cp2", "cp3")
+    assert sum(name.startswith("apiserver-") for name in leases) == 3  # one identity lease per API server
+
+
+def etcdctl_in(lab: Lab, vm: str, args: str, cert: bool = True) -> subprocess.CompletedProcess:
+    """etcdctl 3.6 inside an etcd node, with that node's certificate (or none)."""
+    endpoints = ",".join(f"https://{NET}.{i}:2379" for i in (11, 12, 13))
+    creds = (f"--cacert=/etc/kubernetes/ssl/ca.pem --cert=/etc/kubernetes/ssl/kube-etcd-{vm}.pem "
+             f"--key=/etc/kubernetes/ssl/kube-etcd-{vm}-key.pem") if cert else "--insecure-transport=false --insecure-skip-tls-verify"
+    return lab.exec_in(vm, f"{parts.vm_path('etcd', 'etcdctl')} --endpoints={endpoints} {creds} --command-timeout=5s {args}")
+
+
+def test_etcd_is_a_real_three_member_cluster_with_tls(cluster):
+    health = etcdctl_in(cluster, "cp1", "endpoint health")
+    assert health.returncode == 0 and (health.stdout + health.stderr).count("is healthy") == 3, health.stderr
+    members = etcdctl_in(cluster, "cp2", "member list")
+    assert sorted(line.split(", ")[2] for line in members.stdout.splitlines()) == ["etcd-cp1", "etcd-cp2", "etcd-cp3"]
+    assert all(", https://" in line for line in members.stdout.splitlines())  # peers speak TLS
+    keys = etcdctl_in(cluster, "cp3", "get /registry/minions/ --prefix --keys-only").stdout.split()
+    assert "/registry/minions/w1" in keys  # the API objects live in etcd (Nodes under their historic name)
+    version = cluster.exec_in("cp1", f"{parts.vm_path('etcd', 'etcd')} --version").stdout
+    assert f"etcd Version: {parts.default_version('etcd').lstrip('v')}" in version
+    refused = etcdctl_in(cluster, "cp1", "endpoint health", cert=False)
+    assert refused.returncode != 0  # no client certificate, no answer
 
 
 def test_kubectl_crud_selectors_apply_and_delete(cluster, tmp_path):
     kubectl(cluster, "create", "namespace", "shop")
+    wait_for(lambda: kubectl(cluster, "-n", "shop", "get", "cm", "kube-root-ca.crt", check=False).returncode == 0,
+             what="the real root-CA publisher to fill the new namespace")
     kubectl(cluster, "-n", "shop", "create", "configmap", "settings", "--from-literal=mode=lab")
     kubectl(cluster, "-n", "shop", "label", "configmap", "settings", "tier=web")
     assert kubectl(cluster, "-n", "shop", "get", "cm", "-l", "tier=web", "-o", "name").stdout.split() == ["configmap/settings"]
-    assert kubectl(cluster, "-n", "shop", "get", "cm", "-l", "tier!=web", "-o", "name").stdout.split() == []
+    assert kubectl(cluster, "-n", "shop", "get", "cm", "-l", "tier!=web", "-o", "name").stdout.split() == ["configmap/kube-root-ca.crt"]
     manifest = tmp_path / "web.yaml"
     manifest.write_text(yaml.safe_dump({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
@@ -158,9 +189,11 @@ def test_kubectl_crud_selectors_apply_and_delete(cluster, tmp_path):
                                        "imagePullSecrets": [{"name": "gcr-pull"}]}}}}))
     assert "created" in kubectl(cluster, "apply", "-f", str(manifest)).stdout
     assert "unchanged" in kubectl(cluster, "apply", "-f", str(manifest)).stdout
-    assert "serverside-applied" in kubectl(cluster, "apply", "--server-side", "-f", str(manifest)).stdout
     got = json.loads(kubectl(cluster, "-n", "shop", "get", "deploy", "web", "-o", "json").stdout)
     assert got["metadata"]["uid"] and got["metadata"]["generation"] == 1 and got["metadata"]["creationTimestamp"]
+    assert "serverside-applied" in kubectl(cluster, "apply", "--server-side", "-f", str(manifest)).stdout
+    managers = json.loads(kubectl(cluster, "-n", "shop", "get", "deploy", "web", "-o", "json", "--show-managed-fields").stdout)
+    assert "kubectl" in {m["manager"] for m in managers["metadata"]["managedFields"]}  # the server-side apply manager
     wait_for(lambda: json.loads(kubectl(cluster, "-n", "shop", "get", "deploy", "web", "-o", "json").stdout)
              .get("status", {}).get("readyReplicas") == 2, what="the deployment to become ready on schedulable nodes")
     described = kubectl(cluster, "describe", "node", "w1").stdout
@@ -199,15 +232,18 @@ def test_python_client_crud_conflicts_and_schema(cluster, client):
     body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "py"},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}},
                      "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "x", "imagePullPolicyy": "Always"}]}}}}
-    # the client's own models would refuse the typo before sending; send it raw, as a manifest would be
+    # the client's own models would refuse the typo before sending; send it raw, as a manifest would be.
+    # Unasked, the server drops an unknown field with a warning; with fieldValidation=Strict (what kubectl
+    # sends) it refuses the object and names the field.
     method, url, headers, payload, _ = api.param_serialize("POST", "/apis/apps/v1/namespaces/{namespace}/deployments",
                                                            path_params={"namespace": "py"}, body=body,
+                                                           query_params=[("fieldValidation", "Strict")],
                                                            header_params={"Content-Type": "application/json"})
     response = api.call_api(method, url, headers, payload)
     response.read()
     status = json.loads(response.data)
-    assert response.status == 422 and status["reason"] == "Invalid"
-    assert status["details"]["causes"][0]["field"] == "spec.template.spec.containers.0.imagePullPolicyy"
+    assert response.status == 400 and status["reason"] == "BadRequest"
+    assert 'unknown field "spec.template.spec.containers[0].imagePullPolicyy"' in status["message"]
     with pytest.raises(k8s.ApiException) as missing_ns:
         v1.create_namespaced_config_map("no-such-ns", {"metadata": {"name": "c"}})
     assert missing_ns.value.status == 404
@@ -236,14 +272,37 @@ def test_custom_resources(cluster, client):
     assert "ceph-blockpool" in kubectl(cluster, "-n", "rook-ceph", "get", "cephblockpools").stdout
 
 
-def test_claims_bind_when_the_class_has_a_known_provisioner(cluster, client):
+def test_the_volume_controller_binds_a_claim_to_a_matching_volume(cluster, client):
     k8s, api = client
-    k8s.StorageV1Api(api).create_storage_class({"metadata": {"name": "ceph-block"}, "provisioner": "rook-ceph.rbd.csi.ceph.com"})
     v1 = k8s.CoreV1Api(api)
+    v1.create_persistent_volume({"metadata": {"name": "redis-pv"}, "spec": {
+        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
+        "hostPath": {"path": "/srv/redis"}}})
     v1.create_namespaced_persistent_volume_claim("default", {"metadata": {"name": "redis-data"}, "spec": {
-        "accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-block", "resources": {"requests": {"storage": "1Gi"}}}})
+        "accessModes": ["ReadWriteOnce"], "storageClassName": "manual", "resources": {"requests": {"storage": "1Gi"}}}})
     wait_for(lambda: v1.read_namespaced_persistent_volume_claim("redis-data", "default").status.phase == "Bound",
-             what="the claim to bind")
+             what="the real persistent volume controller to bind the claim")
+    assert v1.read_namespaced_persistent_volume_claim("redis-data", "default").spec.volume_name == "redis-pv"
+
+
+def test_scheduler_spreads_replicas_over_the_worker_nodes(cluster, client):
+    k8s, api = client
+    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": "spread"}})
+    k8s.AppsV1Api(api).create_namespaced_deployment("spread", {"metadata": {"name": "web"}, "spec": {
+        "replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}})
+
+    def running():
+        pods = k8s.CoreV1Api(api).list_namespaced_pod("spread").items
+        return pods if len(pods) == 3 and all(p.status.phase == "Running" for p in pods) else None
+
+    pods = wait_for(running, what="3 Running pods")
+    nodes = {p.spec.node_name for p in pods}
+    assert len(nodes) == 3 and nodes <= {"w1", "w2", "w3", "w4", "w5"}  # spread, and never on the tainted control plane
+    import ipaddress
+    for p in pods:
+        cidr = k8s.CoreV1Api(api).read_node(p.spec.node_name).spec.pod_cidr
+        assert ipaddress.ip_address(p.status.pod_ip) in ipaddress.ip_network(cidr)  # from the range the controller gave
 
 
 def test_patches_watch_and_daemonsets(cluster, client):
@@ -280,14 +339,95 @@ def test_patches_watch_and_daemonsets(cluster, client):
              what="the DaemonSet ready on the 5 workers")
 
 
-def test_node_goes_not_ready_when_its_vm_stops(cluster):
-    cluster.stop("w4")
+def test_rbac_refuses_what_a_reader_may_not_do(cluster, client, tmp_path):
+    """A user whose certificate the cluster signed (the CSR API, the real signer) may read, not delete."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    k8s, api = client
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, "runbook-reader"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "runbook:readers")]))
+        .sign(key, hashes.SHA256()))
+    k8s.CertificatesV1Api(api).create_certificate_signing_request({"metadata": {"name": "runbook-reader"}, "spec": {
+        "request": base64.b64encode(request.public_bytes(serialization.Encoding.PEM)).decode(),
+        "signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"], "expirationSeconds": 3600}})
+    kubectl(cluster, "certificate", "approve", "runbook-reader")
+    signed = wait_for(lambda: k8s.CertificatesV1Api(api).read_certificate_signing_request("runbook-reader").status.certificate,
+                      what="the controller manager's signer to issue the certificate")
+    config = yaml.safe_load((cluster.root / "kube_config_cluster.yml").read_text())
+    config["users"][0]["user"] = {"client-certificate-data": signed, "client-key-data": base64.b64encode(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())).decode()}
+    reader = tmp_path / "reader.yaml"
+    reader.write_text(yaml.safe_dump(config))
+    kubectl(cluster, "create", "namespace", "rbac")
+    kubectl(cluster, "-n", "rbac", "create", "configmap", "settings", "--from-literal=mode=lab")
+    kubectl(cluster, "-n", "rbac", "create", "rolebinding", "readers", "--clusterrole=view", "--group=runbook:readers")
+    assert kubectl(cluster, "-n", "rbac", "get", "configmaps", "-o", "name", kubeconfig=reader).stdout.split() == [
+        "configmap/kube-root-ca.crt", "configmap/settings"]
+    assert kubectl(cluster, "-n", "rbac", "auth", "can-i", "delete", "configmaps", kubeconfig=reader, check=False).stdout.strip() == "no"
+    refused = kubectl(cluster, "-n", "rbac", "delete", "configmap", "settings", kubeconfig=reader, check=False)
+    assert refused.returncode != 0
+    assert 'User "runbook-reader" cannot delete resource "configmaps" in API group "" in the namespace "rbac"' in refused.stderr
+    elsewhere = kubectl(cluster, "-n", "default", "get", "configmaps", kubeconfig=reader, check=False)
+    assert elsewhere.returncode != 0 and "forbidden" in elsewhere.stderr
+    assert kubectl(cluster, "-n", "rbac", "get", "configmap", "settings", "-o", "name").stdout.strip() == "configmap/settings"
+
+
+CHART = os.path.join(os.path.dirname(__file__), "data", "charts", "hello")
+
+
+def helm(lab: Lab, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KUBECONFIG=str(lab.root / "kube_config_cluster.yml"), HELM_CACHE_HOME=str(lab.root / "helm" / "cache"),
+               HELM_CONFIG_HOME=str(lab.root / "helm" / "config"), HELM_DATA_HOME=str(lab.root / "helm" / "data"))
+    return subprocess.run([HELM, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_helm_templates_and_installs_a_chart(cluster, client):
+    k8s, api = client
+    rendered = helm(cluster, "template", "greeter", CHART, "--set", "replicas=3")
+    assert rendered.returncode == 0, rendered.stderr
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(rendered.stdout) if d]
+    assert sorted(kinds) == [("ConfigMap", "greeter-greeting"), ("Deployment", "greeter"), ("Service", "greeter")]
+    assert next(d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] == "Deployment")["spec"]["replicas"] == 3
+    installed = helm(cluster, "install", "greeter", CHART, "--namespace", "helm-demo", "--create-namespace", "--wait", "--timeout", "90s")
+    assert installed.returncode == 0, installed.stderr
+    assert "STATUS: deployed" in installed.stdout
+    assert k8s.AppsV1Api(api).read_namespaced_deployment("greeter", "helm-demo").status.ready_replicas == 2
+    service = k8s.CoreV1Api(api).read_namespaced_service("greeter", "helm-demo")
+    import ipaddress
+    service_range = yaml.safe_load((cluster.root / "cluster.yml").read_text())["services"]["kube-api"]["service_cluster_ip_range"]
+    assert ipaddress.ip_address(service.spec.cluster_ip) in ipaddress.ip_network(service_range)  # allocated by the real API server
+    listed = helm(cluster, "list", "--namespace", "helm-demo", "-o", "json")
+    assert [(r["name"], r["status"]) for r in json.loads(listed.stdout)] == [("greeter", "deployed")]
+
+
+def test_node_goes_not_ready_when_its_vm_stops(cluster, client):
+    k8s, api = client
+    v1 = k8s.CoreV1Api(api)
+    v1.create_namespace({"metadata": {"name": "failover"}})
+    k8s.AppsV1Api(api).create_namespaced_daemon_set("failover", {"metadata": {"name": "agent"}, "spec": {
+        "selector": {"matchLabels": {"app": "agent"}},
+        "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "a", "image": "agent:1"}]}}}})
+
+    def ready_on_w4():
+        pods = v1.list_namespaced_pod("failover", field_selector="spec.nodeName=w4").items
+        return pods and {c.type: c.status for c in pods[0].status.conditions or []}.get("Ready")
+
+    assert wait_for(ready_on_w4, what="the agent Ready on w4") == "True"
+    cluster.stop("w4")  # its KWOK stops with it: nothing renews the node's lease
     try:
-        wait_for(lambda: node_states(cluster)["w4"] == "NotReady", what="w4 NotReady")
+        # the real node lifecycle controller: NotReady after its grace period (50 s), the pods marked not ready
+        wait_for(lambda: node_states(cluster)["w4"] == "NotReady", timeout=90, what="w4 NotReady")
+        taints = {t.key for t in v1.read_node("w4").spec.taints or []}
+        assert "node.kubernetes.io/unreachable" in taints
+        wait_for(lambda: ready_on_w4() == "False", what="the pod on w4 marked not ready")
         assert node_states(cluster)["w3"] == "Ready"
     finally:
         cluster.start("w4")
-    wait_for(lambda: node_states(cluster)["w4"] == "Ready", what="w4 Ready again after lab start")
+    wait_for(lambda: node_states(cluster)["w4"] == "Ready", timeout=60, what="w4 Ready again after lab start")
 
 
 def test_rke_rejects_what_rke_rejects(cluster):
@@ -301,6 +441,7 @@ def test_rke_rejects_what_rke_rejects(cluster):
         (lambda c: c["nodes"].append(dict(c["nodes"][0])), f"Cluster can't have duplicate node: {NET}.11"),
         (lambda c: c["network"].update(plugin="cilium"), "Network plugin [cilium] is not supported"),
         (lambda c: c["nodes"][0].update(role=["controlplane"]), "does not add or remove etcd members"),
+        (lambda c: c.update(kubernetes_version="v1.99.1-rancher1-1"), "the lab has no build of kubernetes v1.99.1"),
     ]
     try:
         for change, reason in cases:
@@ -336,7 +477,8 @@ def test_adding_the_old_elk_vms_then_removing_a_worker(cluster):
     done = rke(cluster, "up")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "w5" not in node_states(cluster) and len(node_states(cluster)) == 10
-    assert cluster.exec_in("w5", "test -f /etc/runbook-lab/boot.d/lab-heartbeat.sh").returncode == 1
+    assert cluster.exec_in("w5", "systemctl is-enabled -q lab-kwok-node").returncode != 0
+    assert cluster.exec_in("w5", "pgrep -x kwok").returncode == 1
 
 
 def test_etcd_snapshot_wipe_restore_brings_objects_back(cluster, client):
@@ -351,7 +493,7 @@ def test_etcd_snapshot_wipe_restore_brings_objects_back(cluster, client):
     restored = rke(cluster, "etcd", "snapshot-restore", "--name", "drill")
     assert restored.returncode == 0, restored.stderr[-2000:]
     names = wait_for(lambda: _cm_names(v1, "snap"), what="the API server back after the restore")
-    assert names == ["before-snapshot"]
+    assert names == ["before-snapshot", "kube-root-ca.crt"]  # and the root-CA publisher's, as at the snapshot
     assert v1.read_namespaced_config_map("before-snapshot", "snap").data == {"kept": "yes"}
 
 
@@ -376,5 +518,7 @@ def test_rke_remove_takes_the_cluster_down(cluster):
     done = rke(cluster, "remove", "--force")
     assert done.returncode == 0, done.stderr[-2000:]
     assert not (cluster.root / "cluster.rkestate").exists() and not (cluster.root / "kube_config_cluster.yml").exists()
-    assert cluster.exec_in("cp1", "pgrep -x etcd").returncode == 1
-    assert cluster.exec_in("cp1", "test -d /var/lib/etcd-lab").returncode == 1
+    for process in ("etcd", "kube-apiserver", "kwok"):
+        assert cluster.exec_in("cp1", f"pgrep -x {process}").returncode == 1, process
+    assert cluster.exec_in("w1", "pgrep -x nginx").returncode == 1
+    assert cluster.exec_in("cp1", "test -d /var/lib/etcd/member").returncode == 1
