@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,30 @@ def test_each_vm_answers_systemctl_as_a_debian_vm_would_and_says_it_is_the_lab(l
         assert missing.exit_code == 1 and "Unit no-such-thing.service not found." in missing.stderr
     finally:
         after.close()
+
+
+def test_the_service_manager_restarts_a_unit_with_restart_always_and_not_after_stop(lab, fleet):
+    vm = host(fleet, "db1")
+    unit = ("[Unit]\nDescription=a sleeper\n[Service]\nExecStart=/bin/sleep 600\nRestart=always\nRestartSec=0.2\n"
+            "[Install]\nWantedBy=multi-user.target\n")
+    fleet.run_on(vm, f"printf '{unit}' > /etc/systemd/system/sleeper.service && systemctl enable --now sleeper").check()
+    try:
+        first = fleet.run_on(vm, "cat /run/lab-systemd/sleeper.service.pid").check().stdout.strip()
+        fleet.run_on(vm, f"kill -9 {first}").check()  # a crash
+        second = ""
+        for _ in range(50):
+            second = fleet.run_on(vm, "systemctl is-active -q sleeper && cat /run/lab-systemd/sleeper.service.pid").stdout.strip()
+            if second and second != first:
+                break
+            time.sleep(0.1)
+        assert second and second != first, "the supervisor did not start the unit again"
+        assert "scheduled restart (Restart=always)" in fleet.run_on(vm, "cat /var/log/lab-systemd/sleeper.service.log").stdout
+        fleet.run_on(vm, "systemctl stop sleeper").check()
+        time.sleep(0.6)  # longer than RestartSec: a stopped unit stays stopped
+        assert fleet.run_on(vm, "systemctl is-active sleeper").stdout.strip() == "inactive"
+        assert fleet.run_on(vm, "pgrep -x sleep").exit_code == 1
+    finally:
+        fleet.run_on(vm, "systemctl disable --now sleeper; rm -f /etc/systemd/system/sleeper.service")
 
 
 def test_unknown_vm_is_named(lab):
