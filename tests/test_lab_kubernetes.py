@@ -124,6 +124,9 @@ def test_rke_up_lists_every_node_with_its_roles(cluster):
     # kube-controller-manager's name cut to the kernel's 15 characters)
     assert {"etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kwok", "lab-dockerd"} <= set(running["cp1"])
     assert {"nginx", "kwok"} <= set(running["w1"]) and not {"kube-apiserver", "etcd"} & set(running["w1"])
+    # RKE1's DNS add-on: the kube-dns Service at cluster.yml's cluster DNS address
+    dns = yaml.safe_load((cluster.root / "cluster.yml").read_text())["services"]["kubelet"]["cluster_dns_server"]
+    assert kubectl(cluster, "-n", "kube-system", "get", "service", "kube-dns", "-o", "jsonpath={.spec.clusterIP}").stdout == dns
 
 
 def test_kubectl_and_the_server_are_the_same_real_release(cluster, client):
@@ -170,6 +173,12 @@ def test_etcd_is_a_real_three_member_cluster_with_tls(cluster):
     assert f"etcd Version: {parts.default_version('etcd').lstrip('v')}" in version
     refused = etcdctl_in(cluster, "cp1", "endpoint health", cert=False)
     assert refused.returncode != 0  # no client certificate, no answer
+    # as on an RKE1 node: the Docker CLI, `docker exec` into RKE's etcd "container" (the lab's Docker stand-in)
+    via_docker = cluster.exec_in("cp2", "docker exec etcd etcdctl endpoint health --cluster -w json")
+    assert via_docker.returncode == 0, via_docker.stderr
+    assert sorted(e["endpoint"] for e in json.loads(via_docker.stdout) if e["health"]) == [f"https://{NET}.{i}:2379" for i in (11, 12, 13)]
+    assert "kube-apiserver" in cluster.exec_in("cp1", "docker ps --format '{{.Names}}'").stdout.split()
+    assert "No such container: etcd" in cluster.exec_in("w1", "docker exec etcd true").stderr  # no etcd on a worker
 
 
 def test_kubectl_crud_selectors_apply_and_delete(cluster, tmp_path):

@@ -36,6 +36,7 @@ from .pki import Pki
 
 SSL_DIR = "/etc/kubernetes/ssl"
 UNIT_DIR = "/etc/systemd/system"
+CONTAINERS_DIR = "/etc/kubernetes/containers"
 API_PORT = 6443
 ETCD_DATA = "/var/lib/etcd"
 SIMULATED = "runbook.lab/simulated"
@@ -220,7 +221,20 @@ def etcd_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
     }, spec.extra_args.get("etcd", {}))
     unit = _unit(f"etcd {spec.etcd} (real etcd; RKE runs it as the etcd container)",
                  [parts.vm_path("etcd", "etcd", spec.etcd), *flags])
-    return {f"{UNIT_DIR}/rke-etcd.service": (unit.encode(), 0o644)}
+    # what RKE sets in its etcd container, so that `docker exec etcd etcdctl ...` works as on an RKE node
+    env = {"ETCDCTL_CACERT": f"{SSL_DIR}/ca.pem", "ETCDCTL_CERT": f"{cert}.pem",
+           "ETCDCTL_KEY": f"{cert}-key.pem", "ETCDCTL_ENDPOINTS": f"https://{n.address}:2379"}
+    return {f"{UNIT_DIR}/rke-etcd.service": (unit.encode(), 0o644),
+            **container_env("etcd", parts.vm_path("etcd", "etcd", spec.etcd), env)}
+
+
+def container_env(name: str, binary: str, env: dict[str, str] | None = None) -> dict[str, tuple[bytes, int]]:
+    """The environment of RKE's container ``name``, for the lab Docker stand-in's ``docker exec`` (its tools on PATH)."""
+    bindir = binary.rsplit("/", 1)[0]
+    lines = [f"# the environment of RKE's {name} container (lab simulation: docker exec runs in the VM with it)",
+             f"PATH={bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    lines += [f"{k}={v}" for k, v in (env or {}).items()]
+    return {f"{CONTAINERS_DIR}/{name}.env": (("\n".join(lines) + "\n").encode(), 0o644)}
 
 
 def apiserver_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
@@ -244,9 +258,10 @@ def apiserver_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, in
         "requestheader-group-headers": "X-Remote-Group", "requestheader-username-headers": "X-Remote-User",
         "kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
     }, spec.extra_args.get("kube-api", {}))
+    binary = parts.vm_path("kubernetes", "kube-apiserver", spec.kubernetes)
     return {f"{UNIT_DIR}/rke-kube-apiserver.service": (_unit(
-        f"kube-apiserver {spec.kubernetes} (real; RKE runs it as the kube-apiserver container)",
-        [parts.vm_path("kubernetes", "kube-apiserver", spec.kubernetes), *flags]).encode(), 0o644)}
+        f"kube-apiserver {spec.kubernetes} (real; RKE runs it as the kube-apiserver container)", [binary, *flags]).encode(), 0o644),
+            **container_env("kube-apiserver", binary)}
 
 
 def controller_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
@@ -374,7 +389,7 @@ def node_plan(pki: Pki, spec: ClusterSpec, n: NodeSpec, planes: tuple[str, ...])
 def write_files(fleet, host, files: dict[str, tuple[bytes, int]]) -> set[str]:
     """Put each file on ``host`` unless it is there already with this content; the paths that changed."""
     listing = " ".join(f"'{p}'" for p in files)
-    r = fleet.run_on(host, f"mkdir -p {SSL_DIR} {UNIT_DIR} /etc/kubernetes && chmod 700 {SSL_DIR} && "
+    r = fleet.run_on(host, f"mkdir -p {SSL_DIR} {UNIT_DIR} {CONTAINERS_DIR} && chmod 700 {SSL_DIR} && "
                            f"sha256sum {listing} 2>/dev/null; true")
     r.check()
     have = {}
@@ -435,7 +450,7 @@ def stop_command(wipe: bool = False) -> str:
     """Stop and disable every unit the stand-in starts; with ``wipe``, remove their files and etcd's data too."""
     cmd = "; ".join(f"systemctl disable --now {u} >/dev/null 2>&1" for u in UNITS)
     if wipe:
-        cmd += (f"; rm -rf {ETCD_DATA} {SSL_DIR} /etc/kubernetes/kwok-stages.yaml /etc/kubernetes/nginx-proxy.conf "
+        cmd += (f"; rm -rf {ETCD_DATA} {SSL_DIR} {CONTAINERS_DIR} /etc/kubernetes/kwok-stages.yaml /etc/kubernetes/nginx-proxy.conf "
                 + " ".join(f"{UNIT_DIR}/{u}.service" for u in UNITS))
     return cmd + "; true"
 
@@ -476,6 +491,41 @@ def ensure_kwok_role(api: ApiClient) -> None:
             code, body = api.request("PUT", f"{collection}/{name}", obj)
         if code not in (200, 201):
             raise ClusterError(f"cannot create {obj['kind']} {name}: {body.get('message')}")
+
+
+COREDNS_IMAGE = "rancher/mirrored-coredns-coredns:1.11.3"
+
+
+def ensure_addons(api: ApiClient, spec: ClusterSpec, dns_ip: str, domain: str) -> list[str]:
+    """RKE1's DNS add-on: the ``kube-dns`` Service at the cluster DNS address and a ``coredns`` Deployment.
+
+    The Service and Deployment are real API objects handled by the real controllers; their pods are
+    marked Running by KWOK and run nothing (LAB SIMULATION, annotated on the pod template).
+    """
+    labels = {"k8s-app": "kube-dns"}
+    objects = [
+        ("/api/v1/namespaces/kube-system/services", {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {**labels, "kubernetes.io/name": "CoreDNS"}},
+            "spec": {"clusterIP": dns_ip, "selector": labels,
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}}),
+        ("/apis/apps/v1/namespaces/kube-system/deployments", {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
+            "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels, "annotations": {"runbook.lab/simulation": KWOK_NOTE}},
+                                  "spec": {"containers": [{"name": "coredns", "image": COREDNS_IMAGE,
+                                                           "args": ["-conf", "/etc/coredns/Corefile"]}],
+                                           "priorityClassName": "system-cluster-critical"}}}}),
+    ]
+    created = []
+    for collection, obj in objects:
+        code, body = api.request("POST", collection, obj)
+        if code == 201:
+            created.append(f"{obj['kind']} {obj['metadata']['name']}")
+        elif code != 409:
+            raise ClusterError(f"cannot create the DNS add-on's {obj['kind']} {obj['metadata']['name']}: {body.get('message')} "
+                               f"(cluster DNS {dns_ip} in {domain})")
+    return created
 
 
 def rke_taints(n: NodeSpec) -> list[dict]:

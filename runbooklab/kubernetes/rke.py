@@ -337,6 +337,10 @@ def cmd_up(args, log: Log) -> None:
                 if lab_cluster.register_node(api, n, spec):
                     log.info(f"[worker] Added node [{n.name}] ({', '.join(n.roles)})")
             _each(fleet, hosts, touched, lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name], "worker"))
+            kubelet = (c.get("services") or {}).get("kubelet") or {}
+            for added in lab_cluster.ensure_addons(api, spec, str(kubelet.get("cluster_dns_server") or "10.43.0.10"),
+                                                   str(kubelet.get("cluster_domain") or "cluster.local")):
+                log.info(f"[addons] Created {added} (CoreDNS add-on; its pods run nothing: lab simulation)")
             kube_path.write_text(f"# kubeconfig of the lab cluster {spec.name}: Kubernetes {spec.kubernetes} (real), nodes "
                                  "simulated by KWOK (written by the runbooklib lab's rke stand-in)\n"
                                  + lab_cluster.kubeconfig(pki, spec.name, servers[0]))
