@@ -184,12 +184,19 @@ def make_fleet(c: dict, config_dir: Path, nodes: list[lab_cluster.NodeSpec]) -> 
     key = key or c.get("ssh_key_path") or "~/.ssh/id_rsa"
     key_path = Path(os.path.expanduser(str(key)))
     key_path = key_path if key_path.is_absolute() else config_dir / key_path
-    known = os.environ.get("RKE_LAB_KNOWN_HOSTS") or str(
-        Path(os.environ.get("RUNBOOK_LAB_DIR") or Path(__file__).resolve().parents[2] / ".lab") / "ssh" / "known_hosts")
+    known = os.environ.get("RKE_LAB_KNOWN_HOSTS") or str(lab_known_hosts(config_dir))
     hosts = [Host(name=_host_name(n.name), address=n.address, ssh_port=n.port, user=n.user, roles=["worker"],
                   location={"country": "RU"}) for n in nodes]
     ssh = SSH(key=f"file:{key_path}", known_hosts=known, connect_timeout=5, command_timeout=60)
     return Fleet(hosts, ssh, config_dir, progress=None)
+
+
+def lab_known_hosts(config_dir: Path) -> Path:
+    """The lab's pinned host keys: the lab folder holding cluster.yml (or a parent of it), else $RUNBOOK_LAB_DIR's."""
+    for d in (config_dir, *config_dir.parents):
+        if (d / "ssh" / "known_hosts").exists() and (d / "lab.json").exists():
+            return d / "ssh" / "known_hosts"
+    return Path(os.environ.get("RUNBOOK_LAB_DIR") or Path(__file__).resolve().parents[2] / ".lab") / "ssh" / "known_hosts"
 
 
 def _host_name(name: str) -> str:
