@@ -147,6 +147,9 @@ class Lab(Network, Processes, Boot, Keys):
             data["vm"]["deploy_user"]["authorized_key"] = f"file:{self.key.relative_to(self.root)}.pub"
         if (data.get("registry") or {}).get("json_key"):
             data["registry"]["json_key"] = f"file:{self.registry_key.relative_to(self.root)}"
+        if data.get("kubernetes"):  # the cluster's state folder and the rke stand-in of this lab
+            data["kubernetes"]["state_dir"] = "kubernetes"
+            data["kubernetes"]["rke"] = "bin/rke"
         return data
 
     def _state(self) -> dict:
@@ -244,6 +247,7 @@ class Lab(Network, Processes, Boot, Keys):
                 link.unlink()
                 actions.append(f"removed {link}")
             shutil.rmtree(self.root / "vms", ignore_errors=True)
+            shutil.rmtree(self.root / "kubernetes", ignore_errors=True)  # the runbooks' cluster state: the cluster is gone
         return actions
 
     def mounts(self) -> list[str]:
