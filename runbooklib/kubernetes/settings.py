@@ -74,6 +74,11 @@ class Kubernetes(Section):
     artifacts: Optional[str] = None
     # kubelet flags without leading dashes, e.g. {max-pods: "150"}
     kubelet_extra_args: Annotated[dict[str, str], AfterValidator(_kubelet_args)] = {}
+    # RKE1: the rke binary the runbook runs, a name on PATH or a path relative to the parameter file
+    rke: str = "rke"
+    # how to run etcdctl on an etcd node; default: RKE1's `docker exec etcd etcdctl`, on RKE2 `etcdctl`
+    # (RKE2 ships none: install the etcd release's etcdctl on the servers, or name its path here)
+    etcdctl: Optional[str] = None
 
 
 def rules(p) -> list[Problem]:

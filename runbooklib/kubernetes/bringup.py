@@ -1,0 +1,139 @@
+"""Bringing the cluster up, RKE1: render ``cluster.yml`` into the state folder, then ``rke up`` with it.
+
+The plan has at most two steps, both on the cluster as a whole: write ``cluster.yml`` where it
+differs (with its diff), and run ``rke up`` when the file changed or the cluster does not verify
+(a second apply of a converged cluster plans nothing). A lost ``cluster.rkestate`` blocks the plan
+with the recovery steps (see :func:`state.lost_state`). ``rke``'s output is streamed line by line
+to the caller (the notebook shows it and the record keeps it); it holds no keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shlex
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import RunbookError
+from ..phase.steps import Step
+from . import state
+from .rke1 import render_cluster_yml
+
+
+def rke_binary(params) -> str:
+    """``kubernetes.rke``: a name on PATH, or a path relative to the parameter file."""
+    given = params.kubernetes.rke
+    if "/" not in given:
+        return given
+    path = Path(os.path.expanduser(given))
+    return str(path if path.is_absolute() else (params.source_dir / path).resolve())
+
+
+def target(params) -> str:
+    return f"cluster {params.kubernetes.cluster_name}"
+
+
+def plan_rke1(params, converged: Callable[[], bool]) -> list[Step]:
+    """The steps that bring the cluster to what the parameters say; ``converged()`` asks the running cluster."""
+    where = target(params)
+    incident = state.lost_state(params)
+    if incident:
+        return [Step(where, "rke up", "the cluster cannot be updated safely", None, blocked=incident)]
+    d = state.state_dir(params)
+    path = d / state.CLUSTER_YML
+    text = render_cluster_yml(params)
+    current = path.read_text() if path.exists() else ""
+    steps = []
+    if text != current:
+        diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(path) if current else "/dev/null",
+                                            str(path)))
+        steps.append(Step(where, "cluster.yml", f"{'update' if current else 'write'} {path} (nodes, roles, ranges, version)",
+                          f"write {path}", undo_note="the previous file is kept as cluster.yml.runbook-bak" if current else
+                          "remove the file", diff=diff))
+    if steps or not converged():
+        rke = rke_binary(params)
+        steps.append(Step(where, "rke up", f"`rke up` brings the cluster to {path.name}: {sum(h.in_cluster for h in params.hosts)} "
+                                           f"nodes, Kubernetes {params.kubernetes.version}",
+                          f"{shlex.quote(rke)} up --config {shlex.quote(str(path))}",
+                          undo_note="rke is not undone step by step: restore the etcd snapshot taken before (rke etcd "
+                                    "snapshot-restore), or remove a node from cluster.yml and run rke up again"))
+    return steps
+
+
+@dataclass
+class BringUp:
+    """What an apply did: each step's result line, rke's exit code, and its output."""
+
+    applied: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    output: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def apply_rke1(params, steps: list[Step], on_line: Callable[[str], None] = print,
+               on_change: Callable[[Step], object] | None = None) -> BringUp:
+    """Carry out the planned steps in order; the first failure stops (rke up after a failed write makes no sense)."""
+    out = BringUp()
+    d = state.state_dir(params, create=True)
+    for step in steps:
+        if step.blocked:
+            out.error = step.blocked
+            return out
+        if step.operation == "cluster.yml":
+            path = d / state.CLUSTER_YML
+            if path.exists():
+                backup = path.with_name(state.CLUSTER_YML + ".runbook-bak")
+                backup.write_bytes(path.read_bytes())
+                backup.chmod(0o600)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(render_cluster_yml(params))
+            tmp.chmod(0o600)
+            os.replace(tmp, path)
+        elif step.operation == "rke up":
+            out.exit_code = run_streaming(shlex.split(step.command), d, on_line, out.output)
+            if out.exit_code != 0:
+                fatal = next((line for line in reversed(out.output) if line.startswith("FATA")), out.output[-1] if out.output else "")
+                out.error = f"rke up exited {out.exit_code}: {fatal}"
+                return out
+        out.applied.append(f"{step.operation}: {step.change}")
+        if on_change:
+            on_change(step)
+    return out
+
+
+def run_streaming(argv: list[str], cwd: Path, on_line: Callable[[str], None], keep: list[str]) -> int:
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+    except OSError as e:
+        raise RunbookError(f"cannot run {argv[0]}: {e.strerror or e}; set kubernetes.rke to the rke binary's path") from None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        keep.append(line)
+        on_line(line)
+    return proc.wait()
+
+
+def plan(params, converged: Callable[[], bool], blockers: list[str] = ()) -> list[Step]:
+    """The bring-up plan for the parameters' distribution; anything in ``blockers`` blocks it, each said."""
+    where = target(params)
+    if blockers:
+        return [Step(where, "bring-up", "nothing until the blockers are fixed", None, blocked="; ".join(blockers))]
+    if params.kubernetes.distribution == "rke1":
+        return plan_rke1(params, converged)
+    return [Step(where, "bring-up", f"RKE2 {params.kubernetes.version}", None,
+                 blocked="this runbook brings up RKE1 clusters only so far; RKE2's installer path is not built yet "
+                         "(the rendered per-node config.yaml files are available from runbooklib.kubernetes.rke2)")]
+
+
+def apply(params, steps: list[Step], on_line: Callable[[str], None] = print,
+          on_change: Callable[[Step], object] | None = None) -> BringUp:
+    return apply_rke1(params, steps, on_line, on_change)

@@ -1,0 +1,94 @@
+"""The cluster's state folder: rendered files, ``cluster.rkestate`` and the kubeconfig, kept out of every record.
+
+RKE1's ``cluster.rkestate`` holds every certificate and key of the cluster and
+``kube_config_cluster.yml`` the administrator's key: both are credentials. They live in the folder
+``kubernetes.state_dir`` names (relative to the parameter file), created ``0700``, never inside the
+archive, and the runbooks show only the kubeconfig's path and the fingerprint of the cluster's CA.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..errors import RunbookError
+
+CLUSTER_YML = "cluster.yml"
+RKESTATE = "cluster.rkestate"
+KUBECONFIG_RKE1 = "kube_config_cluster.yml"
+
+
+def state_dir(params, create: bool = False) -> Path:
+    """The protected folder; with ``create``, made ``0700`` (an existing one readable by others is refused)."""
+    path = Path(os.path.expanduser(params.kubernetes.state_dir))
+    path = path if path.is_absolute() else (params.source_dir / path)
+    path = path.resolve()
+    archive = os.environ.get("RUNBOOK_ARCHIVE")
+    if archive and (path == Path(archive).resolve() or Path(archive).resolve() in path.parents):
+        raise RunbookError(f"{params.source}: kubernetes.state_dir {path} lies inside the archive {archive}; the state "
+                           "holds the cluster's keys and must never be archived: choose a folder outside it")
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise RunbookError(f"{params.source}: kubernetes.state_dir {path} is readable by others (mode {mode:o}); it "
+                               f"holds the cluster's keys: run `chmod 700 {path}`")
+    elif create:
+        path.mkdir(parents=True, mode=0o700)
+        path.chmod(0o700)
+    return path
+
+
+def kubeconfig_path(params) -> Path:
+    """Where the distribution's kubeconfig is kept in the state folder."""
+    return state_dir(params) / (KUBECONFIG_RKE1 if params.kubernetes.distribution == "rke1" else "rke2.yaml")
+
+
+@dataclass(frozen=True)
+class KubeconfigSummary:
+    """What a record may show of a kubeconfig: where it is, which server, whose CA. Never a key."""
+
+    path: str
+    server: str
+    ca_sha256: str
+
+    def row(self) -> dict:
+        return {"kubeconfig": self.path, "server": self.server, "CA fingerprint (SHA-256)": self.ca_sha256}
+
+
+def summarize_kubeconfig(path: Path) -> KubeconfigSummary:
+    try:
+        data = yaml.safe_load(path.read_text())
+        cluster = data["clusters"][0]["cluster"]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as e:
+        raise RunbookError(f"{path}: not a readable kubeconfig ({type(e).__name__}); run the bring-up again") from None
+    ca = base64.b64decode(cluster.get("certificate-authority-data", "")) if "certificate-authority-data" in cluster else b""
+    if not ca and cluster.get("certificate-authority"):
+        ca = Path(cluster["certificate-authority"]).read_bytes()
+    return KubeconfigSummary(str(path), cluster.get("server", ""), _fingerprint(ca))
+
+
+def _fingerprint(pem: bytes) -> str:
+    """SHA-256 of the CA certificate's DER bytes, as ``openssl x509 -fingerprint -sha256`` prints it."""
+    if not pem:
+        return "(no CA in the kubeconfig)"
+    body = b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))
+    digest = hashlib.sha256(base64.b64decode(body)).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def lost_state(params) -> str | None:
+    """An incident: the cluster exists (its kubeconfig is here) but ``cluster.rkestate`` is gone. The recovery steps."""
+    d = state_dir(params)
+    if params.kubernetes.distribution != "rke1" or not (d / KUBECONFIG_RKE1).exists() or (d / RKESTATE).exists():
+        return None
+    return (f"INCIDENT: {d / RKESTATE} is missing but the cluster exists ({d / KUBECONFIG_RKE1} is there). `rke up` "
+            "without the state file would issue new certificates and break the running cluster. Recover: 1) restore "
+            "cluster.rkestate from your backup into the state folder; 2) if there is none, rebuild it from the cluster: "
+            "`kubectl -n kube-system get configmap full-cluster-state -o jsonpath='{.data.full-cluster-state}' > "
+            "cluster.rkestate` (RKE keeps a copy there); 3) run this runbook again. Record the incident.")

@@ -1,0 +1,149 @@
+"""Verification of a running cluster against the parameters, with the official kubernetes client and etcdctl.
+
+Every check is a row ``{check, target, status, detail}`` with status ``ok`` or ``fail`` (never guessed:
+an API that does not answer is a failing row that says so). What is checked:
+
+- the API's version equals ``kubernetes.version``;
+- every cluster host is a Node, Ready, with its roles (``node-role.kubernetes.io/<role>``), labels and taints;
+- no Node the parameters do not name;
+- the system workloads in ``kube-system``: every Deployment and DaemonSet fully available;
+- the cluster DNS Service at ``kubernetes.cluster_dns``;
+- etcd: every member healthy and the members exactly the etcd hosts, asked with ``etcdctl`` on an etcd
+  node over SSH (RKE1: ``docker exec etcd etcdctl``, the etcd container's own client and certificates; RKE2:
+  ``kubernetes.etcdctl`` with RKE2's etcd client certificate).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..schema import K8S_ROLES
+
+DNS_SERVICES = {"rke1": ("kube-system", "kube-dns"), "rke2": ("kube-system", "rke2-coredns-rke2-coredns")}
+RKE2_ETCD_TLS = "/var/lib/rancher/rke2/server/tls/etcd"
+
+
+def etcdctl_command(params) -> str:
+    """etcdctl on an etcd node: RKE1's etcd container has its client and certificates; RKE2 ships no etcdctl,
+    so ``kubernetes.etcdctl`` (default ``etcdctl``) runs with RKE2's etcd client certificate."""
+    k = params.kubernetes
+    if k.distribution == "rke1":
+        return k.etcdctl or "docker exec etcd etcdctl"
+    return (f"ETCDCTL_ENDPOINTS=https://127.0.0.1:2379 ETCDCTL_CACERT={RKE2_ETCD_TLS}/server-ca.crt "
+            f"ETCDCTL_CERT={RKE2_ETCD_TLS}/server-client.crt ETCDCTL_KEY={RKE2_ETCD_TLS}/server-client.key {k.etcdctl or 'etcdctl'}")
+
+
+def row(check: str, target: str, ok: bool, detail: str = "") -> dict:
+    return {"check": check, "target": target, "status": "ok" if ok else "fail", "detail": detail}
+
+
+def api_client(kubeconfig: Path):
+    from kubernetes import client, config
+
+    return client, config.new_client_from_config(str(kubeconfig))
+
+
+def verify_api(params, kubeconfig: Path) -> list[dict]:
+    """Version, nodes, system workloads and DNS, read through the API with the kubeconfig at ``kubeconfig``."""
+    import urllib3
+
+    k = params.kubernetes
+    try:
+        client, api = api_client(kubeconfig)
+        version = client.VersionApi(api).get_code().git_version
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        return [row("API answers", str(kubeconfig), False, f"{type(e).__name__}: {e}"[:300])]
+    except Exception as e:  # an ApiException or a broken kubeconfig: say which
+        return [row("API answers", str(kubeconfig), False, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
+    rows = [row("API version", k.version, version.split("+")[0] == k.version, f"the API reports {version}")]
+    v1 = client.CoreV1Api(api)
+    nodes = {n.metadata.name: n for n in v1.list_node().items}
+    wanted = [h for h in params.hosts if h.in_cluster]
+    for h in wanted:
+        rows += node_rows(h, nodes.get(h.name))
+    extra = sorted(set(nodes) - {h.name for h in wanted})
+    rows.append(row("no unexpected nodes", "cluster", not extra, ", ".join(extra) and f"not in the parameters: {', '.join(extra)}"))
+    apps = client.AppsV1Api(api)
+    for d in apps.list_namespaced_deployment("kube-system").items:
+        want, have = d.spec.replicas or 0, d.status.available_replicas or 0
+        rows.append(row("system workload", f"deployment/{d.metadata.name}", have >= want, f"{have}/{want} available"))
+    for ds in apps.list_namespaced_daemon_set("kube-system").items:
+        want, have = ds.status.desired_number_scheduled or 0, ds.status.number_available or 0
+        rows.append(row("system workload", f"daemonset/{ds.metadata.name}", have >= want, f"{have}/{want} available"))
+    ns, name = DNS_SERVICES[k.distribution]
+    try:
+        ip = v1.read_namespaced_service(name, ns).spec.cluster_ip
+        rows.append(row("cluster DNS", f"{ns}/{name}", ip == str(k.cluster_dns), f"at {ip}, expected {k.cluster_dns}"))
+    except client.ApiException as e:
+        rows.append(row("cluster DNS", f"{ns}/{name}", False, f"not found ({e.status}): the DNS add-on is missing"))
+    return rows
+
+
+def node_rows(host, node) -> list[dict]:
+    if node is None:
+        return [row("node registered", host.name, False, "no Node of this name: did it join?")]
+    conditions = {c.type: c for c in node.status.conditions or []}
+    ready = conditions.get("Ready")
+    out = [row("node Ready", host.name, bool(ready and ready.status == "True"),
+               f"Ready={ready.status} ({ready.reason})" if ready else "no Ready condition yet")]
+    labels = node.metadata.labels or {}
+    roles = sorted(r for r in K8S_ROLES if labels.get(f"node-role.kubernetes.io/{r}") == "true")
+    want = sorted(r for r in K8S_ROLES if r in host.roles)
+    out.append(row("node roles", host.name, roles == want, f"{','.join(roles) or 'none'}; expected {','.join(want)}"))
+    wrong = {k: labels.get(k) for k, v in host.labels.items() if labels.get(k) != v}
+    out.append(row("node labels", host.name, not wrong, ", ".join(f"{k}={v!r}" for k, v in wrong.items()) and
+                   f"different or missing: {', '.join(f'{k} is {v!r}' for k, v in wrong.items())}"))
+    have = {f"{t.key}={t.value or ''}:{t.effect}" for t in node.spec.taints or []}
+    missing = [t for t in getattr(host, "taints", []) if _taint(t) not in have]
+    out.append(row("node taints", host.name, not missing, missing and f"missing: {', '.join(missing)}"))
+    return out
+
+
+def _taint(text: str) -> str:
+    key_value, _, effect = text.rpartition(":")
+    key, _, value = key_value.partition("=")
+    return f"{key}={value}:{effect}"
+
+
+def verify_etcd(params, fleet, etcdctl: str | None = None) -> list[dict]:
+    """Member health and membership, asked on the first etcd host that answers."""
+    etcdctl = etcdctl or etcdctl_command(params)
+    hosts = params.hosts_with("etcd")
+    last = ""
+    for h in hosts:
+        health = fleet.run_on(h, f"{etcdctl} endpoint health --cluster -w json")
+        members = fleet.run_on(h, f"{etcdctl} member list -w json")
+        if health.exit_code is None or members.exit_code is None:
+            last = f"{h.name}: {health.error or members.error}"
+            continue
+        return etcd_rows(params, h.name, health.stdout, members.stdout, health.stderr or members.stderr)
+    return [row("etcd members", "etcd", False, f"no etcd host answered over SSH ({last})")]
+
+
+def etcd_rows(params, asked: str, health_json: str, members_json: str, stderr: str = "") -> list[dict]:
+    try:
+        health = json.loads(health_json or "[]")
+        members = json.loads(members_json or "{}").get("members", [])
+    except ValueError:
+        return [row("etcd members", asked, False, f"etcdctl did not answer in JSON: {stderr.strip()[-300:]}")]
+    addresses = {str(h.address): h.name for h in params.hosts_with("etcd")}
+    rows = []
+    for e in health:
+        host = next((name for a, name in addresses.items() if f"//{a}:" in e.get("endpoint", "")), e.get("endpoint"))
+        rows.append(row("etcd member healthy", host, bool(e.get("health")), e.get("error", "") or f"took {e.get('took', '?')}"))
+    seen = {name for m in members for a, name in addresses.items() if any(f"//{a}:" in u for u in m.get("peerURLs", []))}
+    missing, extra = sorted(set(addresses.values()) - seen), len(members) - len(seen)
+    rows.append(row("etcd membership", f"asked on {asked}", not missing and not extra,
+                    (f"missing: {', '.join(missing)}. " if missing else "") + (f"{extra} member(s) not in the parameters" if extra else "")
+                    or f"{len(members)} members: {', '.join(sorted(seen))}"))
+    return rows
+
+
+def failing(rows: list[dict]) -> list[str]:
+    return [f"{r['check']} {r['target']}: {r['detail']}" for r in rows if r["status"] != "ok"]
+
+
+def status_colour(rows: list[dict]) -> Callable[[int, str], str]:
+    return lambda i, col: ("ok" if rows[i]["status"] == "ok" else "bad") if col == "status" else ""
