@@ -13,7 +13,7 @@ import difflib
 import os
 import shlex
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,18 +122,34 @@ def run_streaming(argv: list[str], cwd: Path, on_line: Callable[[str], None], ke
     return proc.wait()
 
 
-def plan(params, converged: Callable[[], bool], blockers: list[str] = ()) -> list[Step]:
+def plan(params, fleet, converged: Callable[[], bool], blockers: Sequence[str] = ()) -> list[Step]:
     """The bring-up plan for the parameters' distribution; anything in ``blockers`` blocks it, each said."""
     where = target(params)
     if blockers:
         return [Step(where, "bring-up", "nothing until the blockers are fixed", None, blocked="; ".join(blockers))]
     if params.kubernetes.distribution == "rke1":
         return plan_rke1(params, converged)
-    return [Step(where, "bring-up", f"RKE2 {params.kubernetes.version}", None,
-                 blocked="this runbook brings up RKE1 clusters only so far; RKE2's installer path is not built yet "
-                         "(the rendered per-node config.yaml files are available from runbooklib.kubernetes.rke2)")]
+    from . import install_rke2
+
+    try:
+        artifacts = install_rke2.load_artifacts(params)
+    except RunbookError as e:
+        return [Step(where, "rke2 artifacts", "nothing until the artifacts are right", None, blocked=str(e))]
+    facts, errors = install_rke2.gather(params, fleet)
+    return install_rke2.plan_rke2(params, facts, errors, artifacts)
 
 
-def apply(params, steps: list[Step], on_line: Callable[[str], None] = print,
-          on_change: Callable[[Step], object] | None = None) -> BringUp:
-    return apply_rke1(params, steps, on_line, on_change)
+def apply(params, fleet, steps: list[Step], on_change: Callable[[Step], object] | None = None,
+          on_secret: Callable[[str, str], None] = lambda value, label: None, on_line: Callable[[str], None] = print) -> BringUp:
+    """Carry out a plan of :func:`plan`: RKE1 runs rke; RKE2 installs node by node in order."""
+    if params.kubernetes.distribution == "rke1":
+        return apply_rke1(params, steps, on_line, on_change)
+    from . import install_rke2
+
+    done = install_rke2.apply_rke2(params, fleet, steps, install_rke2.load_artifacts(params), on_change=on_change,
+                                   on_secret=on_secret)
+    out = BringUp(applied=[f"{h}: {len(r.applied)} step(s)" + ("" if r.ok else f", stopped: {r.error}")
+                           for h, r in done.results.items()])
+    problems = ([done.error] if done.error else []) + [r.error for r in done.results.values() if not r.ok]
+    out.error = "; ".join(problems)
+    return out

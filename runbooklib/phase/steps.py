@@ -114,12 +114,16 @@ def plan(operations: Sequence[Operation], params, facts: dict[str, dict],
 
 
 def apply(fleet, steps: Sequence[Step], on_change: Callable[[Step], Any] | None = None,
-          on_step: Callable[[Step], None] | None = None, desc: str = "apply") -> dict[str, HostApply]:
+          on_step: Callable[[Step], None] | None = None, desc: str = "apply",
+          execute: Callable[[Any, Step], Any] | None = None) -> dict[str, HostApply]:
     """Run the steps: hosts in parallel, each host's steps in order, a host stopping at its first failure.
 
     ``on_step(step)`` is called before a step runs, ``on_change(step)`` after it succeeded (the
-    run's change log). The other hosts carry on when one fails.
+    run's change log). The other hosts carry on when one fails. ``execute(host, step)`` carries a
+    step out and returns a :class:`~runbooklib.ssh.HostResult` (default: run its command over SSH);
+    a phase whose steps copy files gives its own.
     """
+    execute = execute or (lambda host, step: fleet.run_on(host, step.command))
     by_host: dict[str, list[Step]] = {}
     for s in steps:
         by_host.setdefault(s.host, []).append(s)
@@ -132,7 +136,7 @@ def apply(fleet, steps: Sequence[Step], on_change: Callable[[Step], Any] | None 
                 break
             if on_step:
                 on_step(step)
-            r = fleet.run_on(host, step.command)
+            r = execute(host, step)
             if not r.ok:
                 detail = r.stderr.strip()[-300:] if r.exit_code is not None else ""
                 result.error = f"{host.name}: {step.operation} ({step.change}) failed: {r.error}" + (

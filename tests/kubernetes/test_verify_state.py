@@ -102,19 +102,19 @@ def test_a_kubeconfig_is_summarized_by_path_server_and_ca_fingerprint(tmp_path):
 def test_a_lost_state_file_blocks_the_plan_with_the_recovery(params):
     d = state.state_dir(params, create=True)
     (d / state.KUBECONFIG_RKE1).write_text("apiVersion: v1\n")
-    steps = bringup.plan(params, converged=lambda: True)
+    steps = bringup.plan(params, None, converged=lambda: True)
     assert len(steps) == 1 and steps[0].command is None
     assert "INCIDENT" in steps[0].blocked and "full-cluster-state" in steps[0].blocked
 
 
 def test_the_plan_writes_cluster_yml_then_runs_rke_and_a_converged_cluster_plans_nothing(params):
-    steps = bringup.plan(params, converged=lambda: False)
+    steps = bringup.plan(params, None, converged=lambda: False)
     assert [s.operation for s in steps] == ["cluster.yml", "rke up"]
     assert steps[1].command.endswith(f"up --config {state.state_dir(params) / 'cluster.yml'}")
     assert "+cluster_name: lab" in steps[0].diff
-    result = bringup.apply(params, steps[:1])
+    result = bringup.apply(params, None, steps[:1])
     assert result.ok and (state.state_dir(params) / "cluster.yml").stat().st_mode & 0o777 == 0o600
-    assert bringup.plan(params, converged=lambda: True) == []
-    assert [s.operation for s in bringup.plan(params, converged=lambda: False)] == ["rke up"]
-    blocked = bringup.plan(params, converged=lambda: True, blockers=["w1: not ready (run 02-vm-baseline)"])
+    assert bringup.plan(params, None, converged=lambda: True) == []
+    assert [s.operation for s in bringup.plan(params, None, converged=lambda: False)] == ["rke up"]
+    blocked = bringup.plan(params, None, converged=lambda: True, blockers=["w1: not ready (run 02-vm-baseline)"])
     assert blocked[0].command is None and "w1: not ready" in blocked[0].blocked
