@@ -94,10 +94,11 @@ class ClusterError(Exception):
 class ApiClient:
     """A tiny HTTPS client with the admin certificate (no dependency on the kubernetes package)."""
 
-    def __init__(self, servers: list[str], pki: Pki, user: str = "kube-admin"):
+    def __init__(self, servers: list[str], pki: Pki, user: str = "kube-admin", ca: str = "ca", timeout: float = 10):
         self.servers = servers
-        self.ctx = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
-        self.ctx.load_cert_chain(str(pki.path(f"{user}.pem")), str(pki.path(f"{user}-key.pem")))
+        self.timeout = timeout
+        self.ctx = ssl.create_default_context(cafile=str(pki.cert(ca)))
+        self.ctx.load_cert_chain(str(pki.cert(user)), str(pki.key(user)))
 
     def request(self, method: str, path: str, body: dict | None = None,
                 ctype: str = "application/json") -> tuple[int, dict]:
@@ -107,7 +108,7 @@ class ApiClient:
             req = urllib.request.Request(server + path, method=method, headers={"Content-Type": ctype},
                                          data=json.dumps(body).encode() if body is not None else None)
             try:
-                with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
+                with urllib.request.urlopen(req, context=self.ctx, timeout=self.timeout) as resp:
                     return resp.status, _json(resp.read())
             except urllib.error.HTTPError as e:
                 return e.code, _json(e.read())
@@ -161,32 +162,41 @@ def first_service_ip(service_range: str) -> str:
     return str(next(ipaddress.ip_network(service_range).hosts()))
 
 
-def kubeconfig(pki: Pki, cluster_name: str, server: str, user: str = "kube-admin") -> str:
-    """A kubeconfig with the certificates inline (what rke writes as kube_config_cluster.yml)."""
-    def b64(name: str) -> str:
-        return base64.b64encode(pki.path(name).read_bytes()).decode()
+def kubeconfig(pki: Pki, cluster_name: str, server: str, user: str = "kube-admin", ca: str = "ca",
+               entry: str | None = None) -> str:
+    """A kubeconfig with the certificates inline (what rke writes as kube_config_cluster.yml).
 
+    ``entry`` names its cluster, user and context (RKE2's rke2.yaml calls them all ``default``);
+    RKE1 names the cluster after the cluster and the user ``<user>-<cluster>``.
+    """
+    def b64(path) -> str:
+        return base64.b64encode(path.read_bytes()).decode()
+
+    cluster, user_name = (entry, entry) if entry else (cluster_name, f"{user}-{cluster_name}")
+    return _kubeconfig(cluster, user_name, {"server": server, "certificate-authority-data": b64(pki.cert(ca))},
+                       {"client-certificate-data": b64(pki.cert(user)), "client-key-data": b64(pki.key(user))})
+
+
+def _kubeconfig(name: str, user: str, cluster: dict, credentials: dict) -> str:
     return yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": cluster_name, "cluster": {"server": server, "certificate-authority-data": b64("ca.pem")}}],
-        "users": [{"name": f"{user}-{cluster_name}", "user": {"client-certificate-data": b64(f"{user}.pem"),
-                                                              "client-key-data": b64(f"{user}-key.pem")}}],
-        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": f"{user}-{cluster_name}"}}],
-        "current-context": cluster_name,
+        "clusters": [{"name": name, "cluster": cluster}],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": user}}],
+        "current-context": name,
     }, sort_keys=False)
+
+
+def file_kubeconfig(user: str, server: str, ca: str, cert: str, key: str) -> str:
+    """A kubeconfig on a node naming its certificate files (a component's own, as RKE and RKE2 write them)."""
+    return _kubeconfig("local", user, {"server": server, "certificate-authority": ca},
+                       {"client-certificate": cert, "client-key": key})
 
 
 def node_kubeconfig(user: str, cert: str) -> str:
-    """A kubeconfig on a node, naming the certificate files in SSL_DIR, for the API on 127.0.0.1."""
-    return yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": f"https://127.0.0.1:{API_PORT}",
-                                                   "certificate-authority": f"{SSL_DIR}/ca.pem"}}],
-        "users": [{"name": user, "user": {"client-certificate": f"{SSL_DIR}/{cert}.pem",
-                                          "client-key": f"{SSL_DIR}/{cert}-key.pem"}}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
-        "current-context": "local",
-    }, sort_keys=False)
+    """A kubeconfig on an RKE1 node, naming the certificate files in SSL_DIR, for the API on 127.0.0.1."""
+    return file_kubeconfig(user, f"https://127.0.0.1:{API_PORT}", f"{SSL_DIR}/ca.pem", f"{SSL_DIR}/{cert}.pem",
+                           f"{SSL_DIR}/{cert}-key.pem")
 
 
 # -- what each node runs ----------------------------------------------------------------------------
@@ -205,20 +215,114 @@ def _flags(defaults: dict[str, str], extra: dict[str, str]) -> list[str]:
     return [f"--{k}={v}" for k, v in merged.items()]
 
 
+# -- the components' flags, shared by RKE1's units and the RKE2 stand-in (their certificate paths differ) --
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """etcd's certificate files on a node: its serving and client pair, its peer pair, and the CA that checks each."""
+
+    cert: str
+    key: str
+    ca: str
+    peer_cert: str
+    peer_key: str
+    peer_ca: str
+
+
+def etcd_flags(name: str, address: str, data_dir: str, initial: str, tls: EtcdTls, state: str = "new",
+               listen_clients: str = "https://0.0.0.0:2379", listen_peers: str = "https://0.0.0.0:2380") -> dict[str, str]:
+    """etcd's flags as the lab runs it: client and peer TLS with client certificates required, RKE's timings."""
+    return {
+        "name": name, "data-dir": data_dir,
+        "listen-client-urls": listen_clients, "advertise-client-urls": f"https://{address}:2379",
+        "listen-peer-urls": listen_peers, "initial-advertise-peer-urls": f"https://{address}:2380",
+        "initial-cluster": initial, "initial-cluster-state": state, "initial-cluster-token": "etcd-cluster-1",
+        "cert-file": tls.cert, "key-file": tls.key, "client-cert-auth": "true",
+        "trusted-ca-file": tls.ca, "peer-cert-file": tls.peer_cert, "peer-key-file": tls.peer_key,
+        "peer-client-cert-auth": "true", "peer-trusted-ca-file": tls.peer_ca,
+        "heartbeat-interval": "500", "election-timeout": "5000",
+    }
+
+
+@dataclass(frozen=True)
+class ApiserverTls:
+    """kube-apiserver's certificate files: clients' CA, its serving pair, etcd's, service accounts', the front proxy's."""
+
+    client_ca: str
+    cert: str
+    key: str
+    etcd_ca: str
+    etcd_cert: str
+    etcd_key: str
+    service_account_key: str
+    service_account_signing_key: str
+    requestheader_ca: str
+    proxy_cert: str
+    proxy_key: str
+    proxy_cn: str  # the front-proxy client certificate's CN, the one name allowed to pass request headers
+
+
+def apiserver_flags(address: str, etcd_servers: str, service_range: str, tls: ApiserverTls, issuer: str) -> dict[str, str]:
+    """kube-apiserver's flags as the lab runs it (x509 clients, Node,RBAC, NodeRestriction, a front-proxy CA)."""
+    return {
+        "advertise-address": address, "bind-address": "0.0.0.0", "secure-port": str(API_PORT),
+        "etcd-servers": etcd_servers, "etcd-cafile": tls.etcd_ca, "etcd-certfile": tls.etcd_cert,
+        "etcd-keyfile": tls.etcd_key, "storage-backend": "etcd3",
+        "client-ca-file": tls.client_ca, "tls-cert-file": tls.cert,
+        "tls-private-key-file": tls.key, "anonymous-auth": "false",
+        "service-account-issuer": issuer, "service-account-key-file": tls.service_account_key,
+        "service-account-signing-key-file": tls.service_account_signing_key,
+        "service-cluster-ip-range": service_range, "service-node-port-range": "30000-32767",
+        "authorization-mode": "Node,RBAC", "enable-admission-plugins": "NodeRestriction",
+        "allow-privileged": "true", "profiling": "false",
+        "requestheader-client-ca-file": tls.requestheader_ca,
+        "proxy-client-cert-file": tls.proxy_cert,
+        "proxy-client-key-file": tls.proxy_key,
+        "requestheader-allowed-names": tls.proxy_cn, "requestheader-extra-headers-prefix": "X-Remote-Extra-",
+        "requestheader-group-headers": "X-Remote-Group", "requestheader-username-headers": "X-Remote-User",
+        "kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
+    }
+
+
+def controller_manager_flags(kubeconfig: str, service_account_key: str, root_ca: str, signing_cert: str, signing_key: str,
+                             cluster_cidr: str, service_range: str) -> dict[str, str]:
+    """kube-controller-manager's flags: leader election, the CSR signer, node CIDRs from the cluster range."""
+    return {
+        "kubeconfig": kubeconfig, "authentication-kubeconfig": kubeconfig, "authorization-kubeconfig": kubeconfig,
+        "leader-elect": "true", "bind-address": "127.0.0.1", "profiling": "false",
+        "service-account-private-key-file": service_account_key,
+        "root-ca-file": root_ca, "use-service-account-credentials": "true",
+        "cluster-signing-cert-file": signing_cert, "cluster-signing-key-file": signing_key,
+        "allocate-node-cidrs": "true", "cluster-cidr": cluster_cidr, "node-cidr-mask-size": "24",
+        "service-cluster-ip-range": service_range, "terminated-pod-gc-threshold": "1000",
+    }
+
+
+def scheduler_flags(kubeconfig: str) -> dict[str, str]:
+    return {"kubeconfig": kubeconfig, "authentication-kubeconfig": kubeconfig, "authorization-kubeconfig": kubeconfig,
+            "leader-elect": "true", "bind-address": "127.0.0.1", "profiling": "false"}
+
+
+def kwok_stages_config(version: str) -> str:
+    """KWOK's ``--config``: the Stage documents saved with its build (nodes Ready with a lease, pods Running)."""
+    return "---\n".join(p.read_text() for p in sorted(parts.kwok_stages(version).glob("*.yaml")))
+
+
+def kwok_argv(version: str, kubeconfig: str, config: str, node: str, address: str) -> list[str]:
+    """KWOK managing one node, its own: what stands in for that node's kubelet (LAB SIMULATION)."""
+    return [parts.vm_path("kwok", "kwok", version), f"--kubeconfig={kubeconfig}", f"--config={config}",
+            f"--manage-single-node={node}", f"--node-name={node}", f"--node-ip={address}",
+            "--server-address=127.0.0.1:10247", "--node-lease-duration-seconds=40"]
+
+
+# -- RKE1's units -----------------------------------------------------------------------------------
+
 def etcd_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
     members = spec.with_role("etcd")
     initial = ",".join(f"etcd-{m.name}=https://{m.address}:2380" for m in members)
     cert = f"{SSL_DIR}/kube-etcd-{n.name}"
-    flags = _flags({
-        "name": f"etcd-{n.name}", "data-dir": ETCD_DATA,
-        "listen-client-urls": "https://0.0.0.0:2379", "advertise-client-urls": f"https://{n.address}:2379",
-        "listen-peer-urls": "https://0.0.0.0:2380", "initial-advertise-peer-urls": f"https://{n.address}:2380",
-        "initial-cluster": initial, "initial-cluster-state": "new", "initial-cluster-token": "etcd-cluster-1",
-        "cert-file": f"{cert}.pem", "key-file": f"{cert}-key.pem", "client-cert-auth": "true",
-        "trusted-ca-file": f"{SSL_DIR}/ca.pem", "peer-cert-file": f"{cert}.pem", "peer-key-file": f"{cert}-key.pem",
-        "peer-client-cert-auth": "true", "peer-trusted-ca-file": f"{SSL_DIR}/ca.pem",
-        "heartbeat-interval": "500", "election-timeout": "5000",
-    }, spec.extra_args.get("etcd", {}))
+    tls = EtcdTls(f"{cert}.pem", f"{cert}-key.pem", f"{SSL_DIR}/ca.pem", f"{cert}.pem", f"{cert}-key.pem", f"{SSL_DIR}/ca.pem")
+    flags = _flags(etcd_flags(f"etcd-{n.name}", n.address, ETCD_DATA, initial, tls), spec.extra_args.get("etcd", {}))
     unit = _unit(f"etcd {spec.etcd} (real etcd; RKE runs it as the etcd container)",
                  [parts.vm_path("etcd", "etcd", spec.etcd), *flags])
     # what RKE sets in its etcd container, so that `docker exec etcd etcdctl ...` works as on an RKE node
@@ -240,24 +344,13 @@ def container_env(name: str, binary: str, env: dict[str, str] | None = None) -> 
 def apiserver_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
     etcd = ",".join(f"https://{m.address}:2379" for m in spec.with_role("etcd"))
     ssl_ = SSL_DIR
-    flags = _flags({
-        "advertise-address": n.address, "bind-address": "0.0.0.0", "secure-port": str(API_PORT),
-        "etcd-servers": etcd, "etcd-cafile": f"{ssl_}/ca.pem", "etcd-certfile": f"{ssl_}/kube-apiserver-etcd-client.pem",
-        "etcd-keyfile": f"{ssl_}/kube-apiserver-etcd-client-key.pem", "storage-backend": "etcd3",
-        "client-ca-file": f"{ssl_}/ca.pem", "tls-cert-file": f"{ssl_}/kube-apiserver.pem",
-        "tls-private-key-file": f"{ssl_}/kube-apiserver-key.pem", "anonymous-auth": "false",
-        "service-account-issuer": "rke", "service-account-key-file": f"{ssl_}/kube-service-account-token.pem",
-        "service-account-signing-key-file": f"{ssl_}/kube-service-account-token-key.pem",
-        "service-cluster-ip-range": spec.service_range, "service-node-port-range": "30000-32767",
-        "authorization-mode": "Node,RBAC", "enable-admission-plugins": "NodeRestriction",
-        "allow-privileged": "true", "profiling": "false",
-        "requestheader-client-ca-file": f"{ssl_}/kube-apiserver-requestheader-ca.pem",
-        "proxy-client-cert-file": f"{ssl_}/kube-apiserver-proxy-client.pem",
-        "proxy-client-key-file": f"{ssl_}/kube-apiserver-proxy-client-key.pem",
-        "requestheader-allowed-names": "kube-apiserver-proxy-client", "requestheader-extra-headers-prefix": "X-Remote-Extra-",
-        "requestheader-group-headers": "X-Remote-Group", "requestheader-username-headers": "X-Remote-User",
-        "kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
-    }, spec.extra_args.get("kube-api", {}))
+    tls = ApiserverTls(
+        client_ca=f"{ssl_}/ca.pem", cert=f"{ssl_}/kube-apiserver.pem", key=f"{ssl_}/kube-apiserver-key.pem",
+        etcd_ca=f"{ssl_}/ca.pem", etcd_cert=f"{ssl_}/kube-apiserver-etcd-client.pem", etcd_key=f"{ssl_}/kube-apiserver-etcd-client-key.pem",
+        service_account_key=f"{ssl_}/kube-service-account-token.pem", service_account_signing_key=f"{ssl_}/kube-service-account-token-key.pem",
+        requestheader_ca=f"{ssl_}/kube-apiserver-requestheader-ca.pem", proxy_cert=f"{ssl_}/kube-apiserver-proxy-client.pem",
+        proxy_key=f"{ssl_}/kube-apiserver-proxy-client-key.pem", proxy_cn="kube-apiserver-proxy-client")
+    flags = _flags(apiserver_flags(n.address, etcd, spec.service_range, tls, "rke"), spec.extra_args.get("kube-api", {}))
     binary = parts.vm_path("kubernetes", "kube-apiserver", spec.kubernetes)
     return {f"{UNIT_DIR}/rke-kube-apiserver.service": (_unit(
         f"kube-apiserver {spec.kubernetes} (real; RKE runs it as the kube-apiserver container)", [binary, *flags]).encode(), 0o644),
@@ -267,18 +360,10 @@ def apiserver_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, in
 def controller_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
     cm_config = f"{SSL_DIR}/kubecfg-kube-controller-manager.yaml"
     sched_config = f"{SSL_DIR}/kubecfg-kube-scheduler.yaml"
-    cm = _flags({
-        "kubeconfig": cm_config, "authentication-kubeconfig": cm_config, "authorization-kubeconfig": cm_config,
-        "leader-elect": "true", "bind-address": "127.0.0.1", "profiling": "false",
-        "service-account-private-key-file": f"{SSL_DIR}/kube-service-account-token-key.pem",
-        "root-ca-file": f"{SSL_DIR}/ca.pem", "use-service-account-credentials": "true",
-        "cluster-signing-cert-file": f"{SSL_DIR}/ca.pem", "cluster-signing-key-file": f"{SSL_DIR}/ca-key.pem",
-        "allocate-node-cidrs": "true", "cluster-cidr": spec.cluster_cidr, "node-cidr-mask-size": "24",
-        "service-cluster-ip-range": spec.service_range, "terminated-pod-gc-threshold": "1000",
-    }, spec.extra_args.get("kube-controller", {}))
-    sched = _flags({"kubeconfig": sched_config, "authentication-kubeconfig": sched_config,
-                    "authorization-kubeconfig": sched_config, "leader-elect": "true", "bind-address": "127.0.0.1",
-                    "profiling": "false"}, spec.extra_args.get("scheduler", {}))
+    cm = _flags(controller_manager_flags(cm_config, f"{SSL_DIR}/kube-service-account-token-key.pem", f"{SSL_DIR}/ca.pem",
+                                         f"{SSL_DIR}/ca.pem", f"{SSL_DIR}/ca-key.pem", spec.cluster_cidr, spec.service_range),
+                spec.extra_args.get("kube-controller", {}))
+    sched = _flags(scheduler_flags(sched_config), spec.extra_args.get("scheduler", {}))
     return {
         cm_config: (node_kubeconfig("system:kube-controller-manager", "kube-controller-manager").encode(), 0o600),
         sched_config: (node_kubeconfig("system:kube-scheduler", "kube-scheduler").encode(), 0o600),
@@ -322,15 +407,11 @@ def nginx_proxy_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, 
 
 
 def kwok_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
-    stages = sorted(parts.kwok_stages(spec.kwok).glob("*.yaml"))
-    config = "---\n".join(p.read_text() for p in stages)
     kubecfg = f"{SSL_DIR}/kubecfg-kwok.yaml"
-    argv = [parts.vm_path("kwok", "kwok", spec.kwok), f"--kubeconfig={kubecfg}", "--config=/etc/kubernetes/kwok-stages.yaml",
-            f"--manage-single-node={n.name}", f"--node-name={n.name}", f"--node-ip={n.address}",
-            "--server-address=127.0.0.1:10247", "--node-lease-duration-seconds=40"]
+    argv = kwok_argv(spec.kwok, kubecfg, "/etc/kubernetes/kwok-stages.yaml", n.name, n.address)
     return {
         kubecfg: (node_kubeconfig(f"{KWOK_GROUP}:{n.name}", f"kwok-{n.name}").encode(), 0o600),
-        "/etc/kubernetes/kwok-stages.yaml": (config.encode(), 0o644),
+        "/etc/kubernetes/kwok-stages.yaml": (kwok_stages_config(spec.kwok).encode(), 0o644),
         f"{UNIT_DIR}/lab-kwok-node.service": (_unit(f"KWOK {spec.kwok} for node {n.name} ({KWOK_NOTE})", argv).encode(), 0o644),
     }
 
@@ -497,25 +578,45 @@ COREDNS_IMAGE = "rancher/mirrored-coredns-coredns:1.11.3"
 
 
 def ensure_addons(api: ApiClient, spec: ClusterSpec, dns_ip: str, domain: str) -> list[str]:
-    """RKE1's DNS add-on: the ``kube-dns`` Service at the cluster DNS address and a ``coredns`` Deployment.
+    """RKE1's DNS add-on: the ``kube-dns`` Service at the cluster DNS address and a ``coredns`` Deployment."""
+    return ensure_dns(api, DnsAddon("kube-dns", "coredns", {"k8s-app": "kube-dns"}, COREDNS_IMAGE), dns_ip, domain)
+
+
+@dataclass(frozen=True)
+class DnsAddon:
+    """What a distribution names its DNS add-on: the Service, the Deployment, their labels, the image."""
+
+    service: str
+    deployment: str
+    labels: dict[str, str]
+    image: str
+    service_labels: dict[str, str] = field(default_factory=lambda: {"kubernetes.io/name": "CoreDNS"})
+    tolerations: tuple[dict, ...] = ()
+
+
+def ensure_dns(api: ApiClient, addon: DnsAddon, dns_ip: str, domain: str) -> list[str]:
+    """The DNS add-on: its Service at the cluster DNS address and its Deployment, created where missing.
 
     The Service and Deployment are real API objects handled by the real controllers; their pods are
     marked Running by KWOK and run nothing (LAB SIMULATION, annotated on the pod template).
     """
-    labels = {"k8s-app": "kube-dns"}
+    labels = addon.labels
+    pod_spec = {"containers": [{"name": "coredns", "image": addon.image, "args": ["-conf", "/etc/coredns/Corefile"]}],
+                "priorityClassName": "system-cluster-critical"}
+    if addon.tolerations:
+        pod_spec["tolerations"] = list(addon.tolerations)
     objects = [
         ("/api/v1/namespaces/kube-system/services", {
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {**labels, "kubernetes.io/name": "CoreDNS"}},
+            "metadata": {"name": addon.service, "namespace": "kube-system", "labels": {**labels, **addon.service_labels}},
             "spec": {"clusterIP": dns_ip, "selector": labels,
                      "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}}),
         ("/apis/apps/v1/namespaces/kube-system/deployments", {
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": addon.deployment, "namespace": "kube-system", "labels": labels},
             "spec": {"replicas": 2, "selector": {"matchLabels": labels},
                      "template": {"metadata": {"labels": labels, "annotations": {"runbook.lab/simulation": KWOK_NOTE}},
-                                  "spec": {"containers": [{"name": "coredns", "image": COREDNS_IMAGE,
-                                                           "args": ["-conf", "/etc/coredns/Corefile"]}],
-                                           "priorityClassName": "system-cluster-critical"}}}}),
+                                  "spec": pod_spec}}}),
     ]
     created = []
     for collection, obj in objects:
@@ -539,16 +640,19 @@ def rke_taints(n: NodeSpec) -> list[dict]:
     return taints + n.taints
 
 
-def node_object(n: NodeSpec, spec: ClusterSpec) -> dict:
+def node_object(n: NodeSpec, spec: ClusterSpec, taints: list[dict] | None = None, annotations: dict | None = None) -> dict:
+    """The Node as the lab registers it: a label per role (``node-role.kubernetes.io/<role>``), the given
+    taints (default: RKE1's, :func:`rke_taints`), and the annotations that say it is simulated."""
     labels = {"kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
               SIMULATED: "true", **n.labels}
     for role in n.roles:
         labels[f"node-role.kubernetes.io/{role}"] = "true"
+    taints = rke_taints(n) if taints is None else taints
     capacity = {"cpu": "2", "memory": "4Gi", "pods": "110", "ephemeral-storage": "20Gi"}
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": n.name, "labels": labels,
-                         "annotations": {"runbook.lab/simulation": KWOK_NOTE, "kwok.x-k8s.io/node": "fake"}},
-            "spec": {"taints": rke_taints(n)} if rke_taints(n) else {},
+                         "annotations": {"runbook.lab/simulation": KWOK_NOTE, "kwok.x-k8s.io/node": "fake", **(annotations or {})}},
+            "spec": {"taints": taints} if taints else {},
             "status": {"addresses": [{"type": "InternalIP", "address": n.address}, {"type": "Hostname", "address": n.name}],
                        "capacity": capacity, "allocatable": capacity,
                        "nodeInfo": {"kubeletVersion": f"{spec.kubernetes}+kwok-lab-simulation",
@@ -558,9 +662,15 @@ def node_object(n: NodeSpec, spec: ClusterSpec) -> dict:
                                     "machineID": "", "systemUUID": "", "bootID": ""}}}
 
 
-def register_node(api: ApiClient, n: NodeSpec, spec: ClusterSpec) -> bool:
-    """Create the Node (its status too: KWOK keeps what is set), or bring labels and taints in line. True if created."""
-    obj = node_object(n, spec)
+def register_node(api: ApiClient, n: NodeSpec, spec: ClusterSpec, taints: list[dict] | None = None,
+                  annotations: dict | None = None) -> bool:
+    """Create the Node (its status too: KWOK keeps what is set), or bring labels and taints in line. True if created.
+
+    RKE1 (``taints`` None): RKE's taints, brought in line on every run. Given ``taints`` are set at
+    registration only, as a kubelet's ``--register-with-taints`` (a node may not change its own taints
+    later: NodeRestriction); an existing Node then gets only its labels brought in line.
+    """
+    obj = node_object(n, spec, taints, annotations)
     code, body = api.request("POST", "/api/v1/nodes", obj)
     if code == 201:
         code, body = api.request("PATCH", f"/api/v1/nodes/{n.name}/status", {"status": obj["status"]},
@@ -570,7 +680,9 @@ def register_node(api: ApiClient, n: NodeSpec, spec: ClusterSpec) -> bool:
         return True
     if code != 409:
         raise ClusterError(f"cannot register node {n.name}: {body.get('message')}")
-    patch = {"metadata": {"labels": obj["metadata"]["labels"]}, "spec": {"taints": rke_taints(n) or None}}
+    patch = {"metadata": {"labels": obj["metadata"]["labels"]}}
+    if taints is None:
+        patch["spec"] = {"taints": rke_taints(n) or None}
     code, body = api.request("PATCH", f"/api/v1/nodes/{n.name}", patch, "application/merge-patch+json")
     if code != 200:
         raise ClusterError(f"cannot update node {n.name}: {body.get('message')}")

@@ -6,6 +6,9 @@ the user and O the groups. A second CA signs the API server's front-proxy client
 request-header CA), and etcd's members and clients use certificates of the cluster CA, as RKE sets
 them up. Certificates are kept while their subject and names still fit (a later ``rke up`` does not
 rotate them); everything here is for the lab only and every certificate says so in its subject.
+
+File names follow the distribution: RKE1's ``<name>.pem`` and ``<name>-key.pem`` (the default), RKE2's
+``<name>.crt`` and ``<name>.key`` (``Pki(root, ".crt", ".key")``); a name may hold a folder (``etcd/server-ca``).
 """
 
 from __future__ import annotations
@@ -43,17 +46,30 @@ def _pem_cert(cert) -> bytes:
 
 @dataclass
 class Pki:
-    """Files under ``root``: ca.pem/ca-key.pem, kube-apiserver.pem/-key.pem, <user>.pem/-key.pem."""
+    """Files under ``root``: ca.pem/ca-key.pem, kube-apiserver.pem/-key.pem, <user>.pem/-key.pem (RKE1's names)."""
 
     root: Path
+    cert_suffix: str = ".pem"
+    key_suffix: str = "-key.pem"
 
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def cert(self, name: str) -> Path:
+        return self.root / f"{name}{self.cert_suffix}"
+
+    def key(self, name: str) -> Path:
+        return self.root / f"{name}{self.key_suffix}"
+
+    def _write_key(self, name: str, key) -> None:
+        path = self.key(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_pem_key(key))
+        path.chmod(0o600)
+
     def ensure_ca(self, cluster: str, name: str = "ca", title: str = "kube-ca") -> None:
-        if self.path(f"{name}.pem").exists():
+        if self.cert(name).exists():
             return
-        self.root.mkdir(parents=True, exist_ok=True)
         key = _key()
         now = dt.datetime.now(dt.timezone.utc)
         cert = (x509.CertificateBuilder().subject_name(_name(f"{title} {cluster}")).issuer_name(_name(f"{title} {cluster}"))
@@ -64,28 +80,26 @@ class Pki:
                                              key_encipherment=False, data_encipherment=False, key_agreement=False,
                                              encipher_only=False, decipher_only=False), critical=True)
                 .sign(key, hashes.SHA256()))
-        self.path(f"{name}-key.pem").write_bytes(_pem_key(key))
-        self.path(f"{name}-key.pem").chmod(0o600)
-        self.path(f"{name}.pem").write_bytes(_pem_cert(cert))
+        self._write_key(name, key)
+        self.cert(name).write_bytes(_pem_cert(cert))
 
     def ensure_key(self, name: str) -> None:
-        """A bare key pair, ``<name>-key.pem`` and ``<name>.pem`` (public): the service-account signing key."""
-        if self.path(f"{name}-key.pem").exists():
+        """A bare key pair, the key and its public half in the certificate's place: the service-account signing key."""
+        if self.key(name).exists():
             return
         key = _key()
-        self.path(f"{name}-key.pem").write_bytes(_pem_key(key))
-        self.path(f"{name}-key.pem").chmod(0o600)
-        self.path(f"{name}.pem").write_bytes(key.public_key().public_bytes(
+        self._write_key(name, key)
+        self.cert(name).write_bytes(key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
     def fits(self, name: str, cn: str, orgs: tuple[str, ...], server_names: tuple[str, ...], ca: str) -> bool:
-        """Whether ``<name>.pem`` exists, was signed by ``ca``, and has this subject and these names."""
+        """Whether the certificate ``name`` exists, was signed by ``ca``, and has this subject and these names."""
         try:
-            cert = x509.load_pem_x509_certificate(self.path(f"{name}.pem").read_bytes())
-            issuer = x509.load_pem_x509_certificate(self.path(f"{ca}.pem").read_bytes())
+            cert = x509.load_pem_x509_certificate(self.cert(name).read_bytes())
+            issuer = x509.load_pem_x509_certificate(self.cert(ca).read_bytes())
         except (OSError, ValueError):
             return False
-        if cert.subject != _name(cn, orgs) or cert.issuer != issuer.subject or not self.path(f"{name}-key.pem").exists():
+        if cert.subject != _name(cn, orgs) or cert.issuer != issuer.subject or not self.key(name).exists():
             return False
         try:
             sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -97,11 +111,11 @@ class Pki:
 
     def issue(self, name: str, cn: str, orgs: tuple[str, ...] = (), server_names: tuple[str, ...] = (),
               client: bool = True, ca: str = "ca") -> tuple[Path, Path]:
-        """``<name>.pem`` and ``<name>-key.pem`` signed by ``ca``: kept if they still fit, else issued anew."""
+        """The certificate and key ``name`` signed by ``ca``: kept if they still fit, else issued anew."""
         if self.fits(name, cn, orgs, server_names, ca):
-            return self.path(f"{name}.pem"), self.path(f"{name}-key.pem")
-        ca_key = serialization.load_pem_private_key(self.path(f"{ca}-key.pem").read_bytes(), None)
-        ca_cert = x509.load_pem_x509_certificate(self.path(f"{ca}.pem").read_bytes())
+            return self.cert(name), self.key(name)
+        ca_key = serialization.load_pem_private_key(self.key(ca).read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(self.cert(ca).read_bytes())
         key = _key()
         now = dt.datetime.now(dt.timezone.utc)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
@@ -120,8 +134,6 @@ class Pki:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
-        cert_path, key_path = self.path(f"{name}.pem"), self.path(f"{name}-key.pem")
-        key_path.write_bytes(_pem_key(key))
-        key_path.chmod(0o600)
-        cert_path.write_bytes(_pem_cert(cert))
-        return cert_path, key_path
+        self._write_key(name, key)
+        self.cert(name).write_bytes(_pem_cert(cert))
+        return self.cert(name), self.key(name)
