@@ -5,7 +5,7 @@ A Debian VM's services are managed with ``systemctl``; the runbooks do exactly t
 share one kernel inside namespaces, where systemd cannot be PID 1 (it refuses to run in a chroot
 and needs a cgroup tree of its own), so each VM gets this small manager as
 ``/usr/local/sbin/systemctl`` instead. It reads the real unit files Debian's packages install
-(``/lib/systemd/system``, ``/etc/systemd/system``) and honours what the project's services use:
+(``/lib/systemd/system``, ``/etc/systemd/system``, ``/usr/local/lib/systemd/system``) and honours what the project's services use:
 ``Type`` (simple, exec, notify, forking, oneshot), ``ExecStartPre``, ``ExecStart``,
 ``ExecStartPost``, ``ExecReload`` (with ``$MAINPID``), ``ExecStop``, ``EnvironmentFile``,
 ``Environment``, ``PIDFile``, ``RuntimeDirectory``, ``Alias``, and ``Restart`` (``always``,
@@ -30,8 +30,10 @@ import time
 from pathlib import Path
 
 VERSION = "systemd 252 (runbook lab service manager: a LAB SIMULATION stand-in, not systemd)"
-UNIT_DIRS = (Path("/etc/systemd/system"), Path("/run/systemd/system"), Path("/lib/systemd/system"),
-             Path("/usr/lib/systemd/system"))
+# where systemd looks, in its order: local units (/usr/local/lib, where RKE2's tarball install puts its
+# units) come before the distribution's
+UNIT_DIRS = (Path("/etc/systemd/system"), Path("/run/systemd/system"), Path("/usr/local/lib/systemd/system"),
+             Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
 WANTS = Path("/etc/systemd/system/multi-user.target.wants")
 STATE = Path("/run/lab-systemd")  # a tmpfs per boot: nothing runs after a reboot unless enabled
 LOGS = Path("/var/log/lab-systemd")
