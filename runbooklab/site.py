@@ -150,6 +150,12 @@ class Lab(Network, Processes, Boot, Keys):
         if data.get("kubernetes"):  # the cluster's state folder and the rke stand-in of this lab
             data["kubernetes"]["state_dir"] = "kubernetes"
             data["kubernetes"]["rke"] = "bin/rke"
+            if data["kubernetes"].get("distribution", "rke2") == "rke2":  # the lab's RKE2 artifact, and etcdctl in its VMs
+                from .kubernetes import parts
+                from .kubernetes.rke2 import artifact
+
+                data["kubernetes"]["artifacts"] = artifact.FOLDER
+                data["kubernetes"]["etcdctl"] = parts.vm_path("etcd", "etcdctl")
         return data
 
     def _state(self) -> dict:

@@ -1,11 +1,12 @@
-"""What the Kubernetes phase needs of the lab: Docker on RKE1 nodes, a cluster.yml and ``rke``.
+"""What the Kubernetes phase needs of the lab: RKE1's Docker, cluster.yml and ``rke``; RKE2's artifact folder.
 
 Registered in :data:`runbooklab.site.PROVISIONERS`; ``runbook lab up`` calls :func:`provision`
 after the VMs are up. The cluster itself is real Kubernetes and etcd built from their Go modules
 (``runbooklab/kbin``, located by ``parts.py``), started by the ``rke`` stand-in (``rke.py``, with
-``cluster.py`` and ``etcd.py``). LAB SIMULATION where nothing real can run (see the README's
-"real or stand-in" table): the Docker API (``dockerd.py``), RKE itself, and the kubelets (KWOK
-manages each VM's Node instead).
+``cluster.py`` and ``etcd.py``) on RKE1 sites, and on RKE2 sites by the ``rke2`` stand-in that the
+lab's RKE2 artifact installs (``rke2/``). LAB SIMULATION where nothing real can run (see the README's
+"real or stand-in" table): the Docker API (``dockerd.py``), RKE and RKE2 themselves, and the kubelets
+(KWOK manages each VM's Node instead).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from runbooklib.kubernetes.rke1 import render_cluster_yml
 
 def is_rke1(params) -> bool:
     return params.kubernetes is not None and params.kubernetes.distribution == "rke1"
+
+
+def is_rke2(params) -> bool:
+    return params.kubernetes is not None and params.kubernetes.distribution == "rke2"
 
 
 def start_docker(lab, vm: str) -> bool:
@@ -57,7 +62,18 @@ def install_tools(lab, actions: list[str]) -> None:
 
 
 def provision(lab, params, actions: list[str]) -> None:
-    """RKE1 sites: Docker on every cluster node, ``cluster.yml`` rendered by the product, ``rke`` and the tools."""
+    """RKE1 sites: Docker on every cluster node, ``cluster.yml`` rendered by the product, ``rke`` and the tools.
+    RKE2 sites: the lab's RKE2 artifact folder (``<lab>/rke2-artifacts``) and the tools; the runbook installs RKE2."""
+    if is_rke2(params):
+        from . import parts
+        from .rke2 import artifact
+
+        install_tools(lab, actions)
+        try:
+            artifact.build(lab.root, actions)
+        except parts.PartMissing as e:
+            actions.append(f"no RKE2 artifact: {e}")
+        return
     if not is_rke1(params):
         return
     install_tools(lab, actions)

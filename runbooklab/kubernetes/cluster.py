@@ -209,8 +209,8 @@ def _unit(description: str, argv: list[str], restart: bool = True) -> str:
     return "\n".join(lines + ["", "[Install]", "WantedBy=multi-user.target", ""])
 
 
-def _flags(defaults: dict[str, str], extra: dict[str, str]) -> list[str]:
-    """``--name=value`` flags: RKE's defaults, then ``services.<svc>.extra_args`` over them, as RKE merges."""
+def flag_args(defaults: dict[str, str], extra: dict[str, str]) -> list[str]:
+    """``--name=value`` flags: the defaults, then RKE's ``services.<svc>.extra_args`` (RKE2's ``<component>-arg``) over them."""
     merged = {**defaults, **{str(k).lstrip("-"): str(v) for k, v in extra.items()}}
     return [f"--{k}={v}" for k, v in merged.items()]
 
@@ -322,7 +322,7 @@ def etcd_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
     initial = ",".join(f"etcd-{m.name}=https://{m.address}:2380" for m in members)
     cert = f"{SSL_DIR}/kube-etcd-{n.name}"
     tls = EtcdTls(f"{cert}.pem", f"{cert}-key.pem", f"{SSL_DIR}/ca.pem", f"{cert}.pem", f"{cert}-key.pem", f"{SSL_DIR}/ca.pem")
-    flags = _flags(etcd_flags(f"etcd-{n.name}", n.address, ETCD_DATA, initial, tls), spec.extra_args.get("etcd", {}))
+    flags = flag_args(etcd_flags(f"etcd-{n.name}", n.address, ETCD_DATA, initial, tls), spec.extra_args.get("etcd", {}))
     unit = _unit(f"etcd {spec.etcd} (real etcd; RKE runs it as the etcd container)",
                  [parts.vm_path("etcd", "etcd", spec.etcd), *flags])
     # what RKE sets in its etcd container, so that `docker exec etcd etcdctl ...` works as on an RKE node
@@ -350,7 +350,7 @@ def apiserver_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, in
         service_account_key=f"{ssl_}/kube-service-account-token.pem", service_account_signing_key=f"{ssl_}/kube-service-account-token-key.pem",
         requestheader_ca=f"{ssl_}/kube-apiserver-requestheader-ca.pem", proxy_cert=f"{ssl_}/kube-apiserver-proxy-client.pem",
         proxy_key=f"{ssl_}/kube-apiserver-proxy-client-key.pem", proxy_cn="kube-apiserver-proxy-client")
-    flags = _flags(apiserver_flags(n.address, etcd, spec.service_range, tls, "rke"), spec.extra_args.get("kube-api", {}))
+    flags = flag_args(apiserver_flags(n.address, etcd, spec.service_range, tls, "rke"), spec.extra_args.get("kube-api", {}))
     binary = parts.vm_path("kubernetes", "kube-apiserver", spec.kubernetes)
     return {f"{UNIT_DIR}/rke-kube-apiserver.service": (_unit(
         f"kube-apiserver {spec.kubernetes} (real; RKE runs it as the kube-apiserver container)", [binary, *flags]).encode(), 0o644),
@@ -360,10 +360,10 @@ def apiserver_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, in
 def controller_files(spec: ClusterSpec, n: NodeSpec) -> dict[str, tuple[bytes, int]]:
     cm_config = f"{SSL_DIR}/kubecfg-kube-controller-manager.yaml"
     sched_config = f"{SSL_DIR}/kubecfg-kube-scheduler.yaml"
-    cm = _flags(controller_manager_flags(cm_config, f"{SSL_DIR}/kube-service-account-token-key.pem", f"{SSL_DIR}/ca.pem",
+    cm = flag_args(controller_manager_flags(cm_config, f"{SSL_DIR}/kube-service-account-token-key.pem", f"{SSL_DIR}/ca.pem",
                                          f"{SSL_DIR}/ca.pem", f"{SSL_DIR}/ca-key.pem", spec.cluster_cidr, spec.service_range),
                 spec.extra_args.get("kube-controller", {}))
-    sched = _flags(scheduler_flags(sched_config), spec.extra_args.get("scheduler", {}))
+    sched = flag_args(scheduler_flags(sched_config), spec.extra_args.get("scheduler", {}))
     return {
         cm_config: (node_kubeconfig("system:kube-controller-manager", "kube-controller-manager").encode(), 0o600),
         sched_config: (node_kubeconfig("system:kube-scheduler", "kube-scheduler").encode(), 0o600),
@@ -620,6 +620,10 @@ def ensure_dns(api: ApiClient, addon: DnsAddon, dns_ip: str, domain: str) -> lis
     ]
     created = []
     for collection, obj in objects:
+        # asked first: creating the Service again is refused for its address (422), before its name could conflict (409)
+        code, body = api.request("GET", f"{collection}/{obj['metadata']['name']}")
+        if code == 200:
+            continue
         code, body = api.request("POST", collection, obj)
         if code == 201:
             created.append(f"{obj['kind']} {obj['metadata']['name']}")
