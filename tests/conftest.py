@@ -148,6 +148,19 @@ def require_lab(*tools: str) -> None:
     pytest.skip(reason, allow_module_level=True)
 
 
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition", every: float = 0.3):
+    """``predicate()``'s first true value, asked every ``every`` seconds; the test fails after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
 def lab_identity(name: str, subnet: str) -> tuple[str, str]:
     """A test lab's name and subnet, moved aside when ``RUNBOOK_TEST_LAB_TAG`` is set.
 

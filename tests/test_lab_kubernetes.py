@@ -13,12 +13,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
-from conftest import lab_identity, require_lab, running_lab
+from conftest import lab_identity, require_lab, running_lab, wait_for
 from runbooklab import Lab
 from runbooklab.kubernetes import parts, start_docker
 
@@ -48,16 +47,6 @@ def kubectl(lab: Lab, *args: str, check: bool = True, stdin: str | None = None, 
     if check:
         assert done.returncode == 0, done.stderr
     return done
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def node_states(lab: Lab) -> dict[str, str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import require_lab, running_lab
+from conftest import require_lab, running_lab, wait_for
 from runbooklab.kubernetes import parts
 from runbooklab.kubernetes.rke2 import artifact, join
 
@@ -39,16 +39,6 @@ SERVICE_LOG = "/var/log/lab-systemd/{unit}.service.log"  # the lab's service man
 ETCDCTL = ("ETCDCTL_ENDPOINTS=https://127.0.0.1:2379 ETCDCTL_CACERT=/var/lib/rancher/rke2/server/tls/etcd/server-ca.crt "
            "ETCDCTL_CERT=/var/lib/rancher/rke2/server/tls/etcd/server-client.crt "
            f"ETCDCTL_KEY=/var/lib/rancher/rke2/server/tls/etcd/server-client.key {parts.vm_path('etcd', 'etcdctl')}")
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition", every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @dataclass

@@ -47,9 +47,7 @@ class Agent:
         self.balancers: dict[str, lb.LoadBalancer] = {}
 
     def run(self) -> int:
-        node.require_parts(self.version)
-        for warning in self.cfg.warnings:
-            self.log.warn(warning)
+        node.prepare(self.cfg, self.log, self.version)
         self.log.info(f"Starting rke2 agent {self.version}+{RELEASE} ({self.node.name}, {self.node.address}): LAB SIMULATION of RKE2's "
                       "agent (no kubelet: KWOK manages the node)")
         try:

@@ -70,12 +70,15 @@ def spec(version: str) -> lab_cluster.ClusterSpec:
                                    service_range="", cluster_cidr="", nodes=[])
 
 
-def require_parts(version: str) -> None:
+def prepare(cfg, log, version: str) -> None:
+    """What rke2 checks first: the parts of its release are built (else RKE2's missing images), and says what it ignores."""
     try:
         for component in ("kubernetes", "etcd", "kwok"):
             parts.require(component, version if component == "kubernetes" else None)
     except parts.PartMissing as e:
         raise Fatal(f"failed to find the images of Kubernetes {version}: {e}") from None
+    for warning in cfg.warnings:
+        log.warn(warning)
 
 
 def write_files(node: Node, version: str, api_port: int = API_PORT) -> None:

@@ -77,9 +77,7 @@ class Server:
 
     # -- the steps -----------------------------------------------------------------------------
     def run(self) -> int:
-        node.require_parts(self.version)
-        for warning in self.cfg.warnings:
-            self.log.warn(warning)
+        node.prepare(self.cfg, self.log, self.version)
         self.log.info(f"Starting rke2 {self.version}+{RELEASE} server ({self.node.name}, {self.node.address}): LAB SIMULATION of "
                       f"RKE2 starting the real Kubernetes {self.version} and etcd {parts.default_version('etcd')} (no kubelet: KWOK)")
         try:
