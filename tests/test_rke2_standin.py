@@ -49,11 +49,16 @@ def test_config_refusals(tmp_path, text, command, message):
         load(tmp_path, text, command)
 
 
-def test_a_token_file_is_waited_for(tmp_path):
+def test_a_token_file_is_waited_for_as_rke2_waits(tmp_path, monkeypatch):
+    """RKE2 waits for a token-file that does not exist yet (4 minutes), then stops: a first server given a
+    token-file that nothing writes never starts."""
     import threading
 
     cfg = load(tmp_path, f"token-file: {tmp_path / 'join-token'}\n")
     stopping = threading.Event()
+    monkeypatch.setattr(config, "TOKEN_FILE_WAIT", 0.5)
+    with pytest.raises(Fatal, match="Timeout while trying to read the file"):
+        cfg.token(stopping=stopping)
     threading.Timer(0.3, lambda: (tmp_path / "join-token").write_text("K10" + "a" * 64 + "::server:s3cret\n")).start()
     assert cfg.token(stopping=stopping).endswith("::server:s3cret")
 

@@ -52,6 +52,7 @@ REFUSED = {"data-dir": "the lab's rke2 keeps its data in /var/lib/rancher/rke2 o
            "cluster-reset": "the lab's rke2 does not reset etcd membership; use etcdctl and etcdutl on a server",
            "cluster-reset-restore-path": "the lab's rke2 does not restore snapshots; use etcdutl snapshot restore"}
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+TOKEN_FILE_WAIT = 240.0  # seconds RKE2 waits for a token-file that does not exist yet
 CNIS = ("canal", "calico", "cilium", "flannel", "multus", "none")
 DEFAULTS = {"cluster-cidr": "10.42.0.0/16", "service-cidr": "10.43.0.0/16", "cluster-dns": "10.43.0.10", "cluster-domain": "cluster.local",
             "cni": ["canal"], "etcd-snapshot-schedule-cron": "0 */12 * * *", "etcd-snapshot-retention": 5, "write-kubeconfig-mode": "0600"}
@@ -77,25 +78,25 @@ class Config:
     def token(self, log=None, stopping=None) -> str | None:
         """``token``, else the contents of ``token-file`` (whitespace stripped); None if neither.
 
-        A token file that does not exist yet is waited for, as RKE2 does (``Waiting for <file> to be
-        available``, every 2 s; logged every 30 s here), until ``stopping`` is set (then None).
+        A token file that does not exist yet is waited for as RKE2 waits (k3s's ``util.ReadFile``):
+        ``Waiting for <file> to be available`` every 2 s, then after 4 minutes ``Timeout while trying to
+        read the file`` (the service then restarts into the same wait). None if ``stopping`` is set meanwhile.
         """
         if self.values.get("token"):
             return str(self.values["token"]).strip()
         path = self.values.get("token-file")
         if not path:
             return None
-        said = 0.0
+        deadline = time.monotonic() + TOKEN_FILE_WAIT
         while True:
             try:
                 text = Path(path).read_text().strip()
                 break
             except FileNotFoundError:
-                if stopping is None:
-                    raise Fatal(f"token-file {path} does not exist") from None
-                if log is not None and time.monotonic() - said > 30:
+                if stopping is None or time.monotonic() > deadline:
+                    raise Fatal(f"Error: Timeout while trying to read the file (token-file {path} does not exist)") from None
+                if log is not None:
                     log.info(f"Waiting for {path} to be available")
-                    said = time.monotonic()
                 if stopping.wait(2):
                     return None
             except OSError as e:
