@@ -279,6 +279,9 @@ def test_etcd_is_healthy_with_three_members_through_rke2s_certificates(cluster):
     assert sorted(u for m in members for u in m["peerURLs"]) == sorted(f"https://{cluster.address(s)}:2380" for s in SERVERS)
     assert not any(m.get("isLearner") for m in members)
     assert {m["name"].rsplit("-", 1)[0] for m in members} == set(SERVERS)  # RKE2's member names: <node>-<8 hex>
+    # an on-demand snapshot, where RKE2 keeps them (the scheduled ones go there too)
+    assert cluster.sh(FIRST, "rke2 etcd-snapshot save --name drill").stdout.startswith(f"Snapshot drill-{FIRST}-")
+    assert f"file:///var/lib/rancher/rke2/server/db/snapshots/drill-{FIRST}-" in cluster.sh(FIRST, "rke2 etcd-snapshot ls").stdout
 
 
 def test_the_dns_add_on_answers_at_the_cluster_dns_address(cluster):

@@ -105,3 +105,24 @@ def test_the_artifact_is_rke2s_layout_the_same_each_time(tmp_path):
     assert "LAB SIMULATION" in unit and "LAB SIMULATION" in launcher and "-m runbooklab.kubernetes.rke2" in launcher
     installer = (first / artifact.INSTALLER).read_text()
     assert installer.startswith("#!/bin/sh") and "INSTALL_RKE2_ARTIFACT_PATH" in installer and "INSTALL_RKE2_TAR_PREFIX" in installer
+
+
+def test_scheduled_snapshots_keep_the_retention(tmp_path, monkeypatch):
+    import subprocess
+
+    from runbooklab.kubernetes.rke2 import Log, etcd
+
+    def save(path):
+        (tmp_path / path.rsplit("/", 1)[1]).write_text("snapshot")
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    monkeypatch.setattr(etcd, "snapshot_save", save)
+    schedule = snapshots.Schedule("0 */6 * * *", 2, str(tmp_path), "cp1", Log(io.StringIO()))
+    (tmp_path / "on-demand-cp1-1").write_text("kept: not the schedule's")
+    taken = []
+    for hour in (0, 1, 6, 6, 12, 18):
+        t = time.mktime(time.strptime(f"2026-11-28 {hour:02d}:00", "%Y-%m-%d %H:%M"))
+        taken.append(schedule.tick(t) is not None)
+        time.sleep(0.01)  # distinct modification times, the order retention goes by
+    assert taken == [True, False, True, False, True, True]  # on the schedule, once per minute
+    assert sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.iterdir()) == ["etcd-snapshot-cp1", "etcd-snapshot-cp1", "on-demand-cp1"]

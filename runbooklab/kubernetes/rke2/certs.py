@@ -10,7 +10,6 @@ says it is the lab's (``OU=runbook lab simulation``).
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 from .. import cluster as lab_cluster
@@ -120,11 +119,3 @@ def server_kubeconfigs() -> dict[str, str]:
         f"{CRED_DIR}/controller.kubeconfig": component_kubeconfig("system:kube-controller-manager", f"{TLS_DIR}/client-controller", ca),
         f"{CRED_DIR}/scheduler.kubeconfig": component_kubeconfig("system:kube-scheduler", f"{TLS_DIR}/client-scheduler", ca),
     }
-
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False

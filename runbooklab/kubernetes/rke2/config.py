@@ -225,6 +225,8 @@ def check(cfg: Config) -> None:
     cfg.taints()
     for key in ("kubelet-arg", "kube-apiserver-arg", "kube-controller-manager-arg", "kube-scheduler-arg", "etcd-arg"):
         cfg.pairs(key)
+    if cfg.values.get("kubelet-arg"):
+        cfg.warnings.append("kubelet-arg is checked but not emulated: no kubelet runs in the lab (KWOK manages the node)")
     for key in ("node-ip", "node-external-ip", "advertise-address"):
         if cfg.values.get(key):
             try:

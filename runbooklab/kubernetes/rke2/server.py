@@ -74,12 +74,14 @@ class Server:
         self.issue_lock = threading.Lock()
         self.admin: lab_cluster.ApiClient | None = None
         self.given: str | None = None  # the token of config.yaml (token or token-file)
+        self.secrets: dict[str, tuple[str, ...]] = {}  # what port 9345 accepts, per user (set by bootstrap)
 
     # -- the steps -----------------------------------------------------------------------------
     def run(self) -> int:
         node.prepare(self.cfg, self.log, self.version)
         self.log.info(f"Starting rke2 {self.version}+{RELEASE} server ({self.node.name}, {self.node.address}): LAB SIMULATION of "
                       f"RKE2 starting the real Kubernetes {self.version} and etcd {parts.default_version('etcd')} (no kubelet: KWOK)")
+        self.log.info(f"cni {','.join(self.cfg.get('cni'))}: no CNI runs in the lab (KWOK gives pods their addresses from the node's range)")
         try:
             self.start()
             self.log.info("rke2 is up and running")
