@@ -7,10 +7,11 @@ Role groups are defined here, once.
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress, PlainSerializer, PlainValidator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress, PlainSerializer, PlainValidator
 
 from .errors import Problem
 from .secrets import SecretRef
@@ -38,6 +39,34 @@ def _address_text(value: Any) -> Any:
 
 Address = Annotated[IPvAnyAddress, BeforeValidator(_address_text)]
 
+# What a taint does to pods that do not tolerate it (the three effects Kubernetes knows).
+TAINT_EFFECTS: tuple[str, ...] = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# key (an optional DNS prefix, then a name), an optional value, and the effect: dedicated=database:NoSchedule
+_TAINT = re.compile(r"^(?P<key>([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)"
+                    r"=(?P<value>([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?):(?P<effect>[A-Za-z]+)$")
+
+
+def parse_taint(text: str) -> tuple[str, str, str]:
+    """``key=value:Effect`` as (key, value, effect); ValueError naming the form when it is not one.
+
+    Every distribution's taint is built from this one form: RKE1 writes ``{key, value, effect}``,
+    RKE2 writes the text as it is (``node-taint``).
+    """
+    m = _TAINT.match(text) if isinstance(text, str) else None
+    if m is None or m["effect"] not in TAINT_EFFECTS:
+        effect = f" ({m['effect']!r} is not an effect)" if m is not None else ""
+        raise ValueError(f"{text!r} is not a taint{effect}; write key=value:Effect with Effect one of "
+                         f"{', '.join(TAINT_EFFECTS)}, like dedicated=database:NoSchedule")
+    return m["key"], m["value"], m["effect"]
+
+
+def _taint_text(text: str) -> str:
+    parse_taint(text)
+    return text
+
+
+Taint = Annotated[str, AfterValidator(_taint_text)]
+
 
 class Section(BaseModel):
     """A block of a parameter file: unknown keys are errors, values never change after loading."""
@@ -64,6 +93,8 @@ class Host(Section):
     user: UserName = "root"
     roles: Annotated[list[Role], Field(min_length=1)]
     labels: dict[str, str] = {}
+    # Kubernetes taints of the host's node, each key=value:Effect (only for hosts in the cluster)
+    taints: list[Taint] = []
     location: Location
 
     @property

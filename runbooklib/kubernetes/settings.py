@@ -1,14 +1,51 @@
-"""The ``kubernetes`` section: distribution, version and the cluster's address ranges."""
+"""The ``kubernetes`` section: distribution, version, the cluster's address ranges and what the renderers need.
+
+Every field has a default that works except ``version``; ``rules`` are the cross-field checks that
+stop a parameter file from loading. The complete list of what is wrong with a cluster definition
+(including what only matters against an existing cluster) is :mod:`runbooklib.kubernetes.lint`.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Literal, Optional
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from ..errors import Problem
 from ..schema import Name, Section, need_role
+
+
+def _registry_host(value: str) -> str:
+    # RKE2 prefixes every system image with it: a scheme or a path would make every image name invalid
+    if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:\d{1,5})?", value):
+        raise ValueError(f"{value!r} is not a registry host; write host or host:port without a scheme or a path, "
+                         "like registry.example.internal:5000")
+    return value
+
+
+def _san(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?", value):
+        raise ValueError(f"{value!r} is not a host name or an IP address; a certificate name is one of those, "
+                         "like api.example.internal or 192.0.2.10")
+    return value
+
+
+def _kubelet_args(value: dict[str, str]) -> dict[str, str]:
+    for flag in value:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", flag):
+            raise ValueError(f"{flag!r} is not a kubelet flag name; write it without leading dashes and without "
+                             "its value, like volume-plugin-dir (the value goes after the colon)")
+    return value
+
+
+def _own_folder(value: str) -> str:
+    # the folder holds cluster.rkestate and kubeconfigs: it must be a folder of its own, made private
+    if value.strip() in ("", ".", "./"):
+        raise ValueError(f"{value!r} is the parameter file's own folder; the state (cluster.rkestate, kubeconfigs) "
+                         "needs a folder of its own, like kubernetes-state")
+    return value
 
 
 class Kubernetes(Section):
@@ -21,6 +58,22 @@ class Kubernetes(Section):
     cluster_domain: str = "cluster.local"
     network_plugin: Literal["canal", "flannel", "calico", "cilium", "weave", "none"] = "canal"
     ignore_docker_version: bool = False
+    # recurring etcd snapshots, the backup of the whole cluster: every N hours (a divisor of 24, so
+    # the cron schedule 0 */N * * * keeps even gaps), keeping the last M
+    etcd_snapshot_interval_hours: Literal[1, 2, 3, 4, 6, 8, 12, 24] = 6
+    etcd_snapshot_retention: Annotated[int, Field(ge=1, le=1000)] = 12
+    # where every system image comes from (air-gapped sites): host[:port], no scheme
+    system_default_registry: Optional[Annotated[str, AfterValidator(_registry_host)]] = None
+    # extra names in the API server's certificate (a load balancer's name or address); the
+    # control-plane nodes' own addresses are always in it
+    tls_san: list[Annotated[str, AfterValidator(_san)]] = []
+    # rendered files, cluster.rkestate and kubeconfigs, relative to the parameter file. PROTECTED:
+    # it holds the cluster's credentials (keep it out of version control, readable by you only)
+    state_dir: Annotated[str, AfterValidator(_own_folder)] = "kubernetes-state"
+    # RKE2 air-gapped artifacts (images tarball, install script), relative to the parameter file
+    artifacts: Optional[str] = None
+    # kubelet flags without leading dashes, e.g. {max-pods: "150"}
+    kubelet_extra_args: Annotated[dict[str, str], AfterValidator(_kubelet_args)] = {}
 
 
 def rules(p) -> list[Problem]:
