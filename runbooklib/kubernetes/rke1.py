@@ -35,7 +35,7 @@ from .spec import (
     spec_from_params,
 )
 
-__all__ = ["NETWORK_PLUGINS", "RKE_VERSION_SUFFIX", "read_cluster_yml", "render_cluster_yml"]
+__all__ = ["NETWORK_PLUGINS", "RKE_DEFAULTS", "RKE_VERSION_SUFFIX", "read_cluster_yml", "render_cluster_yml"]
 
 # the network plugins RKE1 ships (rancher/rke cluster/network.go): cilium is not one of them
 NETWORK_PLUGINS: tuple[str, ...] = ("canal", "flannel", "calico", "weave", "aci", "none")
@@ -45,7 +45,7 @@ NETWORK_PLUGINS: tuple[str, ...] = ("canal", "flannel", "calico", "weave", "aci"
 RKE_VERSION_SUFFIX = "-rancher1-1"
 
 # RKE's own defaults (rancher/rke cluster/defaults.go), for what a hand-written file leaves out
-_DEFAULTS = {"cluster_cidr": "10.42.0.0/16", "service_range": "10.43.0.0/16", "cluster_dns": "10.43.0.10",
+RKE_DEFAULTS = {"cluster_cidr": "10.42.0.0/16", "service_range": "10.43.0.0/16", "cluster_dns": "10.43.0.10",
              "cluster_domain": "cluster.local", "plugin": "canal", "creation": "12h", "retention": "72h", "name": "local"}
 
 
@@ -138,16 +138,16 @@ def read_cluster_yml(text: str, source: str = "cluster.yml") -> ClusterSpec:
     default_registry = next((str(r["url"]) for r in registries if r.get("is_default") and r.get("url")), None)
     authentication = mapping_at(data.get("authentication"), source, "authentication")
     return ClusterSpec(
-        name=str(data.get("cluster_name") or _DEFAULTS["name"]),
+        name=str(data.get("cluster_name") or RKE_DEFAULTS["name"]),
         distribution="rke1",
         version=str(data.get("kubernetes_version") or "").split("-rancher")[0],
         nodes=nodes,
-        cluster_cidr=network_at(controller.get("cluster_cidr", _DEFAULTS["cluster_cidr"]), source, "services.kube-controller.cluster_cidr"),
-        service_cidr=network_at(api.get("service_cluster_ip_range", _DEFAULTS["service_range"]), source,
+        cluster_cidr=network_at(controller.get("cluster_cidr", RKE_DEFAULTS["cluster_cidr"]), source, "services.kube-controller.cluster_cidr"),
+        service_cidr=network_at(api.get("service_cluster_ip_range", RKE_DEFAULTS["service_range"]), source,
                                 "services.kube-api.service_cluster_ip_range"),
-        cluster_dns=address_at(kubelet.get("cluster_dns_server", _DEFAULTS["cluster_dns"]), source, "services.kubelet.cluster_dns_server"),
-        cluster_domain=str(kubelet.get("cluster_domain") or _DEFAULTS["cluster_domain"]),
-        cni=str(mapping_at(data.get("network"), source, "network").get("plugin") or _DEFAULTS["plugin"]),
+        cluster_dns=address_at(kubelet.get("cluster_dns_server", RKE_DEFAULTS["cluster_dns"]), source, "services.kubelet.cluster_dns_server"),
+        cluster_domain=str(kubelet.get("cluster_domain") or RKE_DEFAULTS["cluster_domain"]),
+        cni=str(mapping_at(data.get("network"), source, "network").get("plugin") or RKE_DEFAULTS["plugin"]),
         etcd_snapshot_interval_hours=interval,
         etcd_snapshot_retention=retention,
         system_default_registry=default_registry,
@@ -191,8 +191,8 @@ def _snapshots(etcd: dict, source: str) -> tuple[int, int]:
             return int(backup.get("interval_hours", 12)), int(backup.get("retention", 6))
         except (TypeError, ValueError):
             raise ClusterFileError(source, "services.etcd.backup_config", "interval_hours and retention must be whole numbers") from None
-    creation = _hours(etcd.get("creation", _DEFAULTS["creation"]), source, "services.etcd.creation")
-    kept = _hours(etcd.get("retention", _DEFAULTS["retention"]), source, "services.etcd.retention")
+    creation = _hours(etcd.get("creation", RKE_DEFAULTS["creation"]), source, "services.etcd.creation")
+    kept = _hours(etcd.get("retention", RKE_DEFAULTS["retention"]), source, "services.etcd.retention")
     if creation != int(creation) or creation < 1:
         raise ClusterFileError(source, "services.etcd.creation", f"{etcd.get('creation')!r} is not a whole number of hours; "
                                                                  "runbooklib schedules snapshots every N hours (6h, 12h)")
