@@ -22,6 +22,10 @@ import yaml
 
 from ..schema import parse_taint
 from .spec import (
+    CLUSTER_CIDR,
+    CLUSTER_DNS,
+    CLUSTER_DOMAIN,
+    SERVICE_CIDR,
     ClusterFileError,
     ClusterSpec,
     NodeSpec,
@@ -45,8 +49,8 @@ NETWORK_PLUGINS: tuple[str, ...] = ("canal", "flannel", "calico", "weave", "aci"
 RKE_VERSION_SUFFIX = "-rancher1-1"
 
 # RKE's own defaults (rancher/rke cluster/defaults.go), for what a hand-written file leaves out
-RKE_DEFAULTS = {"cluster_cidr": "10.42.0.0/16", "service_range": "10.43.0.0/16", "cluster_dns": "10.43.0.10",
-             "cluster_domain": "cluster.local", "plugin": "canal", "creation": "12h", "retention": "72h", "name": "local"}
+RKE_DEFAULTS = {"cluster_cidr": str(CLUSTER_CIDR), "service_range": str(SERVICE_CIDR), "cluster_dns": str(CLUSTER_DNS),
+                "cluster_domain": CLUSTER_DOMAIN, "plugin": "canal", "creation": "12h", "retention": "72h", "name": "local"}
 
 
 def render_cluster_yml(source, ssh_key_path: str | Path | None = None, *, ignore_docker_version: bool | None = None) -> str:

@@ -22,7 +22,21 @@ import re
 
 import yaml
 
-from .spec import ClusterFileError, ClusterSpec, NodeSpec, address_at, canonical_labels, extra_names, list_at, mapping_at, network_at
+from .spec import (
+    CLUSTER_CIDR,
+    CLUSTER_DNS,
+    CLUSTER_DOMAIN,
+    SERVICE_CIDR,
+    ClusterFileError,
+    ClusterSpec,
+    NodeSpec,
+    address_at,
+    canonical_labels,
+    extra_names,
+    list_at,
+    mapping_at,
+    network_at,
+)
 
 __all__ = ["CNIS", "CONFIG_PATH", "NOT_CARRIED", "SERVER_ONLY_TAINT", "TOKEN_FILE", "first_server", "install_order", "node_kind",
            "read_rke2_configs", "render_rke2_configs"]
@@ -35,8 +49,8 @@ SERVER_ONLY_TAINT = "CriticalAddonsOnly=true:NoExecute"
 CNIS: tuple[str, ...] = ("canal", "calico", "cilium", "flannel", "none")
 NOT_CARRIED: tuple[str, ...] = ("name", "version", "nodes[].user", "nodes[].port")
 # RKE2's own defaults, for what a config leaves out
-_DEFAULTS = {"cluster-cidr": "10.42.0.0/16", "service-cidr": "10.43.0.0/16", "cluster-dns": "10.43.0.10",
-             "cluster-domain": "cluster.local", "cni": "canal", "etcd-snapshot-schedule-cron": "0 */12 * * *",
+_DEFAULTS = {"cluster-cidr": str(CLUSTER_CIDR), "service-cidr": str(SERVICE_CIDR), "cluster-dns": str(CLUSTER_DNS),
+             "cluster-domain": CLUSTER_DOMAIN, "cni": "canal", "etcd-snapshot-schedule-cron": "0 */12 * * *",
              "etcd-snapshot-retention": 5}
 # what every server must agree on (RKE2 refuses to join a server that differs)
 _CLUSTER_KEYS = ("cni", "cluster-cidr", "service-cidr", "cluster-dns", "cluster-domain", "etcd-snapshot-schedule-cron",

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field
 
 from ..errors import Problem
 from ..schema import Name, Section, need_role
+from .spec import CLUSTER_CIDR, CLUSTER_DNS, CLUSTER_DOMAIN, SERVICE_CIDR
 
 
 def _registry_host(value: str) -> str:
@@ -52,10 +53,10 @@ class Kubernetes(Section):
     distribution: Literal["rke1", "rke2"] = "rke2"
     version: Annotated[str, Field(pattern=r"^v1\.\d+\.\d+$")]
     cluster_name: Name = "local"
-    cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.42.0.0/16")
-    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.43.0.0/16")
-    cluster_dns: ipaddress.IPv4Address = ipaddress.IPv4Address("10.43.0.10")
-    cluster_domain: str = "cluster.local"
+    cluster_cidr: ipaddress.IPv4Network = CLUSTER_CIDR  # pods; cannot change after creation
+    service_cidr: ipaddress.IPv4Network = SERVICE_CIDR  # Services; cannot change after creation
+    cluster_dns: ipaddress.IPv4Address = CLUSTER_DNS  # must lie inside service_cidr
+    cluster_domain: str = CLUSTER_DOMAIN
     network_plugin: Literal["canal", "flannel", "calico", "cilium", "weave", "none"] = "canal"
     ignore_docker_version: bool = False
     # recurring etcd snapshots, the backup of the whole cluster: every N hours (a divisor of 24, so

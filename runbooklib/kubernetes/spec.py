@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from ..errors import RunbookError
 from ..schema import K8S_ROLES
 
-__all__ = ["ClusterFileError", "ClusterSpec", "NodeSpec", "spec_from_params"]
+__all__ = ["CLUSTER_CIDR", "CLUSTER_DNS", "CLUSTER_DOMAIN", "SERVICE_CIDR", "ClusterFileError", "ClusterSpec", "NodeSpec",
+           "spec_from_params"]
+
+# The defaults RKE1 and RKE2 share (rancher/rke cluster/defaults.go, docs.rke2.io): pods, Services, the DNS Service
+CLUSTER_CIDR = ipaddress.IPv4Network("10.42.0.0/16")
+SERVICE_CIDR = ipaddress.IPv4Network("10.43.0.0/16")
+CLUSTER_DNS = ipaddress.IPv4Address("10.43.0.10")
+CLUSTER_DOMAIN = "cluster.local"
 
 
 class ClusterFileError(RunbookError):
@@ -55,10 +62,10 @@ class ClusterSpec:
     distribution: str  # rke1 | rke2
     version: str  # v1.32.5, without any distribution suffix
     nodes: tuple[NodeSpec, ...]
-    cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.42.0.0/16")
-    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.43.0.0/16")
-    cluster_dns: ipaddress.IPv4Address = ipaddress.IPv4Address("10.43.0.10")
-    cluster_domain: str = "cluster.local"
+    cluster_cidr: ipaddress.IPv4Network = CLUSTER_CIDR
+    service_cidr: ipaddress.IPv4Network = SERVICE_CIDR
+    cluster_dns: ipaddress.IPv4Address = CLUSTER_DNS
+    cluster_domain: str = CLUSTER_DOMAIN
     cni: str = "canal"
     etcd_snapshot_interval_hours: int = 6
     etcd_snapshot_retention: int = 12  # snapshots kept
