@@ -6,8 +6,9 @@ starts the cluster alone and has no ``server:``; every other node joins it on po
 split by role: etcd without controlplane disables the API server, controller manager and scheduler;
 controlplane without etcd disables etcd (RKE2 cannot start such a node first: lint says so).
 
-The join token is a secret: no config holds it. Every node reads it from :data:`TOKEN_FILE`,
-which the install step writes (from the first server's ``/var/lib/rancher/rke2/server/node-token``).
+The join token is a secret: no config holds it. The first server creates it (in
+``/var/lib/rancher/rke2/server/node-token``); every other node reads it from :data:`TOKEN_FILE`,
+which the install step writes from there.
 
 Round trip: ``read_rke2_configs(render_rke2_configs(spec))`` gives ``spec`` back except for what a
 config cannot carry (:data:`NOT_CARRIED`): the cluster name, the Kubernetes version (chosen by the
@@ -43,6 +44,7 @@ __all__ = ["CNIS", "CONFIG_PATH", "NOT_CARRIED", "SERVER_ONLY_TAINT", "TOKEN_FIL
 
 CONFIG_PATH = "/etc/rancher/rke2/config.yaml"
 TOKEN_FILE = "/etc/rancher/rke2/join-token"
+NODE_TOKEN = "/var/lib/rancher/rke2/server/node-token"
 JOIN_PORT = 9345
 SERVER_ONLY_TAINT = "CriticalAddonsOnly=true:NoExecute"
 # the CNIs RKE2 ships (docs.rke2.io, networking): anything else is a lint error, never a silent swap
@@ -82,15 +84,8 @@ def install_order(spec: ClusterSpec) -> list[list[str]]:
     return [w for w in ([first.name], servers, agents) if w]
 
 
-def render_rke2_configs(spec: ClusterSpec, token_ref: str = "<token>") -> dict[str, str]:
-    """``/etc/rancher/rke2/config.yaml`` of every node, by node name, in inventory order.
-
-    ``token_ref`` says where the install step takes the join token from (shown in each file's
-    header); it is never the token itself, which no config holds.
-    """
-    if re.match(r"K10[0-9a-f]{16,}", token_ref):
-        raise ValueError("token_ref looks like an RKE2 join token; pass where the token comes from (like env:RKE2_TOKEN), "
-                         "never the token: configs are plain files")
+def render_rke2_configs(spec: ClusterSpec) -> dict[str, str]:
+    """``/etc/rancher/rke2/config.yaml`` of every node, by node name, in inventory order (no token in any)."""
     first = first_server(spec)
     servers = [n for n in spec.nodes if node_kind(spec, n) == "server"]
     tls_san = list(dict.fromkeys([n.address for n in servers] + list(spec.tls_san)))
@@ -98,7 +93,8 @@ def render_rke2_configs(spec: ClusterSpec, token_ref: str = "<token>") -> dict[s
     for n in spec.nodes:
         kind = node_kind(spec, n)
         config: dict = {} if n is first else {"server": f"https://{first.address}:{JOIN_PORT}"}
-        config["token-file"] = TOKEN_FILE
+        if n is not first:  # the first server creates the token; the others read it from the file install writes
+            config["token-file"] = TOKEN_FILE
         config["node-name"] = n.name
         config["node-ip"] = n.address
         taints = list(n.taints) + ([SERVER_ONLY_TAINT] if kind == "server" and not n.has("worker") else [])
@@ -111,8 +107,9 @@ def render_rke2_configs(spec: ClusterSpec, token_ref: str = "<token>") -> dict[s
         if kind == "server":
             config.update(_server_settings(spec, n, tls_san))
         role = "server, first: starts the cluster" if n is first else kind
-        header = (f"# {CONFIG_PATH} of {n.name} ({role}) in cluster {spec.name}, rendered by runbooklib.\n"
-                  f"# The join token is not here: install writes it to {TOKEN_FILE} (from {token_ref}).\n")
+        token = (f"# It creates the cluster's join token ({NODE_TOKEN}); no config holds it.\n" if n is first else
+                 f"# The join token is not here: install writes it to {TOKEN_FILE} from the first server's {NODE_TOKEN}.\n")
+        header = f"# {CONFIG_PATH} of {n.name} ({role}) in cluster {spec.name}, rendered by runbooklib.\n" + token
         out[n.name] = header + yaml.safe_dump(config, sort_keys=False)
     return out
 

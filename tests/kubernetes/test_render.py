@@ -47,7 +47,7 @@ def rendered(case: dict):
     params = case_params(case)
     if case["format"] == "rke1":
         return rke1.render_cluster_yml(params, case["ssh_key_path"])
-    return rke2.render_rke2_configs(spec_from_params(params), case.get("token_ref", "<token>"))
+    return rke2.render_rke2_configs(spec_from_params(params))
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
@@ -95,13 +95,13 @@ def test_a_spec_needs_the_ssh_key_given():
         rke1.render_cluster_yml(spec)
 
 
-def test_rke2_configs_never_hold_a_token():
+def test_rke2_configs_never_hold_a_token_and_only_joining_nodes_read_one():
     spec = spec_from_params(case_params({"params": "params/lab.yaml"}))
-    with pytest.raises(ValueError, match="looks like an RKE2 join token"):
-        rke2.render_rke2_configs(spec, "K10" + "ab" * 32 + "::server:s3cret")
-    for text in rke2.render_rke2_configs(spec, "env:RKE2_TOKEN").values():
-        config = yaml.safe_load(text)
-        assert "token" not in config and config["token-file"] == rke2.TOKEN_FILE
+    configs = {name: yaml.safe_load(text) for name, text in rke2.render_rke2_configs(spec).items()}
+    assert all("token" not in c for c in configs.values())
+    first = rke2.first_server(spec).name
+    assert "token-file" not in configs[first] and "server" not in configs[first]  # it creates the token
+    assert {c["token-file"] for name, c in configs.items() if name != first} == {rke2.TOKEN_FILE}
 
 
 def test_spec_needs_a_kubernetes_section():
