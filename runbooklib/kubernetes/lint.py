@@ -68,6 +68,9 @@ class Finding:
     def __str__(self) -> str:
         return f"{self.where}: {self.severity} [{self.rule}]: {self.message}; {self.fix}"
 
+    def row(self) -> dict:
+        return {"severity": self.severity, "rule": self.rule, "where": self.where, "finding": self.message, "fix": self.fix}
+
 
 RULES: dict[str, LintRule] = {r.name: r for r in (
     LintRule("service-range-mismatch",
