@@ -519,6 +519,8 @@ def ensure_addons(api: ApiClient, spec: ClusterSpec, dns_ip: str, domain: str) -
     ]
     created = []
     for collection, obj in objects:
+        if api.request("GET", f"{collection}/{obj['metadata']['name']}")[0] == 200:
+            continue  # there already (a create would fail on the taken address before it says "exists")
         code, body = api.request("POST", collection, obj)
         if code == 201:
             created.append(f"{obj['kind']} {obj['metadata']['name']}")
