@@ -18,50 +18,20 @@ from ..schema import Name, Section, need_role
 from .spec import CLUSTER_CIDR, CLUSTER_DNS, CLUSTER_DOMAIN, SERVICE_CIDR
 
 
-def _registry_host(value: str) -> str:
-    # RKE2 prefixes every system image with it: a scheme or a path would make every image name invalid
-    if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:\d{1,5})?", value):
-        raise ValueError(f"{value!r} is not a registry host; write host or host:port without a scheme or a path, "
-                         "like registry.example.internal:5000")
-    return value
+def _matching(pattern: str, otherwise: str):
+    """A validator: the value as given if it matches ``pattern``, else a ValueError saying ``otherwise``."""
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"{value!r} {otherwise}")
+        return value
+    return check
 
 
-def _san(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?", value):
-        raise ValueError(f"{value!r} is not a host name or an IP address; a certificate name is one of those, "
-                         "like api.example.internal or 192.0.2.10")
-    return value
-
-
-def _kubelet_args(value: dict[str, str]) -> dict[str, str]:
-    for flag in value:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", flag):
-            raise ValueError(f"{flag!r} is not a kubelet flag name; write it without leading dashes and without "
-                             "its value, like volume-plugin-dir (the value goes after the colon)")
-    return value
-
-
-def _own_folder(value: str) -> str:
-    # the folder holds cluster.rkestate and kubeconfigs: it must be a folder of its own, made private
-    if value.strip() in ("", ".", "./"):
-        raise ValueError(f"{value!r} is the parameter file's own folder; the state (cluster.rkestate, kubeconfigs) "
-                         "needs a folder of its own, like kubernetes-state")
-    return value
-
-
-def _registry_host(value: str) -> str:
-    # RKE2 prefixes every system image with it: a scheme or a path would make every image name invalid
-    if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:\d{1,5})?", value):
-        raise ValueError(f"{value!r} is not a registry host; write host or host:port without a scheme or a path, "
-                         "like registry.example.internal:5000")
-    return value
-
-
-def _san(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?", value):
-        raise ValueError(f"{value!r} is not a host name or an IP address; a certificate name is one of those, "
-                         "like api.example.internal or 192.0.2.10")
-    return value
+# RKE2 prefixes every system image with the registry: a scheme or a path would make every image name invalid
+_registry_host = _matching(r"[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:\d{1,5})?",
+                           "is not a registry host; write host or host:port without a scheme or a path, like registry.example.internal:5000")
+_san = _matching(r"[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?",
+                 "is not a host name or an IP address; a certificate name is one of those, like api.example.internal or 192.0.2.10")
 
 
 def _kubelet_args(value: dict[str, str]) -> dict[str, str]:
