@@ -173,10 +173,18 @@ def write_kubernetes_module(moddir: Path, version: str, module_name: str) -> Non
         raise SystemExit(f"kbin: go mod tidy for k8s.io/kubernetes@{version} failed:\n{proc.stderr}")
 
 
+def lab_kubernetes_versions() -> list[str]:
+    """Further releases the lab's profiles run, each pinned in a committed ``kubernetes-<version>/`` module
+    (the seed lab is an RKE1 site, and RKE1's last line ships Kubernetes up to 1.32): built by default too."""
+    return sorted(d.name.removeprefix("kubernetes-") for d in HERE.glob("kubernetes-v*") if (d / "go.sum").exists())
+
+
 def kubernetes_moddir(version: str | None) -> Path:
     pinned = HERE / "kubernetes"
     if version is None or version == required_version(pinned / "go.mod", "k8s.io/kubernetes"):
         return pinned
+    if (HERE / f"kubernetes-{version}" / "go.sum").exists():
+        return HERE / f"kubernetes-{version}"
     if not re.fullmatch(r"v1\.\d+\.\d+(-[0-9A-Za-z.-]+)?", version):
         raise SystemExit(f"kbin: --kubernetes-version must look like v1.35.4, not {version!r}")
     # A second minor for upgrade rehearsals: its module lives in the cache, not in the checkout.
@@ -251,11 +259,17 @@ def save_stages(component: str, moddir: Path, dest: Path) -> None:
     os.rename(tmp, dest / "stages")
 
 
-def plan(components: list[str], kube_version: str | None) -> list[tuple[str, str, Path]]:
+def targets(components: list[str], kube_version: str | None) -> list[tuple[str, str]]:
+    """(component, version) to build or check: each component's pinned version, and for Kubernetes the
+    lab's further releases too (or just ``kube_version`` when one is asked for)."""
     out = []
     for c in components:
-        moddir = kubernetes_moddir(kube_version) if c == "kubernetes" else HERE / c
-        out.append((c, required_version(moddir / "go.mod", COMPONENTS[c]["module"]), moddir))
+        if c == "kubernetes":
+            versions = [kube_version] if kube_version else [
+                required_version(HERE / c / "go.mod", COMPONENTS[c]["module"]), *lab_kubernetes_versions()]
+            out += [(c, v) for v in versions]
+        else:
+            out.append((c, required_version(HERE / c / "go.mod", COMPONENTS[c]["module"])))
     return out
 
 
@@ -329,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="exit 0 iff every binary is present")
     mode.add_argument("--pin-kubernetes", metavar="vX.Y.Z",
                       help="rewrite kubernetes/go.mod and go.sum for this release")
+    ap.add_argument("--lab-release", action="store_true",
+                    help="with --pin-kubernetes: pin a further release the lab runs (kubernetes-<version>/), built by default")
     ap.add_argument("--no-nice", action="store_true", help="do not lower the build's priority")
     args = ap.parse_args(argv)
     components = args.components or list(COMPONENTS)
@@ -337,19 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
 
     if args.pin_kubernetes:
-        write_kubernetes_module(HERE / "kubernetes", args.pin_kubernetes, "runbooklab/kbin/kubernetes")
-        log(f"kubernetes/go.mod pinned to {args.pin_kubernetes}")
+        target = HERE / ("kubernetes" if not args.lab_release else f"kubernetes-{args.pin_kubernetes}")
+        write_kubernetes_module(target, args.pin_kubernetes, "runbooklab/kbin/kubernetes")
+        log(f"{target.name}/go.mod pinned to {args.pin_kubernetes}")
         return 0
 
     if args.list or args.check:
         # Versions come from the go.mod files; nothing is downloaded.
-        kv = args.kubernetes_version
         missing = 0
-        for c in components:
-            if c == "kubernetes" and kv:
-                version = kv
-            else:
-                version = required_version(HERE / c / "go.mod", COMPONENTS[c]["module"])
+        for c, version in targets(components, args.kubernetes_version):
             for b in COMPONENTS[c]["binaries"]:
                 path = target_dir(c, version) / "bin" / b
                 ok = os.access(path, os.X_OK) and has_stages(c, version)
@@ -361,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_nice:
         os.nice(10)
     t0 = time.monotonic()
-    for c, version, moddir in plan(components, args.kubernetes_version):
-        build(c, version, moddir)
+    for c, version in targets(components, args.kubernetes_version):
+        build(c, version, kubernetes_moddir(version) if c == "kubernetes" else HERE / c)
     log(f"done in {time.monotonic() - t0:.0f}s; cache {cache_root()}")
     return 0
 

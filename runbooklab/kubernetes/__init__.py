@@ -43,14 +43,14 @@ def install_rke(lab, actions: list[str]) -> None:
         actions.append(f"installed the rke stand-in as {wrapper}")
 
 
-def install_tools(lab, actions: list[str]) -> None:
-    """kubectl, etcdctl and helm of the versions the lab's cluster runs, in ``<lab>/bin`` beside ``rke``."""
+def install_tools(lab, actions: list[str], kubernetes_version: str | None = None) -> None:
+    """kubectl (of the cluster's release), etcdctl and helm, in ``<lab>/bin`` beside ``rke``."""
     from . import parts
 
     tools = {"kubectl": ("kubernetes", "kubectl"), "etcdctl": ("etcd", "etcdctl"), "etcdutl": ("etcd", "etcdutl"),
              "helm": ("helm", "helm")}
     for name, (component, binary) in tools.items():
-        target = parts.host_path(component, binary)
+        target = parts.host_path(component, binary, kubernetes_version if component == "kubernetes" else None)
         link = lab.root / "bin" / name
         if not target.exists():
             continue  # not built: rke up says which command builds it
@@ -76,7 +76,7 @@ def provision(lab, params, actions: list[str]) -> None:
         return
     if not is_rke1(params):
         return
-    install_tools(lab, actions)
+    install_tools(lab, actions, params.kubernetes.version)
     for host in params.hosts:
         if host.in_cluster and start_docker(lab, host.name):
             actions.append(f"{host.name}: started the Docker stand-in (lab simulation)")

@@ -620,10 +620,8 @@ def ensure_dns(api: ApiClient, addon: DnsAddon, dns_ip: str, domain: str) -> lis
     ]
     created = []
     for collection, obj in objects:
-        # asked first: creating the Service again is refused for its address (422), before its name could conflict (409)
-        code, body = api.request("GET", f"{collection}/{obj['metadata']['name']}")
-        if code == 200:
-            continue
+        if api.request("GET", f"{collection}/{obj['metadata']['name']}")[0] == 200:
+            continue  # there already (a create would fail on the taken address before it says "exists")
         code, body = api.request("POST", collection, obj)
         if code == 201:
             created.append(f"{obj['kind']} {obj['metadata']['name']}")

@@ -15,21 +15,23 @@ from pydantic import AfterValidator, Field
 
 from ..errors import Problem
 from ..schema import Name, Section, need_role
+from .spec import CLUSTER_CIDR, CLUSTER_DNS, CLUSTER_DOMAIN, SERVICE_CIDR
 
 
-def _registry_host(value: str) -> str:
-    # RKE2 prefixes every system image with it: a scheme or a path would make every image name invalid
-    if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:\d{1,5})?", value):
-        raise ValueError(f"{value!r} is not a registry host; write host or host:port without a scheme or a path, "
-                         "like registry.example.internal:5000")
-    return value
+def _matching(pattern: str, otherwise: str):
+    """A validator: the value as given if it matches ``pattern``, else a ValueError saying ``otherwise``."""
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"{value!r} {otherwise}")
+        return value
+    return check
 
 
-def _san(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?", value):
-        raise ValueError(f"{value!r} is not a host name or an IP address; a certificate name is one of those, "
-                         "like api.example.internal or 192.0.2.10")
-    return value
+# RKE2 prefixes every system image with the registry: a scheme or a path would make every image name invalid
+_registry_host = _matching(r"[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:\d{1,5})?",
+                           "is not a registry host; write host or host:port without a scheme or a path, like registry.example.internal:5000")
+_san = _matching(r"[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?",
+                 "is not a host name or an IP address; a certificate name is one of those, like api.example.internal or 192.0.2.10")
 
 
 def _kubelet_args(value: dict[str, str]) -> dict[str, str]:
@@ -52,10 +54,10 @@ class Kubernetes(Section):
     distribution: Literal["rke1", "rke2"] = "rke2"
     version: Annotated[str, Field(pattern=r"^v1\.\d+\.\d+$")]
     cluster_name: Name = "local"
-    cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.42.0.0/16")
-    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.43.0.0/16")
-    cluster_dns: ipaddress.IPv4Address = ipaddress.IPv4Address("10.43.0.10")
-    cluster_domain: str = "cluster.local"
+    cluster_cidr: ipaddress.IPv4Network = CLUSTER_CIDR  # pods; cannot change after creation
+    service_cidr: ipaddress.IPv4Network = SERVICE_CIDR  # Services; cannot change after creation
+    cluster_dns: ipaddress.IPv4Address = CLUSTER_DNS  # must lie inside service_cidr
+    cluster_domain: str = CLUSTER_DOMAIN
     network_plugin: Literal["canal", "flannel", "calico", "cilium", "weave", "none"] = "canal"
     ignore_docker_version: bool = False
     # recurring etcd snapshots, the backup of the whole cluster: every N hours (a divisor of 24, so

@@ -92,3 +92,29 @@ def lost_state(params) -> str | None:
             "cluster.rkestate from your backup into the state folder; 2) if there is none, rebuild it from the cluster: "
             "`kubectl -n kube-system get configmap full-cluster-state -o jsonpath='{.data.full-cluster-state}' > "
             "cluster.rkestate` (RKE keeps a copy there); 3) run this runbook again. Record the incident.")
+
+
+RKE2_CONFIGS = "rke2-configs"  # each node's config.yaml as last written, one file per node
+
+
+def existing_spec(params):
+    """The cluster as last brought up (read back from the state folder's rendered files), or None before the first."""
+    d = state_dir(params)
+    k = params.kubernetes
+    if k.distribution == "rke1":
+        from .rke1 import read_cluster_yml
+
+        path = d / CLUSTER_YML
+        return read_cluster_yml(path.read_text(), str(path)) if path.exists() else None
+    from .rke2 import read_rke2_configs
+
+    folder = d / RKE2_CONFIGS
+    configs = {h.name: (folder / f"{h.name}.yaml").read_text() for h in params.hosts  # in inventory order
+               if (folder / f"{h.name}.yaml").exists()}
+    return read_rke2_configs(configs, name=k.cluster_name, version=k.version) if configs else None
+
+
+def keep_rke2_config(params, node: str, text: str) -> None:
+    folder = state_dir(params, create=True) / RKE2_CONFIGS
+    folder.mkdir(mode=0o700, exist_ok=True)
+    (folder / f"{node}.yaml").write_text(text)
