@@ -62,7 +62,7 @@ def verify_api(params, kubeconfig: Path) -> list[dict]:
     nodes = {n.metadata.name: n for n in v1.list_node().items}
     wanted = [h for h in params.hosts if h.in_cluster]
     for h in wanted:
-        rows += node_rows(h, nodes.get(h.name))
+        rows += node_rows(h, nodes.get(h.name), k.distribution)
     extra = sorted(set(nodes) - {h.name for h in wanted})
     rows.append(row("no unexpected nodes", "cluster", not extra, ", ".join(extra) and f"not in the parameters: {', '.join(extra)}"))
     apps = client.AppsV1Api(api)
@@ -81,7 +81,25 @@ def verify_api(params, kubeconfig: Path) -> list[dict]:
     return rows
 
 
-def node_rows(host, node) -> list[dict]:
+def node_roles(distribution: str, labels: dict, taints: set[str]) -> list[str]:
+    """The cluster roles a Node shows, in each distribution's words.
+
+    RKE1 labels ``node-role.kubernetes.io/{etcd,controlplane,worker}``. RKE2 labels servers
+    ``control-plane`` and ``etcd`` and agents nothing (the API server refuses a ``node-role`` label from a
+    node); a node that takes workloads is one without RKE2's server-only taint ``CriticalAddonsOnly``.
+    """
+    def has(name: str) -> bool:
+        return labels.get(f"node-role.kubernetes.io/{name}") == "true"
+
+    if distribution == "rke1":
+        return [r for r in K8S_ROLES if has(r)]
+    from .rke2 import SERVER_ONLY_TAINT
+
+    shown = {"etcd": has("etcd"), "controlplane": has("control-plane"), "worker": _taint(SERVER_ONLY_TAINT) not in taints}
+    return [r for r in K8S_ROLES if shown[r]]
+
+
+def node_rows(host, node, distribution: str = "rke1") -> list[dict]:
     if node is None:
         return [row("node registered", host.name, False, "no Node of this name: did it join?")]
     conditions = {c.type: c for c in node.status.conditions or []}
@@ -89,14 +107,14 @@ def node_rows(host, node) -> list[dict]:
     out = [row("node Ready", host.name, bool(ready and ready.status == "True"),
                f"Ready={ready.status} ({ready.reason})" if ready else "no Ready condition yet")]
     labels = node.metadata.labels or {}
-    roles = sorted(r for r in K8S_ROLES if labels.get(f"node-role.kubernetes.io/{r}") == "true")
-    want = sorted(r for r in K8S_ROLES if r in host.roles)
+    have = {f"{t.key}={t.value or ''}:{t.effect}" for t in node.spec.taints or []}
+    roles = node_roles(distribution, labels, have)
+    want = [r for r in K8S_ROLES if r in host.roles]
     out.append(row("node roles", host.name, roles == want, f"{','.join(roles) or 'none'}; expected {','.join(want)}"))
     wrong = {k: labels.get(k) for k, v in host.labels.items() if labels.get(k) != v}
     out.append(row("node labels", host.name, not wrong, ", ".join(f"{k}={v!r}" for k, v in wrong.items()) and
                    f"different or missing: {', '.join(f'{k} is {v!r}' for k, v in wrong.items())}"))
-    have = {f"{t.key}={t.value or ''}:{t.effect}" for t in node.spec.taints or []}
-    missing = [t for t in getattr(host, "taints", []) if _taint(t) not in have]
+    missing = [t for t in host.taints if _taint(t) not in have]
     out.append(row("node taints", host.name, not missing, missing and f"missing: {', '.join(missing)}"))
     return out
 

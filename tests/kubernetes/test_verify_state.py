@@ -47,10 +47,21 @@ def test_each_node_difference_fails_with_what_differs(params):
     rows = verify.node_rows(w1, node("w1", ready="Unknown", roles=("worker", "etcd"), labels={"pool": "db"}))
     by = {r["check"]: r for r in rows}
     assert by["node Ready"]["status"] == "fail" and "Ready=Unknown" in by["node Ready"]["detail"]
-    assert by["node roles"]["status"] == "fail" and "etcd,worker; expected worker" in by["node roles"]["detail"]
+    assert by["node roles"]["status"] == "fail" and by["node roles"]["detail"] == "etcd,worker; expected worker"
     assert by["node labels"]["status"] == "fail" and "pool is 'db'" in by["node labels"]["detail"]
     assert by["node taints"]["status"] == "fail" and "legacy=elk:NoSchedule" in by["node taints"]["detail"]
     assert verify.node_rows(w1, None)[0]["detail"] == "no Node of this name: did it join?"
+
+
+def test_rke2_roles_are_read_from_its_labels_and_its_server_only_taint(params):
+    cp1, w1 = params.host("cp1"), params.host("w1")
+    server = node("cp1", roles=("control-plane", "etcd", "master"), taints=[("CriticalAddonsOnly", "true", "NoExecute")])
+    agent = node("w1", roles=(), labels={"pool": "web"}, taints=[("legacy", "elk", "NoSchedule")])
+    assert set(statuses(verify.node_rows(cp1, server, "rke2")).values()) == {"ok"}
+    assert set(statuses(verify.node_rows(w1, agent, "rke2")).values()) == {"ok"}
+    untainted = node("cp1", roles=("control-plane", "etcd"))  # a server that also takes workloads
+    roles = next(r for r in verify.node_rows(cp1, untainted, "rke2") if r["check"] == "node roles")
+    assert roles["status"] == "fail" and roles["detail"] == "etcd,controlplane,worker; expected etcd,controlplane"
 
 
 def test_etcd_rows_name_unhealthy_and_missing_members(params):
