@@ -122,21 +122,37 @@ def run_streaming(argv: list[str], cwd: Path, on_line: Callable[[str], None], ke
     return proc.wait()
 
 
-def plan(params, fleet, converged: Callable[[], bool], blockers: Sequence[str] = ()) -> list[Step]:
-    """The bring-up plan for the parameters' distribution; anything in ``blockers`` blocks it, each said."""
+def plan(params, fleet, converged: Callable[[], bool], blockers: Sequence[str] = (),
+         not_ready: dict[str, str] | None = None) -> list[Step]:
+    """The bring-up plan for the parameters' distribution.
+
+    ``blockers`` (lint errors) block everything. ``not_ready`` (host -> why) blocks everything on RKE1,
+    whose ``rke up`` needs every node; on RKE2 it blocks those nodes alone (their steps become one
+    blocked step each), unless it names the first server, without which no node can join.
+    """
     where = target(params)
+    not_ready = not_ready or {}
+    if params.kubernetes.distribution == "rke1":
+        blockers = [*blockers, *(f"{h}: {why}" for h, why in not_ready.items())]
     if blockers:
         return [Step(where, "bring-up", "nothing until the blockers are fixed", None, blocked="; ".join(blockers))]
     if params.kubernetes.distribution == "rke1":
         return plan_rke1(params, converged)
-    from . import install_rke2
+    from . import install_rke2, rke2
+    from .spec import spec_from_params
 
+    first = rke2.first_server(spec_from_params(params)).name
+    if first in not_ready:
+        return [Step(where, "bring-up", "nothing: the first server is not ready", None,
+                     blocked=f"{first} (the first server, which every other node joins): {not_ready[first]}")]
     try:
         artifacts = install_rke2.load_artifacts(params)
     except RunbookError as e:
         return [Step(where, "rke2 artifacts", "nothing until the artifacts are right", None, blocked=str(e))]
     facts, errors = install_rke2.gather(params, fleet)
-    return install_rke2.plan_rke2(params, facts, errors, artifacts)
+    steps = install_rke2.plan_rke2(params, facts, errors, artifacts)
+    held = [Step(h, "rke2", "nothing on this node until it is ready", None, blocked=why) for h, why in not_ready.items()]
+    return [s for s in steps if s.host not in not_ready] + held
 
 
 def apply(params, fleet, steps: list[Step], on_change: Callable[[Step], object] | None = None,

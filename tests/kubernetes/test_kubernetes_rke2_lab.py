@@ -24,22 +24,39 @@ def manifest(stdout: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def test_rke2_bring_up_verifies_converges_and_never_archives_the_token(lab, tmp_path):
-    archive = tmp_path / "archive"
-    baseline = runbook("--archive", str(archive), "run", "notebooks/02-vm-baseline.ipynb", "--params", str(lab.params_file), "--apply")
-    assert baseline.returncode == 0, baseline.stderr[-3000:]
-    up = runbook("--archive", str(archive), "run", "notebooks/03-kubernetes-cluster.ipynb", "--params", str(lab.params_file), "--apply")
-    assert up.returncode == 0, up.stderr[-3000:]
-    m = manifest(up.stdout)
-    assert m["verdict"]["verdict"] == "done", m["verdict"]
+def run03(lab, archive):
+    return runbook("--archive", str(archive), "run", "notebooks/03-kubernetes-cluster.ipynb", "--params", str(lab.params_file), "--apply")
+
+
+def operations(m: dict) -> dict[str, list[str]]:
     by_host: dict[str, list[str]] = {}
     for c in m["changes"]:
         by_host.setdefault(c["host"], []).append(c["operation"])
-    assert by_host == {"cp1": ["rke2 artifacts", "rke2 install", "rke2 config", "rke2 service"],
-                       "w1": ["rke2 artifacts", "rke2 install", "rke2 config", "join token", "rke2 service"]}
+    return by_host
+
+
+def test_rke2_bring_up_with_a_worker_down_then_converges_and_never_archives_the_token(lab, tmp_path):
+    archive = tmp_path / "archive"
+    baseline = runbook("--archive", str(archive), "run", "notebooks/02-vm-baseline.ipynb", "--params", str(lab.params_file), "--apply")
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+    lab.stop("w1")  # the worker is down when the cluster is brought up: it fails alone
+    try:
+        partial = run03(lab, archive)
+        assert partial.returncode == 4, partial.stderr[-3000:]
+        m = manifest(partial.stdout)
+        assert m["verdict"]["verdict"] == "incomplete"
+        assert operations(m) == {"cp1": ["rke2 artifacts", "rke2 install", "rke2 config", "rke2 service"]}
+        assert any(p.startswith("w1: unreachable") for p in m["verdict"]["problems"]), m["verdict"]["problems"]
+    finally:
+        lab.start("w1")
+    up = run03(lab, archive)  # the re-run converges: w1 joins, cp1 is left as it is
+    assert up.returncode == 0, up.stderr[-3000:]
+    m = manifest(up.stdout)
+    assert m["verdict"]["verdict"] == "done", m["verdict"]
+    assert operations(m) == {"w1": ["rke2 artifacts", "rke2 install", "rke2 config", "join token", "rke2 service"]}
     assert (lab.root / "kubernetes" / "rke2.yaml").stat().st_mode & 0o777 == 0o600
 
-    again = runbook("--archive", str(archive), "run", "notebooks/03-kubernetes-cluster.ipynb", "--params", str(lab.params_file), "--apply")
+    again = run03(lab, archive)
     assert again.returncode == 0, again.stderr[-3000:]
     assert manifest(again.stdout)["changes"] == []  # installed, configured, running: nothing to do
 
