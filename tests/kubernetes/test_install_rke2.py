@@ -1,0 +1,64 @@
+"""RKE2's install plan from facts, pinned as data, and the artifact folder checked before any node sees it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, resolvable_lab_data, write_params
+from runbooklib.errors import RunbookError
+from runbooklib.kubernetes import install_rke2, rke2
+from runbooklib.kubernetes.spec import spec_from_params
+from runbooklib.params import load_params
+
+CASE = yaml.safe_load((ROOT / "tests" / "data" / "kubernetes" / "rke2-install-plan.yaml").read_text())
+
+
+@pytest.fixture
+def params(tmp_path):
+    resolvable = resolvable_lab_data(tmp_path)  # the seed's secrets, made resolvable here
+    data = yaml.safe_load((ROOT / CASE["params"]).read_text())
+    data["ssh"]["key"] = resolvable["ssh"]["key"]
+    data["ssh"]["known_hosts"] = resolvable["ssh"]["known_hosts"]
+    data["vm"]["deploy_user"]["authorized_key"] = resolvable["vm"]["deploy_user"]["authorized_key"]
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    (folder / "rke2.linux-amd64.tar.gz").write_bytes(b"not really a tarball")
+    (folder / "install.sh").write_text("#!/bin/sh\n")
+    sha = hashlib.sha256(b"not really a tarball").hexdigest()
+    (folder / "sha256sum-amd64.txt").write_text(f"{sha}  rke2.linux-amd64.tar.gz\n")
+    data["kubernetes"]["artifacts"] = "artifacts"
+    return load_params(write_params(tmp_path, data))
+
+
+def test_a_fresh_cluster_plans_every_step_in_rke2_order(params):
+    artifacts = install_rke2.load_artifacts(params)
+    steps = install_rke2.plan_rke2(params, {}, {}, artifacts)
+    expected = [[h, op, cmd.replace("{sha}", artifacts.tarball_sha256)] for h, op, cmd in CASE["steps"]]
+    assert [[s.host, s.operation, s.command] for s in steps] == expected
+    assert [h for group in rke2.install_order(spec_from_params(params)) for h in group] == ["cp1", "w1"]
+
+
+def test_a_converged_node_plans_nothing_and_a_stopped_service_only_its_start(params):
+    artifacts = install_rke2.load_artifacts(params)
+    configs = rke2.render_rke2_configs(spec_from_params(params))
+    facts = {name: {"artifact": artifacts.tarball_sha256, "config": hashlib.sha256(text.encode()).hexdigest(), "token": "present",
+                    "server": "active", "agent": "active"} for name, text in configs.items()}
+    assert install_rke2.plan_rke2(params, facts, {}, artifacts) == []
+    facts["w1"]["agent"] = "inactive"
+    assert [(s.host, s.command) for s in install_rke2.plan_rke2(params, facts, {}, artifacts)] == [("w1", "systemctl enable --now rke2-agent")]
+    blocked = install_rke2.plan_rke2(params, facts, {"w1": "connection refused"}, artifacts)
+    assert [(s.host, s.command, s.blocked) for s in blocked] == [("w1", None, "unreachable: connection refused")]
+
+
+def test_damaged_or_missing_artifacts_are_refused_naming_the_file(params):
+    folder = Path(params.source_dir) / "artifacts"
+    (folder / "rke2.linux-amd64.tar.gz").write_bytes(b"tampered")
+    with pytest.raises(RunbookError, match=r"rke2.linux-amd64.tar.gz: its SHA-256 is .* but sha256sum-amd64.txt says"):
+        install_rke2.load_artifacts(params)
+    (folder / "install.sh").unlink()
+    with pytest.raises(RunbookError, match="lacks install.sh"):
+        install_rke2.load_artifacts(params)
