@@ -25,7 +25,9 @@ demo: setup
 	$(BIN)/runbook run notebooks/01-vm-preflight.ipynb --params params/lab.yaml --allow-not-ready
 	$(BIN)/runbook run notebooks/02-vm-baseline.ipynb --params params/lab.yaml --apply
 	$(BIN)/runbook run notebooks/01-vm-preflight.ipynb --params params/lab.yaml
+	$(BIN)/runbook run notebooks/03-kubernetes-cluster.ipynb --params params/lab.yaml --apply
 	@echo "The lab stays up for you to explore: $(BIN)/runbook lab status | runbook runs | make lab-down"
+	@echo "Its Kubernetes: .lab/bin/kubectl --kubeconfig .lab/kubernetes/kube_config_cluster.yml get nodes -o wide"
 
 lab-down: venv
 	$(BIN)/runbook lab down
