@@ -132,8 +132,7 @@ class Banner:
 
     def __repr__(self) -> str:
         width = max(len(k) for k, _ in self.lines)
-        # a complete block: what the cell prints next starts on a line of its own (the runner logs both as one stream)
-        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in self.lines) + "\n"
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in self.lines)
 
     def _repr_html_(self) -> str:
         colors = {"info": "#e8f0fe", "lab": "#fef7e0", "apply": "#fce8e6"}
