@@ -159,6 +159,19 @@ def etcd_rows(params, asked: str, health_json: str, members_json: str, stderr: s
     return rows
 
 
+def recap(rows: list[dict]) -> list[dict]:
+    """One line per kind of check, as a recap reads: how many passed, which failed and why."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        line = out.setdefault(r["check"], {"check": r["check"], "ok": 0, "failed": 0, "failing": []})
+        if r["status"] == "ok":
+            line["ok"] += 1
+        else:
+            line["failed"] += 1
+            line["failing"].append(f"{r['target']}: {r['detail']}")
+    return [{**line, "failing": "; ".join(line["failing"])} for line in out.values()]
+
+
 def failing(rows: list[dict]) -> list[str]:
     return [f"{r['check']} {r['target']}: {r['detail']}" for r in rows if r["status"] != "ok"]
 

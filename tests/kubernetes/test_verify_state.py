@@ -129,3 +129,12 @@ def test_the_plan_writes_cluster_yml_then_runs_rke_and_a_converged_cluster_plans
     assert [s.operation for s in bringup.plan(params, None, converged=lambda: False)] == ["rke up"]
     blocked = bringup.plan(params, None, converged=lambda: True, blockers=["w1: not ready (run 02-vm-baseline)"])
     assert blocked[0].command is None and "w1: not ready" in blocked[0].blocked
+
+
+def test_the_recap_counts_each_kind_of_check_and_names_what_failed(params):
+    rows = verify.node_rows(params.host("w1"), node("w1", ready="False", labels={"pool": "web"}, taints=[("legacy", "elk", "NoSchedule")]))
+    rows += verify.node_rows(params.host("w2"), node("w2"))
+    lines = {line["check"]: line for line in verify.recap(rows)}
+    assert (lines["node Ready"]["ok"], lines["node Ready"]["failed"]) == (1, 1)
+    assert lines["node Ready"]["failing"] == "w1: Ready=False (KubeletReady)"
+    assert lines["node roles"]["failed"] == 0 and lines["node roles"]["failing"] == ""
