@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import re
 import subprocess
@@ -190,3 +191,9 @@ def running_lab(root: Path, name: str, subnet: str, profile: str = "small"):
         yield lab
     finally:
         lab.down()
+
+
+def manifest(stdout: str) -> dict:
+    """The manifest of the run whose summary ``stdout`` is (``runbook run`` prints its path)."""
+    path = next(line.split("manifest:", 1)[1].strip() for line in stdout.splitlines() if "manifest:" in line)
+    return json.loads(Path(path).read_text())

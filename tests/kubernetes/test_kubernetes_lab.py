@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import LAB_PARAMS, require_lab, runbook, running_lab
+from conftest import LAB_PARAMS, manifest, require_lab, runbook, running_lab
 from runbooklab.kubernetes import parts
 
 VERSION = yaml.safe_load(LAB_PARAMS.read_text())["kubernetes"]["version"]
@@ -36,10 +36,6 @@ def archive(tmp_path_factory):
 def run03(lab, archive, *extra):
     return runbook("--archive", str(archive), "run", "notebooks/03-kubernetes-cluster.ipynb", "--params", str(lab.params_file), *extra)
 
-
-def manifest(stdout: str) -> dict:
-    path = next(line.split("manifest:", 1)[1].strip() for line in stdout.splitlines() if "manifest:" in line)
-    return json.loads(Path(path).read_text())
 
 
 def test_not_ready_hosts_block_then_plan_then_bring_up_then_nothing_to_do(lab, archive):

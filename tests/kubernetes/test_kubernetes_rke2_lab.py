@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from conftest import require_lab, runbook, running_lab
+from conftest import manifest, require_lab, runbook, running_lab
 from runbooklab.kubernetes import parts
 
 require_lab(str(parts.host_path("kubernetes", "kube-apiserver")), str(parts.host_path("kwok", "kwok")))
@@ -18,10 +15,6 @@ def lab(tmp_path_factory):
     with running_lab(tmp_path_factory.mktemp("rke2runbook"), "rbkr2", "10.88.0.0/24", profile="small") as lab:
         yield lab
 
-
-def manifest(stdout: str) -> dict:
-    path = next(line.split("manifest:", 1)[1].strip() for line in stdout.splitlines() if "manifest:" in line)
-    return json.loads(Path(path).read_text())
 
 
 def run03(lab, archive):

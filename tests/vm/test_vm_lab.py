@@ -5,12 +5,11 @@ The runbooks run headless through the real runner, as automation would run them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from conftest import require_lab, runbook, running_lab
+from conftest import manifest, require_lab, runbook, running_lab
 from runbooklib.params import load_params
 from runbooklib.phase import steps as phase_steps
 from runbooklib.phase.checks import failures
@@ -45,10 +44,6 @@ def fingerprint(fleet) -> dict:
     assert results.ok, results.failed
     return {h: r.stdout for h, r in results.items()}
 
-
-def manifest(stdout: str) -> dict:
-    path = next(line.split("manifest:", 1)[1].strip() for line in stdout.splitlines() if "manifest:" in line)
-    return json.loads(Path(path).read_text())
 
 
 def test_preflight_finds_the_failures_the_lab_really_has(lab, tmp_path):
