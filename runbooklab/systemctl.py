@@ -246,6 +246,7 @@ def start(name: str, unit: dict) -> None:
                 supervise(name, proc)
         run_exec(service.get("ExecStartPost", []), env, name, "ExecStartPost")
     except Fail:
+        stop_supervisor(name)  # a failed start is not restarted behind the failure
         (STATE / f"{name}.failed").touch()
         raise
 
@@ -291,6 +292,12 @@ def supervise(name: str, first: subprocess.Popen) -> None:
 
 
 def _supervise(name: str, pid: int) -> None:
+    # SIGTERM (from stop) ends the supervisor; it is held off while a restart starts a process and notes its
+    # pid, so that stop never misses a main process the supervisor had just started
+    def stopped(signum, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stopped)
     starts: list[float] = [time.monotonic()]
     while True:
         while alive(pid):
@@ -314,14 +321,16 @@ def _supervise(name: str, pid: int) -> None:
             supervisor_file(name).unlink(missing_ok=True)
             return
         log(name, f"main process exited ({code}); scheduled restart (Restart={policy})")
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             argv, _ = command_line(unit["Service"].get("ExecStart", [""])[-1], environment(unit))
             proc = spawn(name, argv, environment(unit))
+            pid_file(name).write_text(f"{proc.pid}\n")
+            pid = proc.pid
         except (Fail, ValueError) as e:
             log(name, f"restart failed: {e}")
-            continue
-        pid_file(name).write_text(f"{proc.pid}\n")
-        pid = proc.pid
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _exit_code(pid: int) -> int | None:
@@ -396,14 +405,13 @@ def stop_supervisor(name: str) -> None:
     """Kill the unit's supervisor first, so that it does not start the main process again."""
     pid = supervisor_pid(name)
     if pid:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        for _ in range(50):
-            if not alive(pid):
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGTERM waits for a restart in progress to note its pid
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
                 break
-            time.sleep(0.02)
+            if wait_gone(pid, 2.0):
+                break
     supervisor_file(name).unlink(missing_ok=True)
 
 

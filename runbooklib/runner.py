@@ -218,8 +218,6 @@ class _StreamFilter(logging.Filter):
             return False
         text = self._pending.pop(record.levelno, "") + text
         cut = max(text.rfind("\n"), text.rfind("\r")) + 1  # progress bars redraw with \r
-        if "\r" not in text and not text.endswith("\n"):
-            cut = len(text)  # a display's text (papermill logs it without its newline) is complete as it is
         if cut < len(text):
             self._pending[record.levelno] = text[cut:]
         if not cut:

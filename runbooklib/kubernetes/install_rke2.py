@@ -83,15 +83,22 @@ def load_artifacts(params) -> Artifacts:
     return Artifacts(folder, sums[TARBALL], files)
 
 
+def _token_sum(path: str) -> str:
+    """The SHA-256 of a token file's token (its newlines dropped), or nothing when there is none: a token never leaves the node."""
+    return f"test -s {path} && tr -d '\\n' < {path} | sha256sum | cut -d' ' -f1"
+
+
 FACTS = (f"printf 'artifact=%s\\n' \"$(cat {INSTALLED} 2>/dev/null)\"; "
          f"printf 'config=%s\\n' \"$(sha256sum {CONFIG} 2>/dev/null | cut -d' ' -f1)\"; "
-         f"printf 'token=%s\\n' \"$(test -s {JOIN_TOKEN} && echo present)\"; "
+         f"printf 'token=%s\\n' \"$({_token_sum(JOIN_TOKEN)})\"; "
+         f"printf 'node_token=%s\\n' \"$({_token_sum(NODE_TOKEN)})\"; "
          "printf 'server=%s\\n' \"$(systemctl is-active rke2-server 2>/dev/null)\"; "
          "printf 'agent=%s\\n' \"$(systemctl is-active rke2-agent 2>/dev/null)\"")
 
 
 def gather(params, fleet) -> tuple[dict[str, dict], dict[str, str]]:
-    """Per cluster node: installed artifact, config checksum, token present, services; and the unreachable hosts."""
+    """Per cluster node: installed artifact, config checksum, the checksums of the join token and (servers) of the
+    token they serve (never a token itself), services; and the unreachable hosts."""
     hosts = [h for h in params.hosts if h.in_cluster]
     results = fleet.run(FACTS, hosts=hosts, desc="rke2 facts")
     facts, errors = {}, {}
@@ -129,11 +136,13 @@ def plan_rke2(params, facts: dict[str, dict], errors: dict[str, str], artifacts:
         if config_changed:
             out.append(Step(name, "rke2 config", f"write {CONFIG}", "config", undo_note="the previous file is kept as config.yaml.runbook-bak",
                             diff=f"--- {CONFIG}\n+++ {CONFIG}\n" + "".join(f"+{line}\n" for line in text.splitlines())))
-        if name != first and f.get("token") != "present":
+        serving = facts.get(first, {}).get("node_token", "")  # the first server's token, as a checksum
+        token_changed = name != first and (not serving or f.get("token") != serving)
+        if token_changed:
             out.append(Step(name, "join token", f"write {first}'s join token to {JOIN_TOKEN} (0600; the token is never shown)",
                             "token", undo=f"rm -f {JOIN_TOKEN}"))
         service = f"rke2-{kind}"
-        if not installed or config_changed or f.get(kind) != "active":
+        if not installed or config_changed or token_changed or f.get(kind) != "active":
             verb = "restart" if f.get(kind) == "active" else "enable --now"
             out.append(Step(name, "rke2 service", f"systemctl {verb} {service}, then wait for the node",
                             f"systemctl {verb} {service}", undo=f"systemctl disable --now {service}"))
@@ -196,7 +205,12 @@ def apply_rke2(params, fleet, steps: list[Step], artifacts: Artifacts, on_change
             mine = [s for s in steps if s.host in batch]
             results.update(phase_steps.apply(fleet, mine, on_change=on_change, execute=execute, desc="rke2"))
             if i == 0 and results.get(first, phase_steps.HostApply(first)).ok and out.kubeconfig is None:
-                out.kubeconfig = fetch_kubeconfig(params, fleet, hosts[first])
+                try:
+                    out.kubeconfig = fetch_kubeconfig(params, fleet, hosts[first])
+                except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+                    out.error = (f"{first}: cannot read {REMOTE_KUBECONFIG} ({type(e).__name__}: {e}); see "
+                                 "`systemctl status rke2-server` there; nothing else was started")
+                    return out
             if out.kubeconfig is not None:
                 for name, why in wait_ready(out.kubeconfig, [n for n in batch if results.get(n, phase_steps.HostApply(n)).ok], wait).items():
                     results.setdefault(name, phase_steps.HostApply(name)).error = why
@@ -243,8 +257,8 @@ def write_remote(fleet, host, path: str, data: bytes, mode: int) -> None:
     sftp = fleet.connection(host).sftp()
     tmp = f"{path}.runbook-tmp"
     with sftp.open(tmp, "wb") as f:
+        f.chmod(mode)  # before a byte is written: the join token is never readable by others, not even briefly
         f.write(data)
-    sftp.chmod(tmp, mode)
     sftp.posix_rename(tmp, path)
 
 

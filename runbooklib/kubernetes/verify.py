@@ -58,6 +58,15 @@ def verify_api(params, kubeconfig: Path) -> list[dict]:
     except Exception as e:  # an ApiException or a broken kubeconfig: say which
         return [row("API answers", str(kubeconfig), False, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
     rows = [row("API version", k.version, version.split("+")[0] == k.version, f"the API reports {version}")]
+    try:
+        return rows + _cluster_rows(params, client, api)
+    except (urllib3.exceptions.HTTPError, OSError, client.ApiException) as e:  # every check is a row, never a crash
+        return rows + [row("API answers", str(kubeconfig), False, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
+
+
+def _cluster_rows(params, client, api) -> list[dict]:
+    k = params.kubernetes
+    rows: list[dict] = []
     v1 = client.CoreV1Api(api)
     nodes = {n.metadata.name: n for n in v1.list_node().items}
     wanted = [h for h in params.hosts if h.in_cluster]

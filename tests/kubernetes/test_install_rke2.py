@@ -45,9 +45,15 @@ def test_a_fresh_cluster_plans_every_step_in_rke2_order(params):
 def test_a_converged_node_plans_nothing_and_a_stopped_service_only_its_start(params):
     artifacts = install_rke2.load_artifacts(params)
     configs = rke2.render_rke2_configs(spec_from_params(params))
-    facts = {name: {"artifact": artifacts.tarball_sha256, "config": hashlib.sha256(text.encode()).hexdigest(), "token": "present",
+    token = hashlib.sha256(b"K10-the-first-servers-token\n").hexdigest()  # facts carry checksums, never a token
+    facts = {name: {"artifact": artifacts.tarball_sha256, "config": hashlib.sha256(text.encode()).hexdigest(), "token": token,
                     "server": "active", "agent": "active"} for name, text in configs.items()}
+    facts["cp1"]["node_token"] = token
     assert install_rke2.plan_rke2(params, facts, {}, artifacts) == []
+    facts["cp1"]["node_token"] = hashlib.sha256(b"K10-a-rebuilt-first-server\n").hexdigest()  # a stale token is replaced
+    assert [(s.host, s.operation, s.command) for s in install_rke2.plan_rke2(params, facts, {}, artifacts)] == [
+        ("w1", "join token", "token"), ("w1", "rke2 service", "systemctl restart rke2-agent")]
+    facts["cp1"]["node_token"] = token
     facts["w1"]["agent"] = "inactive"
     assert [(s.host, s.command) for s in install_rke2.plan_rke2(params, facts, {}, artifacts)] == [("w1", "systemctl enable --now rke2-agent")]
     blocked = install_rke2.plan_rke2(params, facts, {"w1": "connection refused"}, artifacts)

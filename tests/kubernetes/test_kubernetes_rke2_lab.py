@@ -58,4 +58,5 @@ def test_rke2_bring_up_with_a_worker_down_then_converges_and_never_archives_the_
     assert token.startswith("K10") and len(secret) >= 16
     leaks = [p.name for p in archive.rglob("*") if p.is_file() and secret in p.read_bytes().decode(errors="replace")]
     assert leaks == []
+    assert all(secret not in out.stdout + out.stderr for out in (partial, up, again))  # nor in what the runner printed
     assert lab.exec_in("w1", "stat -c %a /etc/rancher/rke2/join-token").stdout.strip() == "600"
