@@ -169,3 +169,39 @@ def apply(params, fleet, steps: list[Step], on_change: Callable[[Step], object] 
     problems = ([done.error] if done.error else []) + [r.error for r in done.results.values() if not r.ok]
     out.error = "; ".join(problems)
     return out
+
+
+def not_ready(readiness, hosts) -> dict[str, str]:
+    """Host -> why it is not ready (unreachable, or the VM rules it fails), for the hosts of ``hosts`` not ready."""
+    from ..phase.checks import Status, failures, ready_hosts
+
+    ready = set(ready_hosts(readiness))
+    out = {}
+    for h in hosts:
+        if h.name in ready:
+            continue
+        mine = [c for c in failures(readiness) if c.host == h.name]
+        lost = next((c.reason for c in mine if c.status == Status.UNREACHABLE), None)
+        out[h.name] = f"unreachable: {lost}" if lost else f"not ready: {', '.join(c.rule for c in mine)} (run 02-vm-baseline)"
+    return out
+
+
+def converged(params) -> bool:
+    """Whether the cluster the state folder's kubeconfig reaches verifies clean through the API."""
+    from . import verify
+
+    kubeconfig = state.kubeconfig_path(params)
+    return kubeconfig.exists() and not verify.failing(verify.verify_api(params, kubeconfig))
+
+
+def verdict(blockers: Sequence[str], steps: Sequence[Step], outcome_status: str, result: BringUp | None,
+            failed_checks: Sequence[str]) -> tuple[str, list[str]]:
+    """The runbook's verdict and its problems: *not ready* when blocked (or nodes held back and nothing applied),
+    *planned* in plan mode, else *done* or *incomplete*."""
+    held = [f"{s.host}: {s.blocked}" for s in steps if s.command is None]
+    problems = [*blockers, *held, *([result.error] if result is not None and not result.ok else []), *failed_checks]
+    if blockers or (held and outcome_status != "applied"):
+        return "not ready", problems
+    if outcome_status == "planned":
+        return "planned", problems
+    return ("done" if not problems else "incomplete"), problems

@@ -299,3 +299,8 @@ def _changed(run: _Linting) -> None:
 
 
 CHECKS = (_end_of_life, _version, _network_plugin, _roles, _etcd, _ranges, _first_server, _flexvolume, _changed)
+
+
+def blocking(findings) -> list[str]:
+    """The errors among ``findings``, one line each, as a runbook lists what blocks it."""
+    return [f"lint {f.rule}: {f.where}: {f.message}" for f in findings if f.severity == "error"]

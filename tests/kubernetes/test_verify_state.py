@@ -138,3 +138,36 @@ def test_the_recap_counts_each_kind_of_check_and_names_what_failed(params):
     assert (lines["node Ready"]["ok"], lines["node Ready"]["failed"]) == (1, 1)
     assert lines["node Ready"]["failing"] == "w1: Ready=False (KubeletReady)"
     assert lines["node roles"]["failed"] == 0 and lines["node roles"]["failing"] == ""
+
+
+def test_the_runbook_verdict_from_blockers_held_nodes_the_outcome_and_failed_checks():
+    from runbooklib.phase.steps import Step
+
+    held = [Step("w1", "rke2", "nothing on this node until it is ready", None, blocked="unreachable: timed out")]
+    run_step = [Step("cp1", "rke2 service", "start", "systemctl enable --now rke2-server")]
+    failed = bringup.BringUp(error="rke up exited 1: FATA[0003] boom")
+    assert bringup.verdict(["lint x: f: bad"], [], "empty", None, []) == ("not ready", ["lint x: f: bad"])
+    assert bringup.verdict([], held + run_step, "planned", None, []) == ("not ready", ["w1: unreachable: timed out"])
+    assert bringup.verdict([], run_step, "planned", None, []) == ("planned", [])
+    assert bringup.verdict([], held + run_step, "applied", bringup.BringUp(), ["node Ready w1: no Node"]) == (
+        "incomplete", ["w1: unreachable: timed out", "node Ready w1: no Node"])
+    assert bringup.verdict([], run_step, "applied", failed, []) == ("incomplete", ["rke up exited 1: FATA[0003] boom"])
+    assert bringup.verdict([], [], "empty", None, []) == ("done", [])
+
+
+def test_not_ready_names_the_failing_rules_or_the_unreachable_host(params):
+    from runbooklib.phase.checks import Check, Status
+
+    readiness = [Check("cp1", "swap off", Status.OK), Check("w1", "swap off", Status.FAIL, "swap on"),
+                 Check("w1", "time sync", Status.FAIL, "chrony not running"), Check("w2", "swap off", Status.UNREACHABLE, "timed out")]
+    hosts = [params.host(n) for n in ("cp1", "w1", "w2")]
+    assert bringup.not_ready(readiness, hosts) == {"w1": "not ready: swap off, time sync (run 02-vm-baseline)",
+                                                   "w2": "unreachable: timed out"}
+
+
+def test_lint_blocking_lists_the_errors_only():
+    from runbooklib.kubernetes.lint import Finding, blocking
+
+    findings = [Finding("rke1-end-of-life", "warning", "p.yaml: kubernetes.distribution", "end of life", "move"),
+                Finding("etcd-even", "error", "p.yaml: inventory.hosts", "2 etcd nodes", "use 3")]
+    assert blocking(findings) == ["lint etcd-even: p.yaml: inventory.hosts: 2 etcd nodes"]
