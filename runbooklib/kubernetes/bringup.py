@@ -9,7 +9,6 @@ to the caller (the notebook shows it and the record keeps it); it holds no keys.
 
 from __future__ import annotations
 
-import difflib
 import os
 import shlex
 import subprocess
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RunbookError
-from ..phase.steps import Step
+from ..phase.steps import Step, file_diff
 from . import state
 from .rke1 import render_cluster_yml
 
@@ -48,8 +47,7 @@ def plan_rke1(params, converged: Callable[[], bool]) -> list[Step]:
     current = path.read_text() if path.exists() else ""
     steps = []
     if text != current:
-        diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(path) if current else "/dev/null",
-                                            str(path)))
+        diff = file_diff(str(path), current or None, text)
         steps.append(Step(where, "cluster.yml", f"{'update' if current else 'write'} {path} (nodes, roles, ranges, version)",
                           f"write {path}", undo_note="the previous file is kept as cluster.yml.runbook-bak" if current else
                           "remove the file", diff=diff))

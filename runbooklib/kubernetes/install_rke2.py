@@ -31,7 +31,7 @@ import yaml
 
 from ..errors import RunbookError
 from ..phase import steps as phase_steps
-from ..phase.steps import Step
+from ..phase.steps import Step, file_diff
 from ..ssh import HostResult
 from . import rke2, state
 from .spec import spec_from_params
@@ -90,10 +90,17 @@ def _token_sum(path: str) -> str:
 
 FACTS = (f"printf 'artifact=%s\\n' \"$(cat {INSTALLED} 2>/dev/null)\"; "
          f"printf 'config=%s\\n' \"$(sha256sum {CONFIG} 2>/dev/null | cut -d' ' -f1)\"; "
+         f"printf 'config_b64=%s\\n' \"$(base64 -w0 {CONFIG} 2>/dev/null)\"; "  # it holds no secret: the token is in a file of its own
          f"printf 'token=%s\\n' \"$({_token_sum(JOIN_TOKEN)})\"; "
          f"printf 'node_token=%s\\n' \"$({_token_sum(NODE_TOKEN)})\"; "
          "printf 'server=%s\\n' \"$(systemctl is-active rke2-server 2>/dev/null)\"; "
          "printf 'agent=%s\\n' \"$(systemctl is-active rke2-agent 2>/dev/null)\"")
+
+
+def _decoded(b64: str | None) -> str | None:
+    import base64
+
+    return base64.b64decode(b64).decode(errors="replace") if b64 else None
 
 
 def gather(params, fleet) -> tuple[dict[str, dict], dict[str, str]]:
@@ -135,7 +142,7 @@ def plan_rke2(params, facts: dict[str, dict], errors: dict[str, str], artifacts:
         config_changed = f.get("config") != hashlib.sha256(text.encode()).hexdigest()
         if config_changed:
             out.append(Step(name, "rke2 config", f"write {CONFIG}", "config", undo_note="the previous file is kept as config.yaml.runbook-bak",
-                            diff=f"--- {CONFIG}\n+++ {CONFIG}\n" + "".join(f"+{line}\n" for line in text.splitlines())))
+                            diff=file_diff(CONFIG, _decoded(f.get("config_b64")), text)))
         serving = facts.get(first, {}).get("node_token", "")  # the first server's token, as a checksum
         token_changed = name != first and (not serving or f.get("token") != serving)
         if token_changed:

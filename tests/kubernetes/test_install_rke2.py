@@ -68,3 +68,15 @@ def test_damaged_or_missing_artifacts_are_refused_naming_the_file(params):
     (folder / "install.sh").unlink()
     with pytest.raises(RunbookError, match="lacks install.sh"):
         install_rke2.load_artifacts(params)
+
+
+def test_a_changed_config_is_shown_as_a_diff_against_the_nodes_file(params):
+    import base64
+
+    artifacts = install_rke2.load_artifacts(params)
+    configs = rke2.render_rke2_configs(spec_from_params(params))
+    old = configs["w1"].replace("node-ip: 10.77.0.21", "node-ip: 10.77.0.99")
+    facts = {"w1": {"artifact": artifacts.tarball_sha256, "config_b64": base64.b64encode(old.encode()).decode(), "agent": "active"}}
+    step = next(s for s in install_rke2.plan_rke2(params, facts, {}, artifacts) if s.host == "w1" and s.operation == "rke2 config")
+    changed = [line for line in step.diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+    assert changed == ["-node-ip: 10.77.0.99", "+node-ip: 10.77.0.21"]
