@@ -81,6 +81,10 @@ class Kubernetes(Section):
     # how to run etcdctl on an etcd node; default: RKE1's `docker exec etcd etcdctl`, on RKE2 `etcdctl`
     # (RKE2 ships none: install the etcd release's etcdctl on the servers, or name its path here)
     etcdctl: Optional[str] = None
+    # draining a node (removal, upgrades): how long its pods may take to leave before the runbook stops
+    # and lists what blocks; and whether pods' emptyDir data may be lost (kubectl's --delete-emptydir-data)
+    drain_timeout_seconds: Annotated[int, Field(ge=10, le=3600)] = 300
+    drain_delete_emptydir_data: bool = False
 
 
 def rules(p) -> list[Problem]:
