@@ -367,7 +367,9 @@ def capacity_figure(before: Sequence[NodeInfo], after: Sequence[NodeInfo], title
         ax.set_xticks(list(x), names, rotation=45, ha="right")
         ax.set_ylabel(label)
         total_b, total_a = sum(getattr(n, attr) for n in before), sum(getattr(n, attr) for n in after)
-        ax.set_title(f"{label}: {total_b:g} -> {total_a:g}")
-        ax.legend()
-    fig.suptitle(title)
+        ax.set_title(f"{label}: {total_b:g} -> {total_a:g} (all nodes)")
+        ax.set_ylim(0, max([getattr(n, attr) for n in [*before, *after]] or [1]) * 1.15)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False)
+    fig.suptitle(title, x=0.02, ha="left")
     return fig

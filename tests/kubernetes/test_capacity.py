@@ -182,7 +182,8 @@ def test_the_capacity_figure_has_before_and_after_bars_per_node():
     cpu, mem = fig.axes
     assert [t.get_text() for t in cpu.get_xticklabels()] == ["elk1", "w1", "w5"]
     assert [b.get_height() for b in cpu.patches] == [0, 2, 2, 4, 2, 0]  # before: elk1 none; after: w5 none
-    assert cpu.get_title() == "CPU (cores): 4 -> 6" and mem.get_title() == "memory (GiB): 8 -> 20"
+    assert cpu.get_title() == "CPU (cores): 4 -> 6 (all nodes)" and mem.get_title() == "memory (GiB): 8 -> 20 (all nodes)"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["before", "after"]
 
 
 # -- drain decisions -------------------------------------------------------------------------------
