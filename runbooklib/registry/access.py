@@ -562,14 +562,13 @@ def _apply_nodes(params, fleet, steps: Sequence[Step], creds: Credentials, kubec
                 write_remote(fleet, host, REGISTRIES_YAML, creds.node_file.encode(), 0o600)
                 return HostResult(host.name, True, exit_code=0)
             if step.operation == "rke2 restart":
-                renewed = lease_renewal(kubeconfig, host.name)
                 r = fleet.run_on(host, step.command)
                 if not r.ok:
                     return r
                 r = wait_for_node(fleet, host, host.name == first, wait)
                 if not r.ok:
                     return r
-                why = wait_back(kubeconfig, host.name, renewed, wait)
+                why = wait_back(kubeconfig, host.name, wait)
                 return HostResult(host.name, not why, exit_code=0 if not why else 1, error=why)
             return fleet.run_on(host, step.command)
         except Exception as e:  # an SFTP or SSH failure is this node's, said with its name
@@ -587,26 +586,13 @@ def _apply_nodes(params, fleet, steps: Sequence[Step], creds: Credentials, kubec
             return
 
 
-def lease_renewal(kubeconfig: Path, node: str) -> str:
-    """The node's kubelet lease renewTime as the API shows it now ("" when there is none or no answer)."""
-    from ..kubernetes import verify
-
-    try:
-        client, api = verify.api_client(kubeconfig)
-        try:
-            lease = client.CoordinationV1Api(api).read_namespaced_lease(node, NODE_LEASES)
-            return str(lease.spec.renew_time or "")
-        finally:
-            api.close()
-    except Exception:
-        return ""
-
-
-def wait_back(kubeconfig: Path, node: str, renewed_before: str, timeout: float) -> str:
-    """Until the node is back after a restart: its lease renewed since ``renewed_before`` and Ready. "" or why not."""
+def wait_back(kubeconfig: Path, node: str, timeout: float) -> str:
+    """Until the node is back after its restart: a kubelet lease renewal later than the first one the API shows
+    once the restart returned (the old agent is gone by then), and Ready. "" or why not."""
     from ..kubernetes import verify
 
     deadline = time.monotonic() + timeout
+    first: str | None = None
     last = "the API did not answer"
     while time.monotonic() < deadline:
         try:
@@ -617,9 +603,10 @@ def wait_back(kubeconfig: Path, node: str, renewed_before: str, timeout: float) 
             finally:
                 api.close()
             ready = next((c.status for c in conditions if c.type == "Ready"), None)
-            if renewed and renewed != renewed_before and ready == "True":
+            first = renewed if first is None else first
+            if renewed != first and ready == "True":
                 return ""
-            last = f"lease renewed at {renewed or 'never'} (before the restart: {renewed_before or 'none'}), Ready={ready}"
+            last = f"lease renewed at {renewed or 'never'} (first seen after the restart: {first or 'none'}), Ready={ready}"
         except Exception as e:  # the API restarts with a server: keep waiting, remember why
             last = api_error(e)
         time.sleep(2)
@@ -668,6 +655,8 @@ def verify_cluster(params, kubeconfig: Path, creds: Credentials) -> list[dict]:
 
     r = params.registry
     rows: list[dict] = []
+    if not kubeconfig.exists():
+        return [row("API answers", str(kubeconfig), "fail", "no kubeconfig there: the cluster has not been brought up (03-kubernetes-cluster)")]
     try:
         client, api = verify.api_client(kubeconfig)
     except Exception as e:
