@@ -350,7 +350,7 @@ def accounts_have_secret(params, ns: str, f: dict) -> list[Step]:
         elif have is None or secret not in have:
             kept = f"; keeps {', '.join(have)}" if have else ""
             made = " (made by the controller manager with the namespace)" if have is None else ""
-            out.append(Step(ns_target(ns), "service account", f"add {secret} to ServiceAccount {sa}{made}'s imagePullSecrets{kept}",
+            out.append(Step(ns_target(ns), "service account", f"add {secret} to the imagePullSecrets of ServiceAccount {sa}{made}{kept}",
                             f"kubectl -n {ns} patch serviceaccount {sa}",
                             undo_note=f"remove {secret} from its imagePullSecrets (kubectl -n {ns} edit serviceaccount {sa})"))
     return out

@@ -109,7 +109,7 @@ def test_a_missing_namespace_is_created_then_the_secret_and_the_default_account(
     assert create_ns.undo == "kubectl delete namespace shop" and "nothing else" in create_ns.undo_note
     assert secret.change.startswith("create Secret gcr-pull (kubernetes.io/dockerconfigjson, sha256 " + creds.config_sha256[:12])
     assert secret.undo == "kubectl -n shop delete secret gcr-pull"
-    assert account.change == "add gcr-pull to ServiceAccount default (made by the controller manager with the namespace)'s imagePullSecrets"
+    assert account.change == "add gcr-pull to the imagePullSecrets of ServiceAccount default (made by the controller manager with the namespace)"
     assert all(form not in texts(steps) for form in secret_forms(params, creds))
 
 
@@ -150,7 +150,7 @@ def test_accounts_keep_their_entries_and_named_ones_are_created(tmp_path, seen):
     state = {"default": ns("default", **good, default=["a", "b"]), "shop": ns("shop", **good, default=["gcr-pull"], web=None)}
     steps = access.plan(p, creds, state)
     assert [(s.host, s.change) for s in steps] == [
-        ("namespace/default", "add gcr-pull to ServiceAccount default's imagePullSecrets; keeps a, b"),
+        ("namespace/default", "add gcr-pull to the imagePullSecrets of ServiceAccount default; keeps a, b"),
         ("namespace/shop", "create ServiceAccount web with imagePullSecrets [gcr-pull]")]
     assert steps[1].undo == "kubectl -n shop delete serviceaccount web"
     assert p.registry.accounts_in("default") == ["default"] and p.registry.accounts_in("shop") == ["default", "web"]
