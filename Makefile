@@ -28,6 +28,7 @@ demo: setup
 	$(BIN)/runbook run notebooks/02-vm-baseline.ipynb --params params/lab.yaml --apply
 	$(BIN)/runbook run notebooks/01-vm-preflight.ipynb --params params/lab.yaml
 	$(BIN)/runbook run notebooks/03-kubernetes-cluster.ipynb --params params/lab.yaml --apply
+	$(BIN)/runbook run notebooks/04-registry-access.ipynb --params params/lab.yaml --apply
 	$(BIN)/runbook run notebooks/02-vm-baseline.ipynb --params params/lab-fold-in.yaml --apply
 	$(BIN)/runbook run notebooks/10-capacity-fold-in.ipynb --params params/lab-fold-in.yaml --apply
 	@echo "The lab stays up for you to explore: $(BIN)/runbook lab status | runbook runs | make lab-down"

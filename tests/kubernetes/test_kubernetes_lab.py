@@ -190,3 +190,17 @@ def test_the_drain_then_removes_w5_and_the_capacity_figure_is_archived(lab, arch
     again = run10(lab, archive, fold_in_params(lab), "--apply")
     assert again.returncode == 0, again.stderr[-3000:]
     assert manifest(again.stdout)["changes"] == [] and "Membership: 0 join, 0 leave, 10 stay" in again.stderr
+
+
+def test_registry_access_on_rke1_is_a_pull_secret_attached_to_the_default_account(lab, archive):
+    done = runbook("--archive", str(archive), "run", "notebooks/04-registry-access.ipynb", "--params", str(fold_in_params(lab)), "--apply")
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = manifest(done.stdout)
+    assert m["verdict"]["verdict"] == "done" and [c["operation"] for c in m["changes"]] == ["pull secret", "service account"]
+    secret = json.loads(kubectl(lab, "get", "secret", "gcr-pull", "-o", "json").stdout)
+    account = json.loads(kubectl(lab, "get", "serviceaccount", "default", "-o", "json").stdout)
+    assert secret["type"] == "kubernetes.io/dockerconfigjson" and account["imagePullSecrets"] == [{"name": "gcr-pull"}]
+    key = (lab.root / "secrets" / "registry-key.json").read_text().strip()
+    config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    assert config["auths"]["europe-docker.pkg.dev"]["password"] == key
+    assert all(key not in p.read_text(errors="replace") for p in archive.rglob("*") if p.is_file())
