@@ -19,7 +19,6 @@ and this runbook refuses it, saying so.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shlex
 from collections.abc import Callable, Sequence
@@ -286,15 +285,7 @@ def apply(params, fleet, api, plan: FoldIn, m: Membership, on_change: Callable[[
             out.error = f"{step.host}: {step.operation}: {step.blocked}"
             return out
         if step.operation.startswith("cluster.yml"):
-            path = d / state.CLUSTER_YML
-            if path.exists():
-                backup = path.with_name(state.CLUSTER_YML + ".runbook-bak")
-                backup.write_bytes(path.read_bytes())
-                backup.chmod(0o600)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(plan.files[step.operation])
-            tmp.chmod(0o600)
-            os.replace(tmp, path)
+            state.write_cluster_yml(params, plan.files[step.operation])
         elif step.operation == "rke up --update-only":
             lines: list[str] = []
             code = run_streaming(shlex.split(step.command), d, on_line, lines)

@@ -230,14 +230,9 @@ def service_of(params, host) -> str:
 
 def gather_nodes(params, fleet) -> tuple[dict[str, dict], dict[str, str]]:
     """Per cluster node: the file's checksum, mode and owner (never its content) and the rke2 services; the unreachable ones."""
-    results = fleet.run(NODE_FACTS, hosts=cluster_nodes(params), desc="registries.yaml facts")
-    facts, errors = {}, {}
-    for name, r in results.items():
-        if r.exit_code is None:
-            errors[name] = r.error
-        else:
-            facts[name] = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
-    return facts, errors
+    from ..phase.facts import gather_key_values
+
+    return gather_key_values(fleet, NODE_FACTS, cluster_nodes(params), "registries.yaml facts")
 
 
 @dataclass
