@@ -150,12 +150,15 @@ class Lab(Network, Processes, Boot, Keys):
         if data.get("kubernetes"):  # the cluster's state folder and the rke stand-in of this lab
             data["kubernetes"]["state_dir"] = "kubernetes"
             data["kubernetes"]["rke"] = "bin/rke"
+            if (data["kubernetes"].get("etcd_backup") or {}).get("path") and not data["kubernetes"]["etcd_backup"].get("host"):
+                data["kubernetes"]["etcd_backup"]["path"] = "etcd-backups"  # the lab's own copies of its etcd snapshots
             if data["kubernetes"].get("distribution", "rke2") == "rke2":  # the lab's RKE2 artifact, and etcdctl in its VMs
                 from .kubernetes import parts
                 from .kubernetes.rke2 import artifact
 
                 data["kubernetes"]["artifacts"] = artifact.FOLDER
                 data["kubernetes"]["etcdctl"] = parts.vm_path("etcd", "etcdctl")
+                data["kubernetes"]["etcdutl"] = parts.vm_path("etcd", "etcdutl")
         return data
 
     def _state(self) -> dict:

@@ -36,8 +36,9 @@ def test_environment_yml_lists_the_pyproject_dependencies():
 
 
 def committed_notebooks() -> list[str]:
+    """Every notebook, in subfolders too (``notebooks/incident/``): git's pathspec ``*`` crosses folders, the fallback recurses."""
     out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=ROOT, capture_output=True, text=True).stdout.split()
-    return out or [str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("*.ipynb")]
+    return out or [str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").rglob("*.ipynb")]
 
 
 @pytest.mark.parametrize("path", committed_notebooks())
@@ -58,6 +59,10 @@ def test_runbooks_take_the_three_runner_parameters(path):
     names = set(re.findall(r"^(\w+)\s*=", tagged[0].source, re.M))
     assert names == {"params_file", "run_id", "apply"}
     assert any("open_run(" in c.source for c in nb.cells), f"{path} must open its run with runbooklib.open_run"
+
+
+def test_runbooks_in_subfolders_are_found():
+    assert "notebooks/incident/etcd-snapshot-restore.ipynb" in committed_notebooks()
 
 
 def test_readme_opens_with_the_two_commands():

@@ -14,8 +14,8 @@ a version the lab has not built fails as an image RKE cannot pull, with the comm
 
     rke up [--config cluster.yml] [--update-only]
     rke remove [--config cluster.yml] [--force]
-    rke etcd snapshot-save --name NAME [--config cluster.yml]
-    rke etcd snapshot-restore --name NAME [--config cluster.yml]
+    rke etcd snapshot-save --name NAME [--config cluster.yml]      # /opt/rke/etcd-snapshots/NAME.zip on every etcd node
+    rke etcd snapshot-restore --name NAME [--config cluster.yml]   # NAME without .zip, as RKE takes it
     rke --version
 """
 
@@ -26,6 +26,7 @@ import base64
 import ipaddress
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ from . import cluster as lab_cluster
 from . import etcd as lab_etcd
 from . import parts
 from .pki import Pki
+from .rketools import K8S_DIR
 
 VERSION = "v1.8.0-lab-simulation"  # the rke it stands in for: 1.8, the last RKE1 release line
 TOP_LEVEL_KEYS = {
@@ -387,7 +389,22 @@ def cmd_remove(args, log: Log) -> None:
     log.info("Cluster removed successfully")
 
 
+def rketools(action: str, name: str) -> str:
+    """rke-tools' etcd-backup step inside a VM (:mod:`.rketools`), with the lab's Python and this project."""
+    project = Path(__file__).resolve().parents[2]
+    return (f"PYTHONPATH={shlex.quote(str(project))} {shlex.quote(sys.executable)} -m runbooklab.kubernetes.rketools {action} "
+            f"--name {shlex.quote(name)}")
+
+
 def cmd_etcd(args, log: Log) -> None:
+    """``snapshot-save`` and ``snapshot-restore`` as RKE 1.x does them with rke-tools (rancher/rke cmd/etcd.go, cluster/etcd.go).
+
+    save: the local state file goes to every etcd node as ``/etc/kubernetes/N.rkestate``; each node takes its
+    own snapshot and zips both into ``/opt/rke/etcd-snapshots/N.zip`` (0600). restore: the state file is read
+    back out of the snapshot; the first etcd node holding ``N.zip`` is the source, unzipped and copied to the
+    other etcd nodes (checksums compared); the cluster is stopped, every member rebuilt from it with etcdutl,
+    and everything started again (RKE removes and rebuilds the cluster: ``rke remove``, then ``rke up``).
+    """
     config = Path(args.config).resolve()
     c = load_cluster(config)
     nodes = node_specs(c)
@@ -395,40 +412,112 @@ def cmd_etcd(args, log: Log) -> None:
     members = spec.with_role("etcd")
     fleet = make_fleet(c, config.parent, nodes)
     hosts = {n.name: h for n, h in zip(nodes, fleet.hosts)}
-    snapshot = f"{SNAPSHOT_DIR}/{args.name}"
+    name = args.name
     try:
         if args.etcd_command == "snapshot-save":
-            for n in members:
-                lab_etcd.snapshot_save(fleet, hosts[n.name], spec, n, snapshot)
-                log.info(f"[etcd] Saved snapshot [{args.name}] on host [{n.address}]")
-            log.info(f"Finished saving/uploading snapshot [{args.name}] on all etcd hosts")
-            return
-        # restore: every member from the same snapshot (the first member's that has it), then start again
-        missing = [n.name for n in members if not fleet.run_on(hosts[n.name], f"test -f {snapshot}").ok]
-        if len(missing) == len(members):
-            raise RkeFatal(f"Failed to restore etcd snapshot: snapshot [{args.name}] not found on any etcd host")
-        source = next(n for n in members if n.name not in missing)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / args.name
-            fleet.connection(hosts[source.name]).get(snapshot, str(local))
-            for n in members:
-                if n.name in missing:
-                    fleet.run_on(hosts[n.name], f"mkdir -p {SNAPSHOT_DIR}").check()
-                    fleet.put(hosts[n.name], local, snapshot)
-        cp = spec.with_role("controlplane")
-        for n in cp:
-            fleet.run_on(hosts[n.name], "systemctl stop rke-kube-apiserver").check()
-        for n in members:
-            fleet.run_on(hosts[n.name], "systemctl stop rke-etcd && " + lab_etcd.restore_command(spec, n, snapshot)).check()
-            log.info(f"[etcd] Restored snapshot [{args.name}] on host [{n.address}]")
-        for n in members:
-            fleet.run_on(hosts[n.name], "systemctl start rke-etcd").check()
-        lab_etcd.wait_healthy(fleet, hosts, spec)
-        for n in cp:
-            fleet.run_on(hosts[n.name], "systemctl start rke-kube-apiserver").check()
-        log.info(f"Finished restoring snapshot [{args.name}] on all etcd hosts")
+            _snapshot_save(fleet, hosts, spec, members, config, name, log)
+        else:
+            if name.endswith(".zip"):
+                log.warn(f"The snapshot name [{name}] ends with the file extension (.zip) which is not needed, the snapshot name "
+                         "should be provided without the extension")
+            _snapshot_restore(fleet, hosts, spec, nodes, members, config, name, log)
     finally:
         fleet.close()
+
+
+def _snapshot_save(fleet, hosts, spec, members, config: Path, name: str, log: Log) -> None:
+    state_path = config.with_name("cluster.rkestate")
+    log.info("Starting saving snapshot on etcd hosts")
+    state = f"{K8S_DIR}/{name}.rkestate"
+    if state_path.exists():
+        for n in members:
+            log.info(f"[state] Deploying state file to [{state}] on host [{n.address}]")
+            fleet.put(hosts[n.name], state_path, state, 0o400)
+    else:
+        log.warn(f"Could not read cluster state file from [{state_path}], file does not exist. Snapshot will be created without "
+                 "cluster state file")
+    failures = []
+    for n in members:
+        log.info(f"[etcd] Running snapshot save once on host [{n.address}]")
+        try:
+            lab_etcd.snapshot_save(fleet, hosts[n.name], spec, n, f"{SNAPSHOT_DIR}/{name}")
+            fleet.run_on(hosts[n.name], rketools("compress", name)).check()
+        except Exception as e:  # noqa: BLE001 - RKE goes on with the other hosts, as here
+            failures.append(f"failed to take one-time snapshot on host [{n.address}]: {e}")
+            log.warn(failures[-1])
+    if len(failures) == len(members):
+        raise RkeFatal(f"[etcd] Failed to take snapshot on all etcd hosts: {failures[0]}")
+    log.info(f"[etcd] Finished saving snapshot [{name}] on all etcd hosts")
+    log.info(f"Finished saving/uploading snapshot [{name}] on all etcd hosts")
+
+
+def _snapshot_restore(fleet, hosts, spec, nodes, members, config: Path, name: str, log: Log) -> None:
+    zipped, plain = f"{SNAPSHOT_DIR}/{name}.zip", f"{SNAPSHOT_DIR}/{name}"
+    log.info(f"Checking if state file is included in snapshot file for [{name}]")
+    source = next((n for n in members if fleet.run_on(hosts[n.name], f"test -f {shlex.quote(zipped)}").ok), None)
+    if source is None:
+        raise RkeFatal(f"failed to start backup server on all etcd nodes: snapshot [{name}] not found in {SNAPSHOT_DIR} on any "
+                       "etcd host")
+    r = fleet.run_on(hosts[source.name], rketools("statefile", name))
+    if r.ok:
+        log.info(f"State file is successfully extracted from snapshot [{name}]")
+        _keep_snapshot_state(config.with_name("cluster.rkestate"), r.stdout, log)
+    else:
+        log.info(f"Could not extract state file from snapshot [{name}] on any host, falling back to local state file")
+    log.info(f"Restoring etcd snapshot {name}")
+    fleet.run_on(hosts[source.name], rketools("decompress", name)).check()
+    with tempfile.TemporaryDirectory() as tmp:  # the others download it from the source, as from RKE's backup server
+        local = Path(tmp) / name
+        fleet.connection(hosts[source.name]).get(plain, str(local))
+        for n in members:
+            if n is not source:
+                fleet.run_on(hosts[n.name], f"mkdir -p {SNAPSHOT_DIR}").check()
+                fleet.put(hosts[n.name], local, plain, 0o600)
+    sums = {n.name: fleet.run_on(hosts[n.name], f"sha256sum {shlex.quote(plain)}").check().stdout.split()[0] for n in members}
+    if len(set(sums.values())) != 1:
+        raise RkeFatal(f"etcd snapshots are not consistent: {sums}")
+    log.info("Cleaning old kubernetes cluster")
+    running = _each(fleet, hosts, nodes, lambda n, h: _stop_units(fleet, h))
+    for n in members:
+        fleet.run_on(hosts[n.name], lab_etcd.restore_command(spec, n, plain)).check()
+        log.info(f"[etcd] Restored snapshot [{name}] on host [{n.address}]")
+    for n in members:
+        fleet.run_on(hosts[n.name], "systemctl start rke-etcd").check()
+    lab_etcd.wait_healthy(fleet, hosts, spec)
+    log.info("[etcd] Successfully started etcd plane.. Checking etcd cluster health")
+    for plane in ("controlplane", "worker"):
+        units = lab_cluster.PLANES[plane]
+        _each(fleet, hosts, nodes, lambda n, h, units=units: [fleet.run_on(h, f"systemctl start {u}").check()
+                                                              for u in units if u in running[h.name]])
+    for n in members:
+        fleet.run_on(hosts[n.name], f"rm -f {shlex.quote(plain)}")  # the unzipped copy; N.zip stays
+    log.info(f"Finished restoring snapshot [{name}] on all etcd hosts")
+
+
+def _stop_units(fleet, host) -> list[str]:
+    """Stop every unit rke started on the node (RKE removes the containers); the ones that ran, to start again."""
+    r = fleet.run_on(host, "; ".join(f"systemctl is-active -q {u} && echo {u}" for u in lab_cluster.UNITS) + "; true").check()
+    running = r.stdout.split()
+    for u in lab_cluster.UNITS:
+        if u in running:
+            fleet.run_on(host, f"systemctl stop {u}").check()
+    return running
+
+
+def _keep_snapshot_state(path: Path, text: str, log: Log) -> None:
+    """The snapshot's state file is the one a restore uses (RKE); the lab's differs from the local one only if certificates did."""
+    try:
+        theirs = json.loads(text)
+    except ValueError:
+        log.warn("the state file in the snapshot is not readable; using the local state file")
+        return
+    ours = load_state(path)
+    if ours is None or ours.get("certificatesBundle") != theirs.get("certificatesBundle"):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(theirs, indent=2))
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+        log.info(f"Successfully Deployed state file at [{path}]")
 
 
 def main(argv: list[str] | None = None) -> int:

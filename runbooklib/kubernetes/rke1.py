@@ -7,9 +7,11 @@ the cluster DNS address must lie inside that range; both are written here from t
 
 Round trip: ``read_cluster_yml(render_cluster_yml(spec, key)) == spec`` for an RKE1 spec. The file
 carries every field of the spec; it also carries what the spec does not (each node's
-``ssh_key_path``, ``ignore_docker_version``), which the reader leaves out. Etcd snapshots are the
-legacy ``creation``/``retention`` pair (RKE uses it while ``backup_config`` is absent): retention
-is a duration there, so the spec's count is written as count x interval hours.
+``ssh_key_path``, ``ignore_docker_version``), which the reader leaves out. Recurring etcd snapshots
+are ``services.etcd.backup_config`` (``interval_hours`` and ``retention``, a count, as the spec has
+them: RKE's documented form since v0.2, which rke-tools runs as ``--creation=<N>h
+--retention=<count x N>h``), with ``snapshot: true``, which starts the rolling snapshot container;
+the reader also takes the legacy ``creation``/``retention`` durations of older files.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def _services(spec: ClusterSpec) -> dict:
     if spec.kubelet_extra_args:
         kubelet["extra_args"] = dict(spec.kubelet_extra_args)
     return {
-        "etcd": {"snapshot": True, "creation": f"{hours}h", "retention": f"{hours * spec.etcd_snapshot_retention}h"},
+        "etcd": {"snapshot": True, "backup_config": {"enabled": True, "interval_hours": hours,
+                                                      "retention": spec.etcd_snapshot_retention}},
         # BOTH: RKE defaults each on its own, and a range set on kube-api alone leaves the controller on 10.43.0.0/16
         "kube-api": {"service_cluster_ip_range": service_range},
         "kube-controller": {"service_cluster_ip_range": service_range, "cluster_cidr": str(spec.cluster_cidr)},

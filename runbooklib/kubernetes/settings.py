@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import AfterValidator, Field
 
 from ..errors import Problem
-from ..schema import Name, Section, need_role
+from ..schema import Country, Name, Section, need_host, need_role
 from .spec import CLUSTER_CIDR, CLUSTER_DNS, CLUSTER_DOMAIN, SERVICE_CIDR
 
 
@@ -48,6 +48,34 @@ def _own_folder(value: str) -> str:
         raise ValueError(f"{value!r} is the parameter file's own folder; the state (cluster.rkestate, kubeconfigs) "
                          "needs a folder of its own, like kubernetes-state")
     return value
+
+
+def _snapshot_name(value: str) -> str:
+    # RKE1 takes it as the file name under /opt/rke/etcd-snapshots (and adds .zip), RKE2 as a file name under its db folder
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}", value):
+        raise ValueError(f"{value!r} is not a snapshot name; write it as the runbook lists it (letters, digits, '.', '_', ':', '-'), "
+                         "like runbook-20261128t120000z or etcd-snapshot-cp1-1764331200")
+    return value
+
+
+class EtcdBackup(Section):
+    """Where etcd snapshots are copied off the nodes, and what the incident runbook does beyond taking one.
+
+    A snapshot holds every Secret of the cluster (RKE1's also holds ``cluster.rkestate``, the cluster's
+    keys): the copies must stay in the data country, in a folder only you can read.
+    """
+
+    # a local folder (relative to the parameter file) with ``country``, where it physically is; or, with
+    # ``host``, an absolute folder on that inventory host (the host's location.country then counts)
+    path: str
+    country: Optional[Country] = None
+    host: Optional[str] = None
+    # the restore drill (etcd-snapshot-restore with --apply): canary namespace, snapshot, delete, restore,
+    # check. It rolls the whole cluster back to a snapshot taken moments before: refused in production
+    drill: bool = False
+    # an incident: the snapshot to restore (a name the runbook lists), restored only with --apply and
+    # once verified on its node. Set it for the incident's run only
+    restore: Optional[Annotated[str, AfterValidator(_snapshot_name)]] = None
 
 
 class Kubernetes(Section):
@@ -85,6 +113,11 @@ class Kubernetes(Section):
     # and lists what blocks; and whether pods' emptyDir data may be lost (kubectl's --delete-emptydir-data)
     drain_timeout_seconds: Annotated[int, Field(ge=10, le=3600)] = 300
     drain_delete_emptydir_data: bool = False
+    # how to run etcdutl on an etcd node (it verifies snapshots); default: RKE1's `docker exec etcd etcdutl`
+    # (the etcd image ships it), on RKE2 `etcdutl` (RKE2 ships none: install the etcd release's etcdutl)
+    etcdutl: Optional[str] = None
+    # where etcd snapshots are copied off the nodes (see EtcdBackup); the incident runbook needs it
+    etcd_backup: Optional[EtcdBackup] = None
 
 
 def rules(p) -> list[Problem]:
@@ -109,4 +142,43 @@ def rules(p) -> list[Problem]:
                 out.append(Problem(f"inventory.hosts[{i}].address",
                                    f"{h.address} lies inside kubernetes.{field} {net}; node addresses must not "
                                    "overlap the cluster's internal ranges"))
+    return out + backup_rules(p)
+
+
+def backup_rules(p) -> list[Problem]:
+    """``kubernetes.etcd_backup``: one place for the copies, in the data country; no drill in production."""
+    b = p.kubernetes.etcd_backup
+    if b is None:
+        return []
+    at = "kubernetes.etcd_backup"
+    country = p.environment.data_country
+    why = ("an etcd snapshot holds every Secret of the cluster (and RKE1's the cluster's keys in cluster.rkestate), "
+           f"so its copies are data that must stay in {country} (environment.data_country)")
+    out = []
+    if (b.host is None) == (b.country is None):
+        out.append(Problem(at, "give either country (the copies go to a local folder; say where it is) or host (an "
+                               "inventory host keeps them; its location counts), not both and not neither"))
+    if b.host is not None:
+        found = need_host(p, f"{at}.host", b.host)
+        out += found
+        if not found:
+            where = next(h for h in p.hosts if h.name == b.host).location.country
+            if where != country:
+                out.append(Problem(f"{at}.host", f"{b.host} is located in {where} (its location.country), outside {country}; "
+                                                 f"{why}: choose a host located in {country}"))
+        if not b.path.startswith("/"):
+            out.append(Problem(f"{at}.path", f"{b.path!r} is relative; on a host it must be an absolute folder, like "
+                                             "/srv/etcd-backups"))
+    elif b.path.strip() in ("", ".", "./"):
+        out.append(Problem(f"{at}.path", f"{b.path!r} is the parameter file's own folder; the copies need a folder of "
+                                         "their own (created 0700), like etcd-backups"))
+    if b.country is not None and b.country != country:
+        out.append(Problem(f"{at}.country", f"{b.country} is outside {country}; {why}: keep the copies in a folder "
+                                            f"located in {country}"))
+    if b.drill and b.restore:
+        out.append(Problem(f"{at}.restore", "drill and restore in one run: a drill restores its own snapshot; run the incident's "
+                                            "restore on its own (leave drill false)"))
+    if b.drill and p.environment.kind == "production":
+        out.append(Problem(f"{at}.drill", "a restore drill rolls the whole cluster back to a snapshot taken moments "
+                                          "before (every write since is lost); rehearse it on a lab or staging cluster"))
     return out

@@ -1,4 +1,4 @@
-"""``rke2`` of the lab (LAB SIMULATION): ``server``, ``agent``, ``etcd-snapshot save|ls``, ``--version``.
+"""``rke2`` of the lab (LAB SIMULATION): ``server`` (also ``--cluster-reset``), ``agent``, ``etcd-snapshot save|ls``, ``--version``.
 
 Run by the tarball's ``bin/rke2`` launcher (``python -m runbooklab.kubernetes.rke2``). Flags after the
 command are config keys (``rke2 server --node-label a=b``) and go over ``config.yaml``'s, as in RKE2.
@@ -17,7 +17,7 @@ from . import CONFIG_FILE, SNAPSHOT_DIR, Fatal, Log, version_text
 USAGE = """usage: rke2 [--version] <command> [--config FILE] [--<flag>[=value] ...]
 
 commands (the runbooklib lab's stand-in for RKE2: LAB SIMULATION):
-   server          Run management server
+   server          Run management server (--cluster-reset [--cluster-reset-restore-path=SNAPSHOT]: etcd reset to one member)
    agent           Run node agent
    etcd-snapshot   save [--name NAME] | ls: etcd snapshots on this server
 """
@@ -65,6 +65,7 @@ def etcd_snapshot(args: list[str], path: str) -> int:
         print("usage: rke2 etcd-snapshot save [--name NAME] | ls", file=sys.stderr)
         return 1
     snapshot = Path(directory) / f"{name}-{node.from_config(cfg).name}-{int(time.time())}"
+    Log().info(f"Saving etcd snapshot to {snapshot}")  # RKE2's log line (k3s pkg/etcd/snapshot.go)
     r = etcd.snapshot_save(str(snapshot))
     if r.returncode != 0:
         raise Fatal(f"etcd snapshot failed: {(r.stderr or r.stdout).strip()[-400:]}")

@@ -27,7 +27,8 @@ SERVER = {**COMMON, "tls-san": "list", "cni": "list", "cluster-cidr": "str", "se
           "etcd-snapshot-dir": "str", "etcd-disable-snapshots": "bool", "system-default-registry": "str",
           "disable-etcd": "bool", "disable-apiserver": "bool", "disable-controller-manager": "bool", "disable-scheduler": "bool",
           "write-kubeconfig": "str", "write-kubeconfig-mode": "str", "agent-token": "str", "advertise-address": "str",
-          "kube-apiserver-arg": "list", "kube-controller-manager-arg": "list", "kube-scheduler-arg": "list", "etcd-arg": "list"}
+          "kube-apiserver-arg": "list", "kube-controller-manager-arg": "list", "kube-scheduler-arg": "list", "etcd-arg": "list",
+          "cluster-reset": "bool", "cluster-reset-restore-path": "str"}
 AGENT = dict(COMMON)
 # flags of real RKE2 that the lab accepts and does not emulate: no kubelet, container runtime, CNI or kube-proxy runs
 NOT_EMULATED_COMMON = {"profile", "selinux", "kube-proxy-arg", "protect-kernel-defaults", "private-registry", "resolv-conf",
@@ -48,9 +49,7 @@ NOT_EMULATED_SERVER = NOT_EMULATED_COMMON | {
     "kube-apiserver-image", "kube-controller-manager-image", "kube-proxy-image", "kube-scheduler-image", "etcd-image",
     "helm-job-image", "agent-token-file", "bind-address"}
 # real flags the stand-in refuses: it could only pretend to do them
-REFUSED = {"data-dir": "the lab's rke2 keeps its data in /var/lib/rancher/rke2 only",
-           "cluster-reset": "the lab's rke2 does not reset etcd membership; use etcdctl and etcdutl on a server",
-           "cluster-reset-restore-path": "the lab's rke2 does not restore snapshots; use etcdutl snapshot restore"}
+REFUSED = {"data-dir": "the lab's rke2 keeps its data in /var/lib/rancher/rke2 only"}
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 TOKEN_FILE_WAIT = 240.0  # seconds RKE2 waits for a token-file that does not exist yet
 CNIS = ("canal", "calico", "cilium", "flannel", "multus", "none")
@@ -258,6 +257,8 @@ def check(cfg: Config) -> None:
             raise Fatal(f"invalid cni {cni!r}: RKE2 ships {', '.join(CNIS)}")
     if cfg.flag("disable-etcd") and not server:
         raise Fatal("disable-etcd needs server: a server without etcd joins a cluster that has etcd")
+    if cfg.values.get("cluster-reset-restore-path") and not cfg.flag("cluster-reset"):
+        raise Fatal("invalid flag use; --cluster-reset required with --cluster-reset-restore-path")
     if cfg.flag("disable-apiserver") and not server:
         raise Fatal("disable-apiserver needs server: a server without the API server joins a cluster that has one")
     from .snapshots import parse_cron

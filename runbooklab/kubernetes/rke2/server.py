@@ -8,6 +8,8 @@ is promoted, then starts the same parts; a server with ``disable-etcd`` uses the
 with ``disable-apiserver`` reaches the API through a load balancer over the servers (as an agent).
 Every server answers joiners on port 9345 (:mod:`.join`), registers its Node with the roles RKE2
 gives (``control-plane``, ``master``, ``etcd``), runs KWOK for it, and takes the scheduled etcd snapshots.
+``--cluster-reset`` (:meth:`Server.cluster_reset`) resets etcd to one member, restoring a snapshot first
+when ``--cluster-reset-restore-path`` names one, as RKE2 does.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from . import (
 from .children import Children, pod_log
 from .snapshots import Schedule
 
+RESET_FLAG = f"{SERVER_DIR}/db/reset-flag"  # written by a cluster reset; a normal start removes it
 CRITICAL = ("cluster-cidr", "service-cidr", "cluster-dns", "cluster-domain")  # every server must agree, as RKE2 checks
 COREDNS_IMAGE = "rancher/hardened-coredns:v1.12.1-build20250401"
 COREDNS = lab_cluster.DnsAddon(
@@ -79,6 +82,9 @@ class Server:
     # -- the steps -----------------------------------------------------------------------------
     def run(self) -> int:
         node.prepare(self.cfg, self.log, self.version)
+        if self.cfg.flag("cluster-reset"):
+            return self.cluster_reset()
+        Path(RESET_FLAG).unlink(missing_ok=True)  # RKE2 removes it when it starts normally
         self.log.info(f"Starting rke2 {self.version}+{RELEASE} server ({self.node.name}, {self.node.address}): LAB SIMULATION of "
                       f"RKE2 starting the real Kubernetes {self.version} and etcd {parts.default_version('etcd')} (no kubelet: KWOK)")
         self.log.info(f"cni {','.join(self.cfg.get('cni'))}: no CNI runs in the lab (KWOK gives pods their addresses from the node's range)")
@@ -90,6 +96,47 @@ class Server:
             self.log.info("Stopping before rke2 was up")
         finally:
             self.shutdown()
+        return 0
+
+    def cluster_reset(self) -> int:
+        """``rke2 server --cluster-reset [--cluster-reset-restore-path=P]`` (rke2-server stopped): etcd becomes one member.
+
+        As RKE2 (k3s pkg/etcd): refused on a server that joins another (``server:`` set) and after an earlier
+        reset until ``db/reset-flag`` is removed. With a snapshot, the data folder is moved to ``db/etcd-old-<time>``
+        and the snapshot restored with the real etcdutl as this server's one member (its integrity hash checked);
+        without, etcd starts once with ``--force-new-cluster``. Then etcd is checked to run alone, stopped, the flag
+        written, and rke2 exits for the service to be started normally.
+        """
+        if self.join_url:
+            raise Fatal("cannot perform cluster-reset while server URL is set - remove server from configuration before resetting")
+        if not self.runs["etcd"]:
+            raise Fatal("cluster-reset needs the embedded etcd; this server has disable-etcd")
+        if Path(RESET_FLAG).exists():
+            raise Fatal("Managed etcd cluster membership was previously reset, please remove the cluster-reset flag and start rke2 "
+                        f"normally. If you need to perform another cluster reset, you must first manually delete the {RESET_FLAG} file")
+        if not etcd.has_data() and not self.cfg.get("cluster-reset-restore-path"):
+            raise Fatal(f"cluster-reset: no etcd data in {ETCD_DIR} to reset")
+        self.log.info(f"Starting rke2 {self.version}+{RELEASE} cluster reset ({self.node.name}): LAB SIMULATION of RKE2")
+        name = etcd.member_name(self.node.name)  # read before the data folder moves
+        restore = self.cfg.get("cluster-reset-restore-path")
+        if restore:
+            if not Path(restore).is_file():
+                raise Fatal(f"failed to restore etcd snapshot: open {restore}: no such file or directory")
+            old = f"{ETCD_DIR}-old-{int(time.time())}"
+            if Path(ETCD_DIR).exists():
+                Path(ETCD_DIR).rename(old)
+                self.log.info(f"Pre-restore etcd database moved to {old}")
+            etcd.restore(restore, name, f"https://{self.node.address}:2380", self.log)
+        try:
+            self.start_etcd(force_new=not restore)
+            members = etcd.members()
+            if len(members) != 1:
+                raise Fatal(f"etcd still has {len(members)} members after the reset")
+        finally:
+            self.children.stop_all(timeout=8)
+        Path(RESET_FLAG).touch()
+        self.log.info("Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. Backup and delete "
+                      "${datadir}/server/db on each peer etcd server and rejoin the nodes")
         return 0
 
     def start(self) -> None:
@@ -280,7 +327,7 @@ class Server:
             if self.stopping.wait(0.5):
                 raise Stopped
 
-    def start_etcd(self) -> None:
+    def start_etcd(self, force_new: bool = False) -> None:
         name = etcd.member_name(self.node.name)
         Path(ETCD_DIR).chmod(0o700)
         peer = f"https://{self.node.address}:2380"
@@ -293,7 +340,8 @@ class Server:
         tls = lab_cluster.EtcdTls(etcd.CLIENT_CERT, etcd.CLIENT_KEY, etcd.SERVER_CA, f"{etcd.ETCD_TLS}/peer-server-client.crt",
                                   f"{etcd.ETCD_TLS}/peer-server-client.key", f"{etcd.ETCD_TLS}/peer-ca.crt")
         flags = {**lab_cluster.etcd_flags(name, a, ETCD_DIR, initial, tls, state, f"https://127.0.0.1:2379,https://{a}:2379",
-                                          f"https://127.0.0.1:2380,https://{a}:2380"), "listen-metrics-urls": "http://127.0.0.1:2381"}
+                                          f"https://127.0.0.1:2380,https://{a}:2380"), "listen-metrics-urls": "http://127.0.0.1:2381",
+                 **({"force-new-cluster": "true"} if force_new else {})}
         self.start_part("etcd", flags, "etcd-arg", binary=parts.vm_path("etcd", "etcd"))
         if joining:
             etcd.promote(peer, endpoints, self.log, self.stopping)
