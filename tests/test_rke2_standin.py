@@ -43,6 +43,7 @@ def test_config_keys_defaults_drop_ins_and_flags(tmp_path):
     ("etcd-snapshot-schedule-cron: '0 */6 * *'\n", "server", "five fields expected"),
     ("disable-etcd: true\n", "server", "disable-etcd needs server"),
     ("data-dir: /data/rke2\n", "server", "keeps its data in /var/lib/rancher/rke2"),
+    ("cluster-reset-restore-path: /snap\n", "server", "--cluster-reset required with --cluster-reset-restore-path"),
 ])
 def test_config_refusals(tmp_path, text, command, message):
     with pytest.raises(Fatal, match=message.replace("*", r"\*").replace("(", r"\(").replace("+", r"\+")):
@@ -141,3 +142,16 @@ def test_registries_yaml_is_read_at_start_naming_hosts_never_a_password(tmp_path
         path.write_text(bad)
         with pytest.raises(Fatal, match="failed to parse private registries file"):
             node.private_registries(Log(out), str(path))
+
+
+def test_a_cluster_reset_is_refused_on_a_server_that_joins_another(tmp_path):
+    """As RKE2: reset the server the others join (the first), never one with ``server:`` in its config."""
+    import threading
+
+    from runbooklab.kubernetes.rke2 import Log
+    from runbooklab.kubernetes.rke2.server import Server
+
+    cfg = load(tmp_path, "server: https://10.0.0.1:9345\ntoken: x\nnode-ip: 10.0.0.2\ncluster-reset: true\n"
+                         "cluster-reset-restore-path: /snap\n")
+    with pytest.raises(Fatal, match="cannot perform cluster-reset while server URL is set"):
+        Server(cfg, Log(), threading.Event()).cluster_reset()

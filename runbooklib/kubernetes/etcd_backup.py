@@ -677,7 +677,11 @@ def apply_snapshot(params, fleet, steps: list[Step], name: str, on_change: Calla
     if any(s.command is None for s in steps):
         out.error = "; ".join(s.blocked for s in steps if s.command is None)
         return out
-    out.taken = take(params, fleet, name, on_line)
+    try:
+        out.taken = take(params, fleet, name, on_line)
+    except RunbookError as e:  # rke cannot be started: the step's failure, never a crashed cell
+        out.error = str(e)
+        return out
     if not out.taken.ok:
         out.error = out.taken.error
         return out

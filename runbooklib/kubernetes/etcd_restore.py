@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import RunbookError
 from ..phase.steps import Step
 from . import etcd_backup, state
 from .etcd_backup import RKE2_DB, Verified
@@ -138,7 +139,10 @@ def apply_restore(params, fleet, steps: list[Step], on_change: Callable[[Step], 
             if step.command is None:
                 out.error = step.blocked
                 return out
-            error = _one(params, fleet, step, on_line, out.output, wait)
+            try:
+                error = _one(params, fleet, step, on_line, out.output, wait)
+            except RunbookError as e:  # rke cannot be started: said as the step's failure, never a crashed cell
+                error = str(e)
             if error:
                 out.error = f"{step.host}: {step.operation} failed: {error}"
                 return out

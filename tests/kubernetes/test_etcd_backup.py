@@ -359,3 +359,20 @@ def test_the_drill_never_deletes_its_canary_without_a_verified_copy(tmp_path):
     assert drill.delete() is False and not drill.deleted  # refused before any API call
     assert drill.restore(drill.restore_steps()).error == "not restored: the canary was not deleted"
     assert drill.check() == [] and len(drill.problems) == 3
+
+
+def test_an_incident_restores_only_a_snapshot_found_and_verified_on_the_restore_node(verifiable, tmp_path):
+    params, snap = verifiable
+    fleet = LocalFleet()
+    missing = etcd_restore.Incident(params, fleet, tmp_path / "k", "nope", [snap])
+    assert missing.snapshot is None and missing.verify() is None
+    (step,) = missing.steps()
+    assert step.command is None and step.blocked.startswith("no snapshot named nope on cp1")
+    assert "nothing" in step.change and missing.restore([step]).error.startswith("the snapshot was not verified in this run")
+    incident = etcd_restore.Incident(params, fleet, tmp_path / "k", "drill-1", [replace(snap, node="cp2"), snap])
+    assert incident.snapshot == snap and incident.verify().status.total_keys == 2
+    (step,) = incident.steps()
+    assert step.command.endswith("snapshot-restore --config " + str(tmp_path / "state" / "cluster.yml") + " --name drill-1")
+    assert f"(revision {incident.verified.status.revision}, 2 keys, taken 2026-11-28T12:00:00Z, on cp1)" in step.change
+    done = incident.restore([step])  # the checks pass again; then rke itself is missing here: a failed step, said
+    assert not done.ok and "cannot run" in done.error and incident.problems == [f"restore: {done.error}"]
