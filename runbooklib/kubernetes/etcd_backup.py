@@ -83,8 +83,8 @@ def schedule_rows(params) -> list[dict]:
         from .rke1 import render_cluster_yml
 
         rendered = _rke1_snapshot_keys(render_cluster_yml(params))
-        path = state.state_dir(params) / state.CLUSTER_YML
-        deployed = _rke1_snapshot_keys(path.read_text()) if path.exists() else {}
+        path = _in_state(params, state.CLUSTER_YML)
+        deployed = _rke1_snapshot_keys(path.read_text()) if path and path.exists() else {}
         keys = {"services.etcd.snapshot": "on (always)", "services.etcd.backup_config.interval_hours": f"{hours} (h)",
                 "services.etcd.backup_config.retention": f"{kept} (snapshots)"}
     else:
@@ -93,14 +93,22 @@ def schedule_rows(params) -> list[dict]:
         spec = spec_from_params(params)
         first = first_server(spec).name
         rendered = _flat(yaml.safe_load(render_rke2_configs(spec)[first]), ("etcd-snapshot-schedule-cron", "etcd-snapshot-retention"))
-        path = state.state_dir(params) / state.RKE2_CONFIGS / f"{first}.yaml"
-        deployed = _flat(yaml.safe_load(path.read_text()), tuple(rendered)) if path.exists() else {}
+        path = _in_state(params, f"{state.RKE2_CONFIGS}/{first}.yaml")
+        deployed = _flat(yaml.safe_load(path.read_text()), tuple(rendered)) if path and path.exists() else {}
         keys = {"etcd-snapshot-schedule-cron": f"every {hours} h", "etcd-snapshot-retention": f"{kept} (snapshots)"}
     rows = [{"setting": key, "parameters": wanted, "rendered": str(rendered.get(key, "-")), "as deployed": str(deployed.get(key, "-")),
              "same": "yes" if key in deployed and deployed.get(key) == rendered.get(key) else "no"} for key, wanted in keys.items()]
     rows.append({"setting": "meaning", "parameters": meaning, "rendered": "", "as deployed": str(path) if deployed else "not deployed yet",
                  "same": ""})
     return rows
+
+
+def _in_state(params, relative: str) -> Path | None:
+    """A file of the state folder, or None when the folder cannot be used (:func:`blockers` says why)."""
+    try:
+        return state.state_dir(params) / relative
+    except RunbookError:
+        return None
 
 
 def _rke1_snapshot_keys(text: str) -> dict:
@@ -296,12 +304,11 @@ def source_node(params):
 
 @dataclass
 class Taken:
-    """A snapshot taken now: its copies on the nodes (the restore's source first), what the tool said, and when."""
+    """A snapshot taken now: its copies on the nodes (the restore's source first), what the tool said, how long it took."""
 
     name: str
     snapshots: list[NodeSnapshot] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
-    at: str = ""
     seconds: float = 0.0
     error: str = ""
 
@@ -319,7 +326,7 @@ def take(params, fleet, name: str, on_line: Callable[[str], None] = print) -> Ta
     import time
 
     t0 = time.monotonic()
-    out = Taken(name, at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    out = Taken(name)
     k = params.kubernetes
     if k.distribution == "rke1":
         from .bringup import run_streaming
@@ -620,7 +627,10 @@ def blockers(params) -> list[str]:
         target(params)
     except RunbookError as e:
         out.append(str(e))
-    kubeconfig = state.kubeconfig_path(params)
+    try:
+        kubeconfig = state.kubeconfig_path(params)
+    except RunbookError as e:  # the state folder is in the archive or readable by others
+        return [*out, str(e)]
     if not kubeconfig.exists():
         out.append(f"no kubeconfig at {kubeconfig}: the cluster has not been brought up from these parameters (run "
                    "03-kubernetes-cluster first)")

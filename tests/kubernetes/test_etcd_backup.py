@@ -376,3 +376,10 @@ def test_an_incident_restores_only_a_snapshot_found_and_verified_on_the_restore_
     assert f"(revision {incident.verified.status.revision}, 2 keys, taken 2026-11-28T12:00:00Z, on cp1)" in step.change
     done = incident.restore([step])  # the checks pass again; then rke itself is missing here: a failed step, said
     assert not done.ok and "cannot run" in done.error and incident.problems == [f"restore: {done.error}"]
+
+
+def test_a_state_folder_that_cannot_be_used_blocks_and_the_schedule_still_shows(tmp_path):
+    params = load_params(write_params(tmp_path, lab(tmp_path)))
+    state.state_dir(params, create=True).chmod(0o755)
+    assert any("readable by others" in b for b in etcd_backup.blockers(params))
+    assert {r["as deployed"] for r in etcd_backup.schedule_rows(params) if r["setting"] != "meaning"} == {"-"}
