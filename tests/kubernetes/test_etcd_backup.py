@@ -233,6 +233,10 @@ class LocalFleet:
         return HostResult(host.name, done.returncode == 0, done.stdout, done.stderr, done.returncode,
                           "" if done.returncode == 0 else f"exited {done.returncode}: {done.stderr.strip()[-200:]}")
 
+    def put(self, host, local, remote, mode=0o644):
+        shutil.copyfile(local, remote)
+        os.chmod(remote, mode)
+
     def connection(self, host):
         class Sftp:
             @staticmethod
@@ -383,3 +387,18 @@ def test_a_state_folder_that_cannot_be_used_blocks_and_the_schedule_still_shows(
     state.state_dir(params, create=True).chmod(0o755)
     assert any("readable by others" in b for b in etcd_backup.blockers(params))
     assert {r["as deployed"] for r in etcd_backup.schedule_rows(params) if r["setting"] != "meaning"} == {"-"}
+
+
+def test_a_copy_to_an_inventory_host_is_checked_there(verifiable, tmp_path):
+    """``etcd_backup: {host, path}``: relayed through a private folder here, written 0600, its SHA-256 taken on the host."""
+    params, snap = verifiable
+    data = yaml.safe_load(params.text)
+    data["kubernetes"]["etcd_backup"] = {"host": "db3", "path": str(tmp_path / "srv")}
+    on_host = load_params(write_params(tmp_path, data))
+    fleet = LocalFleet()
+    copied = etcd_backup.copy_off(on_host, fleet, etcd_backup.verify(on_host, fleet, snap))
+    remote = tmp_path / "srv" / "lab" / "drill-1.zip"
+    assert copied.ok and copied.destination == f"db3:{remote}" and copied.integrity is True
+    assert remote.read_bytes() == Path(snap.path).read_bytes() and remote.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "srv").stat().st_mode & 0o777 == 0o700 and not list((tmp_path / "srv" / "lab").glob("*.part"))
+    assert json.loads((tmp_path / "srv" / "lab" / "drill-1.zip.json").read_text())["sha256"] == copied.sha256
