@@ -31,6 +31,7 @@ demo: setup
 	$(BIN)/runbook run notebooks/04-registry-access.ipynb --params params/lab.yaml --apply
 	$(BIN)/runbook run notebooks/02-vm-baseline.ipynb --params params/lab-fold-in.yaml --apply
 	$(BIN)/runbook run notebooks/10-capacity-fold-in.ipynb --params params/lab-fold-in.yaml --apply
+	$(BIN)/runbook run notebooks/incident/etcd-snapshot-restore.ipynb --params params/lab-fold-in.yaml --apply
 	@echo "The lab stays up for you to explore: $(BIN)/runbook lab status | runbook runs | make lab-down"
 	@echo "Its Kubernetes: .lab/bin/kubectl --kubeconfig .lab/kubernetes/kube_config_cluster.yml get nodes -o wide"
 
@@ -54,7 +55,7 @@ kube-parts:
 
 # regenerate the generated blocks of the runbooks' markdown (rollback tables) after changing operations
 notebooks: venv
-	$(BIN)/python -m runbooklib.phase.doc notebooks/*.ipynb
+	$(BIN)/python -m runbooklib.phase.doc notebooks/*.ipynb notebooks/*/*.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
