@@ -67,6 +67,44 @@ def _register_memory_io() -> None:
         papermill_io.register(MEMORY_SCHEME, _MemoryIO())
 
 
+ENGINE = "runbook"
+
+
+def _register_engine() -> None:
+    """papermill's nbclient engine, except that a rich output's text ends its line in the log.
+
+    papermill logs a display's ``text/plain`` without a newline; the stream filter holds an unfinished
+    line back (a secret may be split across two stream chunks) and so glued the next output onto the
+    display's last line. A display is always whole, so its line is ended here, where it is known to be one.
+    """
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    if ENGINE in papermill_engines._engines:
+        return
+
+    class Client(PapermillNotebookClient):
+        def log_output_message(self, output):
+            if output.output_type != "stream" and self.log_output and "text/plain" in output.get("data", {}):
+                self.log.info("".join(output.data["text/plain"]) + "\n")
+                return
+            super().log_output_message(output)
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
+                                     start_timeout=60, execution_timeout=None, **kwargs):
+            from papermill.engines import logger
+            from papermill.utils import merge_kwargs, remove_args
+
+            kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
+            final = merge_kwargs(kwargs, timeout=execution_timeout, startup_timeout=start_timeout, kernel_name=kernel_name,
+                                 log=logger, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+            return Client(nb_man, **final).execute()
+
+    papermill_engines.register(ENGINE, Engine)
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -601,6 +639,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
     from papermill.exceptions import PapermillExecutionError
 
     _register_memory_io()
+    _register_engine()
     out_key = f"{MEMORY_SCHEME}{run_id}.ipynb"
     titles = cell_titles(nbformat.read(notebook, as_version=4))
     logger = logging.getLogger("papermill")
@@ -621,7 +660,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
             pm.execute_notebook(
                 str(notebook), out_key,
                 parameters={"params_file": str(Path(params.source).resolve()), "run_id": run_id, "apply": bool(apply)},
-                kernel_name=kernel_name, progress_bar=False, log_output=stream is not None,
+                kernel_name=kernel_name, engine_name=ENGINE, progress_bar=False, log_output=stream is not None,
                 execution_timeout=timeout, cwd=str(notebook.resolve().parent), start_timeout=120,
             )
     except PapermillExecutionError as e:

@@ -586,3 +586,19 @@ def test_the_verdict_is_the_exit_code(tmp_path, archive_root, lab_params, verdic
     if code:
         report = runbook("run", str(nb), "--params", str(lab_params), "--allow-not-ready")
         assert report.returncode == 0
+
+
+def test_each_display_ends_its_line_in_the_terminal(tmp_path, archive_root, lab_params):
+    """Two tables and a print in one cell: each starts on a line of its own (a display's text is whole)."""
+    nb = make_notebook(
+        tmp_path / "70-tables.ipynb",
+        "import runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)",
+        "run.table([{'host': 'edge1'}], title='First table')\n"
+        "run.table([{'host': 'edge2'}], title='Second table')\n"
+        "print('after the tables')",
+    )
+    done = runbook("run", str(nb), "--params", str(lab_params))
+    assert done.returncode == 0, done.stderr
+    lines = [line.removeprefix("  | ") for line in done.stderr.splitlines()]
+    assert "First table" in lines and "Second table" in lines and "after the tables" in lines
+    assert lines[lines.index("Second table") - 1].strip() == "edge1"
