@@ -23,7 +23,8 @@ The version skew rules (kubernetes.io/releases/version-skew-policy, checked 2026
 instances within one minor of each other; a kubelet never newer than any kube-apiserver and at most
 three minors older than the newest (two for kubelets before 1.25); kube-controller-manager and
 kube-scheduler never newer than the kube-apiserver they talk to (on RKE1 and RKE2 their own node's)
-and at most one minor older; kubectl within one minor of every kube-apiserver.
+and at most one minor older; kubectl within one minor of every kube-apiserver (the engineer's own
+client: a warning, not a blocker).
 
 The steps, per distribution (an etcd snapshot first in both):
 
@@ -62,6 +63,7 @@ CORDONED = "runbooklib/cordoned-for-upgrade"  # the annotation on a node this ru
 SNAPSHOT_PREFIX = "pre-upgrade"
 KUBELET_SKEW = 3  # minors a kubelet may be behind the newest kube-apiserver (since 1.25; 2 before)
 SKEW_POLICY = "kubernetes.io/releases/version-skew-policy"
+SETTLE = 120.0  # seconds the cluster may take to verify after a release's last node (evicted pods scheduled again)
 
 
 class UpgradeError(RunbookError):
@@ -225,16 +227,33 @@ def skew(apiservers: dict[str, Version], kubelets: dict[str, Version], controlle
         rows.append(_row("kube-controller-manager and kube-scheduler not newer, at most one minor older", f"controllers {node}",
                          0 <= lag <= 1, f"{v} with its kube-apiserver at {talks_to}",
                          "upgrade the node's kube-apiserver first, then its controllers, in one step of the same release"))
-    if kubectl is not None:
-        far = [str(a) for a in apiservers.values() if abs(a.minor - kubectl.minor) > 1]
+    if kubectl is not None:  # the engineer's client, not part of the cluster: a warning, never a blocker
+        far = sorted({str(a) for a in apiservers.values() if abs(a.minor - kubectl.minor) > 1})
         rows.append(_row("kubectl within one minor of kube-apiserver", "kubectl", not far,
                          f"{kubectl}" + (f"; more than one minor from {', '.join(far)}" if far else ""),
-                         f"use a kubectl of {newest.line} (or one minor either side)"))
+                         f"use a kubectl of {newest.line} (or one minor either side)") | ({"status": "warn"} if far else {}))
     return rows
 
 
+def local_kubectl() -> Version | None:
+    """The release of the kubectl on this machine's PATH (the one an engineer uses next to the runbook), or None."""
+    import json
+    import shutil
+    import subprocess
+
+    found = shutil.which("kubectl")
+    if not found:
+        return None
+    try:
+        done = subprocess.run([found, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=20)
+        return Version.parse(json.loads(done.stdout)["clientVersion"]["gitVersion"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return None
+
+
 def failing(rows: Sequence[dict]) -> list[str]:
-    return [f"{r['rule']}: {r['component']}: {r['detail']}; {r['fix']}" for r in rows if r["status"] != "ok"]
+    """The rows that break the policy (``fail``; a ``warn`` is said in the table, and blocks nothing)."""
+    return [f"{r['rule']}: {r['component']}: {r['detail']}; {r['fix']}" for r in rows if r["status"] == "fail"]
 
 
 def cluster_skew(running: Running, kubectl: Version | None = None) -> list[dict]:
@@ -369,6 +388,9 @@ class UpgradePlan:
 
     @property
     def steps(self) -> list[Step]:
+        """What the confirmation shows: every step in order; one blocked step saying why, when the plan is blocked."""
+        if self.blockers:
+            return [Step("cluster", "upgrade", "nothing until the blockers are fixed", None, blocked="; ".join(self.blockers))]
         return [s for g in self.groups for s in g.steps]
 
     def path_table(self, distribution: str) -> list[dict]:
@@ -561,6 +583,9 @@ def apply(params, fleet, plan: UpgradePlan, kubeconfig: Path, on_change: Callabl
     from . import verify
 
     out = UpgradeResult()
+    if plan.blockers:
+        out.error = "nothing was changed: the plan is blocked (" + "; ".join(plan.blockers) + ")"
+        return out
     client, api = verify.api_client(kubeconfig)
     hosts = {h.name: h for h in params.hosts}
     pending: Release | None = None  # a release whose nodes are done and that is not verified yet
@@ -741,15 +766,23 @@ def release_rows(params, kubeconfig: Path, version: Version) -> list[dict]:
     return rows
 
 
-def _verified(params, fleet, kubeconfig: Path, release: Release, out: UpgradeResult, on_line) -> bool:
+def _verified(params, fleet, kubeconfig: Path, release: Release, out: UpgradeResult, on_line, settle: float = SETTLE) -> bool:
+    """The cluster at ``release``: asked again every 5 s for up to ``settle`` seconds while something fails (pods evicted by a
+    drain are being scheduled again, a restarted component is catching up); the last answer is kept."""
     from . import verify
 
-    rows = [dict(r, after=str(release.version)) for r in
-            verify.verify_api(params, kubeconfig, str(release.version)) + release_rows(params, kubeconfig, release.version)
-            + verify.verify_etcd(params, fleet)]
+    started = time.monotonic()
+    while True:
+        rows = [dict(r, after=str(release.version)) for r in
+                verify.verify_api(params, kubeconfig, str(release.version)) + release_rows(params, kubeconfig, release.version)
+                + verify.verify_etcd(params, fleet)]
+        bad = verify.failing(rows)
+        if not bad or time.monotonic() - started >= settle:
+            break
+        time.sleep(5)
     out.verified += rows
-    bad = verify.failing(rows)
-    on_line(f"verified at {release.version}: {len(rows) - len(bad)} of {len(rows)} checks pass")
+    waited = time.monotonic() - started
+    on_line(f"verified at {release.version}: {len(rows) - len(bad)} of {len(rows)} checks pass" + (f" (after {waited:.0f} s)" if waited >= 5 else ""))
     if bad:
         out.error = f"the cluster does not verify at {release.version}: " + "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
     return not bad
@@ -774,7 +807,7 @@ def _stopped(params, plan: UpgradePlan, out: UpgradeResult, kubeconfig: Path, at
 def verdict(plan: UpgradePlan, outcome_status: str, result: UpgradeResult | None, failed_checks: Sequence[str]) -> tuple[str, list[str]]:
     """*not ready* (blocked), *planned*, *cancelled*, *nothing to do* (already at the target and verified), *done* or *incomplete*."""
     problems = [*plan.blockers]
-    if result is not None and not result.ok:
+    if result is not None and not result.ok and not plan.blockers:
         problems += [result.error, result.resume]
     problems += list(failed_checks)
     if plan.blockers:

@@ -53,8 +53,9 @@ def test_skew(case):
     rows = upgrade.skew(as_versions(case["apiservers"]), as_versions(case["kubelets"]),
                         as_versions(case["controllers"]) if "controllers" in case else None,
                         V(case["kubectl"]) if case.get("kubectl") else None)
-    failed = [r["component"].removeprefix("kube-apiserver instances ") for r in rows if r["status"] == "fail"]
+    failed = [r["component"] for r in rows if r["status"] != "ok"]
     assert failed == case["fail"]
+    assert [r["status"] for r in rows if r["status"] != "ok"] == ["warn" if c == "kubectl" else "fail" for c in failed]
     assert all(r["fix"] for r in rows if r["status"] == "fail") and not any(r["fix"] for r in rows if r["status"] == "ok")
 
 
@@ -135,7 +136,7 @@ def test_rke2_plan_blocks_without_an_intermediate_release_artifacts_or_with_one_
     params = params_for(tmp_path, kubernetes__artifacts=same, kubernetes__upgrade_path=["v1.35.4"])
     running(monkeypatch, NodeVersion("cp1", V("v1.34.2"), **CP1), NodeVersion("w1", V("v1.34.2")))
     plan = upgrade.plan(params, state.kubeconfig_path(params))
-    assert plan.steps == [] and plan.blockers == [
+    assert plan.groups == [] and [s.command for s in plan.steps] == [None] and plan.blockers == [
         "kubernetes.upgrade_path[0].artifacts is not set: RKE2 v1.35.4 is installed from its air-gapped artifact folder "
         "(rke2.linux-amd64.tar.gz, sha256sum-amd64.txt, install.sh of that release); write kubernetes.upgrade_path[0] as "
         "{version: v1.35.4, artifacts: <folder>}"]
@@ -159,7 +160,7 @@ def test_a_downgrade_blocks_the_plan_and_a_cluster_at_the_target_plans_nothing(t
     params = params_for(tmp_path, kubernetes__version="v1.35.4", kubernetes__artifacts=artifacts(tmp_path / "a", "v1.35.4"))
     running(monkeypatch, NodeVersion("cp1", V("v1.36.3"), **CP1), NodeVersion("w1", V("v1.36.3")))
     plan = upgrade.plan(params, state.kubeconfig_path(params))
-    assert plan.steps == [] and "Kubernetes is not downgraded" in plan.blockers[0]
+    assert plan.groups == [] and "Kubernetes is not downgraded" in plan.steps[0].blocked
     running(monkeypatch, NodeVersion("cp1", V("v1.35.4"), **CP1), NodeVersion("w1", V("v1.35.4")))
     plan = upgrade.plan(params, state.kubeconfig_path(params))
     assert plan.blockers == [] and plan.steps == [] and plan.path == []
@@ -216,3 +217,12 @@ def test_verdicts():
     stopped = upgrade.UpgradeResult(error="w1: the drain stopped", resume="Stopped at w1 ...")
     assert upgrade.verdict(plan, "applied", stopped, []) == ("incomplete", ["w1: the drain stopped", "Stopped at w1 ..."])
     assert upgrade.verdict(upgrade.UpgradePlan(V("v1.36.3"), blockers=["x"]), "empty", None, []) == ("not ready", ["x"])
+
+
+@pytest.mark.parametrize("version", ["v1.35.4", "v1.36.3"])
+def test_the_lab_releases_are_ones_rke2_ships(tmp_path, version):
+    from runbooklib.kubernetes import lint
+
+    findings = lint.lint(params_for(tmp_path, kubernetes__version=version))
+    assert [f for f in findings if f.rule == "version-not-shipped"] == []
+    assert [f.rule for f in lint.lint(params_for(tmp_path, kubernetes__version="v1.30.14"))] == ["version-not-shipped", "etcd-quorum"]
