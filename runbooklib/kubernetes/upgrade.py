@@ -313,7 +313,7 @@ def path(nodes: Sequence[NodeVersion], target: Release, on_the_way: Sequence[Rel
                 f"no v1.{minor} release to go through: the path from {min(n.version for n in nodes)} ({', '.join(oldest)}) to "
                 f"{target.version} goes through every minor, and kubernetes.upgrade_path names none of v1.{minor}. Add the v1.{minor} "
                 f"release you will install, like `- {{version: v1.{minor}.N, artifacts: <its RKE2 artifact folder>}}` "
-                "(RKE1: `- v1.{minor}.N`)".replace("{minor}", str(minor)))
+                f"(RKE1: `- v1.{minor}.N`)")
         behind = [n for n in nodes if n.version < release.version]
         if not behind:
             continue
