@@ -166,10 +166,9 @@ class Run:
 
     # -- displays ----------------------------------------------------------------------------
     def table(self, rows: Sequence[Any], columns: Sequence[str] | None = None, title: str = "",
-              status: Callable[[int, str], str] | None = None, collapsed: bool = False) -> Table:
-        t = Table(rows, columns, title, self.redactor, status, collapsed)
-        show(t)
-        return t
+              status: Callable[[int, str], str] | None = None, collapsed: bool = False) -> None:
+        # shown, not returned: a table as a cell's last expression would otherwise be shown twice
+        show(Table(rows, columns, title, self.redactor, status, collapsed))
 
     def progress(self, iterable: Iterable | None = None, desc: str = "", total: int | None = None):
         return progress(iterable, desc=desc, total=total, headless=self.headless)

@@ -121,3 +121,13 @@ def test_a_stale_rollback_table_is_caught(tmp_path):
     nbformat.write(nb, tmp_path / "02.ipynb")
     assert stale_cells(tmp_path / "02.ipynb") == [0]
     assert sync(tmp_path / "02.ipynb") and stale_cells(tmp_path / "02.ipynb") == []
+
+
+def test_every_runbook_belongs_to_exactly_one_phase():
+    """A phase declares its runbooks (incident runbooks as ``incident/<name>``): the suite finds them there."""
+    from runbooklib.phases import phases
+
+    declared = [name for p in phases() for name in p.runbooks]
+    on_disk = sorted(str(p.relative_to(ROOT / "notebooks").with_suffix("")) for p in (ROOT / "notebooks").rglob("*.ipynb")
+                     if ".ipynb_checkpoints" not in p.parts)
+    assert sorted(declared) == on_disk and len(declared) == len(set(declared))

@@ -126,3 +126,18 @@ def test_scheduled_snapshots_keep_the_retention(tmp_path, monkeypatch):
         time.sleep(0.01)  # distinct modification times, the order retention goes by
     assert taken == [True, False, True, False, True, True]  # on the schedule, once per minute
     assert sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.iterdir()) == ["etcd-snapshot-cp1", "etcd-snapshot-cp1", "on-demand-cp1"]
+
+
+def test_registries_yaml_is_read_at_start_naming_hosts_never_a_password(tmp_path):
+    from runbooklab.kubernetes.rke2 import Log, node
+
+    out = io.StringIO()
+    path = tmp_path / "registries.yaml"
+    assert node.private_registries(Log(out), str(path)) == [] and out.getvalue() == ""  # none: nothing said
+    path.write_text("configs:\n  gcr.io:\n    auth: {username: _json_key, password: SECRETPASSWORD}\n  eu.gcr.io:\n    auth: {}\n")
+    assert node.private_registries(Log(out), str(path)) == ["eu.gcr.io", "gcr.io"]
+    assert f"Using private registry config file at {path}" in out.getvalue() and "SECRETPASSWORD" not in out.getvalue()
+    for bad in ("configs: [a, b]\n", "registries: {}\n", "configs: {a: [\n"):
+        path.write_text(bad)
+        with pytest.raises(Fatal, match="failed to parse private registries file"):
+            node.private_registries(Log(out), str(path))

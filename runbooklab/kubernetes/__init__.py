@@ -62,7 +62,7 @@ def install_tools(lab, actions: list[str], kubernetes_version: str | None = None
 
 
 def provision(lab, params, actions: list[str]) -> None:
-    """RKE1 sites: Docker on every cluster node, ``cluster.yml`` rendered by the product, ``rke`` and the tools.
+    """RKE1 sites: Docker on every cluster node and ELK VM, ``cluster.yml`` rendered by the product, ``rke`` and the tools.
     RKE2 sites: the lab's RKE2 artifact folder (``<lab>/rke2-artifacts``, and ``<lab>/rke2-artifacts/<version>/`` for each
     release the lab runs) and the tools; the runbook installs RKE2."""
     if is_rke2(params):
@@ -80,7 +80,8 @@ def provision(lab, params, actions: list[str]) -> None:
         return
     install_tools(lab, actions, params.kubernetes.version)
     for host in params.hosts:
-        if host.in_cluster and start_docker(lab, host.name):
+        # the old ELK VMs ran their stack in Docker (and join as workers in 10-capacity-fold-in)
+        if (host.in_cluster or "elk" in host.roles) and start_docker(lab, host.name):
             actions.append(f"{host.name}: started the Docker stand-in (lab simulation)")
     install_rke(lab, actions)
     cluster_yml = lab.root / "cluster.yml"

@@ -88,15 +88,7 @@ def apply_rke1(params, steps: list[Step], on_line: Callable[[str], None] = print
             out.error = step.blocked
             return out
         if step.operation == "cluster.yml":
-            path = d / state.CLUSTER_YML
-            if path.exists():
-                backup = path.with_name(state.CLUSTER_YML + ".runbook-bak")
-                backup.write_bytes(path.read_bytes())
-                backup.chmod(0o600)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(render_cluster_yml(params, version=version))
-            tmp.chmod(0o600)
-            os.replace(tmp, path)
+            state.write_cluster_yml(params, render_cluster_yml(params, version=version))
         elif step.operation == "rke up":
             out.exit_code = run_streaming(shlex.split(step.command), d, on_line, out.output)
             if out.exit_code != 0:

@@ -82,14 +82,18 @@ def classify(pod, delete_emptydir_data: bool = False) -> tuple[str, str, str]:
     return "evict", f"managed by {owner.kind} {owner.name}", ""
 
 
-def blockers(api, node: str, delete_emptydir_data: bool = False) -> list[dict]:
-    """What would stop a drain of ``node`` now (PodDisruptionBudgets show only when evicting)."""
-    out = []
+def preview(api, node: str, delete_emptydir_data: bool = False) -> list[dict]:
+    """What a drain of ``node`` would do with each of its pods now: ``{node, pod, action, reason, fix}``."""
+    rows = []
     for pod in pods_on(api, node):
         action, reason, fix = classify(pod, delete_emptydir_data)
-        if action == "block":
-            out.append({"pod": f"{pod.metadata.namespace}/{pod.metadata.name}", "reason": reason, "fix": fix})
-    return out
+        rows.append({"node": node, "pod": f"{pod.metadata.namespace}/{pod.metadata.name}", "action": action, "reason": reason, "fix": fix})
+    return rows
+
+
+def blockers(api, node: str, delete_emptydir_data: bool = False) -> list[dict]:
+    """What would stop a drain of ``node`` now (PodDisruptionBudgets show only when evicting)."""
+    return [{"pod": r["pod"], "reason": r["reason"], "fix": r["fix"]} for r in preview(api, node, delete_emptydir_data) if r["action"] == "block"]
 
 
 def drain(api, node: str, timeout: float, on_line: Callable[[str], object] | None = None,

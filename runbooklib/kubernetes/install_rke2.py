@@ -111,15 +111,9 @@ def _decoded(b64: str | None) -> str | None:
 def gather(params, fleet) -> tuple[dict[str, dict], dict[str, str]]:
     """Per cluster node: installed artifact, config checksum, the checksums of the join token and (servers) of the
     token they serve (never a token itself), services; and the unreachable hosts."""
-    hosts = [h for h in params.hosts if h.in_cluster]
-    results = fleet.run(FACTS, hosts=hosts, desc="rke2 facts")
-    facts, errors = {}, {}
-    for name, r in results.items():
-        if r.exit_code is None:
-            errors[name] = r.error
-        else:
-            facts[name] = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
-    return facts, errors
+    from ..phase.facts import gather_key_values
+
+    return gather_key_values(fleet, FACTS, [h for h in params.hosts if h.in_cluster], "rke2 facts")
 
 
 def plan_rke2(params, facts: dict[str, dict], errors: dict[str, str], artifacts: Artifacts) -> list[Step]:

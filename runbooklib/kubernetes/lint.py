@@ -116,6 +116,10 @@ RULES: dict[str, LintRule] = {r.name: r for r in (
     LintRule("rke2-first-server-needs-etcd",
              "RKE2 starts the cluster on the first server, and a control-plane node without etcd cannot be the first",
              "give the first control-plane host in inventory.hosts the etcd role too, or list one with both first"),
+    LintRule("nodes-leave-undrained",
+             "RKE1's rke up deletes a node that is no longer in cluster.yml at once, without a drain: its pods stop "
+             "wherever they were, PodDisruptionBudgets or not",
+             "take nodes out with 10-capacity-fold-in, which cordons and drains them first (or put them back in the parameters)"),
     LintRule("cluster-yml-unreadable",
              "a file lint cannot read is a file RKE reads differently from its author",
              "correct the file where named"),
@@ -298,7 +302,23 @@ def _changed(run: _Linting) -> None:
                     f"put back {made}, or rebuild the cluster (a new cluster, then move the workloads) to use {now}")
 
 
-CHECKS = (_end_of_life, _version, _network_plugin, _roles, _etcd, _ranges, _first_server, _flexvolume, _changed)
+def _leaving(run: _Linting) -> None:
+    if run.existing is None:
+        return
+    gone = [n.name for n in run.existing.nodes if n.name not in {m.name for m in run.spec.nodes}]
+    if not gone:
+        return
+    if run.spec.distribution == "rke1":
+        run.add("nodes-leave-undrained", run.at("roles"),
+                f"{', '.join(gone)} {'is' if len(gone) == 1 else 'are'} in the cluster but not here: rke up would delete "
+                f"{'it' if len(gone) == 1 else 'them'} without a drain")
+    else:  # the RKE2 bring-up never removes a node: say where that is done
+        run.add("nodes-leave-undrained", run.at("roles"),
+                f"{', '.join(gone)} {'is' if len(gone) == 1 else 'are'} in the cluster but not here; this bring-up leaves "
+                f"{'it' if len(gone) == 1 else 'them'} as {'it is' if len(gone) == 1 else 'they are'}", severity="warning")
+
+
+CHECKS = (_end_of_life, _version, _network_plugin, _roles, _etcd, _ranges, _first_server, _flexvolume, _changed, _leaving)
 
 
 def blocking(findings) -> list[str]:

@@ -118,3 +118,17 @@ def keep_rke2_config(params, node: str, text: str) -> None:
     folder = state_dir(params, create=True) / RKE2_CONFIGS
     folder.mkdir(mode=0o700, exist_ok=True)
     (folder / f"{node}.yaml").write_text(text)
+
+
+def write_cluster_yml(params, text: str) -> Path:
+    """Write RKE1's cluster.yml into the state folder (0600, atomically), the previous one kept as ``cluster.yml.runbook-bak``."""
+    path = state_dir(params, create=True) / CLUSTER_YML
+    if path.exists():
+        backup = path.with_name(CLUSTER_YML + ".runbook-bak")
+        backup.write_bytes(path.read_bytes())
+        backup.chmod(0o600)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
+    return path

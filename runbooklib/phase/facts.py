@@ -130,3 +130,15 @@ class FactSet:
             else:
                 errors[name] = result.error
         return Gathered(facts, errors, fact_errors)
+
+
+def gather_key_values(fleet, command: str, hosts, desc: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """Run ``command`` (which prints ``key=value`` lines) on ``hosts``: the values per host, and the hosts that did not answer."""
+    facts: dict[str, dict[str, str]] = {}
+    errors: dict[str, str] = {}
+    for name, r in fleet.run(command, hosts=hosts, desc=desc).items():
+        if r.exit_code is None:
+            errors[name] = r.error
+        else:
+            facts[name] = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    return facts, errors

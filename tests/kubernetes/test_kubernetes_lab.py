@@ -101,3 +101,106 @@ def test_a_changed_service_range_is_refused_before_anything_runs(lab, archive, t
     assert any(p.startswith("lint cluster-range-changed:") for p in problems), problems
     assert (lab.root / "kubernetes" / "cluster.yml").read_text() == before
     os.remove(changed)
+
+
+# -- 10-capacity-fold-in on the same cluster: the three ELK VMs join as workers, w5 leaves ------------
+
+def kubectl(lab, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    kubeconfig = lab.root / "kubernetes" / "kube_config_cluster.yml"
+    done = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True, input=stdin, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def fold_in_params(lab, **kubernetes) -> Path:
+    """The lab's parameters after the fold-in edit (as params/lab-fold-in.yaml is to params/lab.yaml)."""
+    data = yaml.safe_load(Path(lab.params_file).read_text())
+    data["inventory"]["hosts"] = [dict(h, roles=[*h["roles"], "worker"]) if "elk" in h["roles"] else h
+                                  for h in data["inventory"]["hosts"] if h["name"] != "w5"]
+    data["kubernetes"].update(kubernetes)
+    path = lab.root / "params-fold-in.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run10(lab, archive, params, *extra):
+    return runbook("--archive", str(archive), "run", "notebooks/10-capacity-fold-in.ipynb", "--params", str(params), *extra)
+
+
+def test_fold_in_joins_the_elk_vms_and_a_blocked_drain_removes_nothing(lab, archive):
+    baseline = runbook("--archive", str(archive), "run", "notebooks/02-vm-baseline.ipynb", "--params", str(fold_in_params(lab)), "--apply")
+    assert baseline.returncode == 0, baseline.stderr[-3000:]  # the ELK VMs get the cluster hosts' baseline
+    kubectl(lab, "create", "deployment", "web", "--image=registry.lab.invalid/web:1", "--replicas=6")
+    kubectl(lab, "rollout", "status", "deployment/web", "--timeout=60s")
+    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hand-made", "namespace": "default"},
+            "spec": {"nodeName": "w5", "containers": [{"name": "c", "image": "registry.lab.invalid/tool:1"}]}}
+    kubectl(lab, "apply", "-f", "-", stdin=json.dumps(bare))
+
+    plan = run10(lab, archive, fold_in_params(lab))  # a blocked step in the plan: the verdict says so
+    assert plan.returncode == 4, plan.stderr[-3000:]
+    assert manifest(plan.stdout)["verdict"]["verdict"] == "not ready" and manifest(plan.stdout)["changes"] == []
+    assert "default/hand-made" in plan.stderr and "no controller manages it" in plan.stderr
+
+    blocked = run10(lab, archive, fold_in_params(lab), "--apply")
+    assert blocked.returncode == 4, blocked.stderr[-3000:]
+    m = manifest(blocked.stdout)
+    assert m["verdict"]["verdict"] == "incomplete"
+    assert [c["operation"] for c in m["changes"]] == ["cluster.yml (join)", "rke up --update-only"]  # the joins, and nothing of w5
+    assert any("default/hand-made" in p and "no controller manages it" in p for p in m["verdict"]["problems"]), m["verdict"]
+    nodes = kubectl(lab, "get", "nodes", "--no-headers").stdout
+    roles = {line.split()[0]: (line.split()[1], line.split()[2]) for line in nodes.splitlines()}
+    assert {n: roles[n] for n in ("elk1", "elk2", "elk3", "w5")} == {
+        "elk1": ("Ready", "worker"), "elk2": ("Ready", "worker"), "elk3": ("Ready", "worker"), "w5": ("Ready", "worker")}
+
+
+def test_a_disruption_budget_stops_the_drain_at_its_timeout_naming_the_pods(lab, archive):
+    kubectl(lab, "delete", "pod", "hand-made", "--wait=false")
+    kubectl(lab, "create", "poddisruptionbudget", "web", "--selector=app=web", "--max-unavailable=0")
+    on_w5 = kubectl(lab, "get", "pods", "-l", "app=web", "--field-selector=spec.nodeName=w5", "-o", "name").stdout.split()
+    assert on_w5, "the scheduler put none of web's six pods on w5; the drain would have nothing to evict"
+    stopped = run10(lab, archive, fold_in_params(lab, drain_timeout_seconds=10), "--apply")
+    assert stopped.returncode == 4, stopped.stderr[-3000:]
+    m = manifest(stopped.stdout)
+    assert [c["operation"] for c in m["changes"]] == []
+    problem = next(p for p in m["verdict"]["problems"] if p.startswith("w5: drain stopped, nothing removed"))
+    assert all(pod.removeprefix("pod/") in problem for pod in on_w5) and "PodDisruptionBudget" in problem, problem
+    assert "SchedulingDisabled" in kubectl(lab, "get", "node", "w5", "--no-headers").stdout  # cordoned, still there
+
+
+def test_the_drain_then_removes_w5_and_the_capacity_figure_is_archived(lab, archive):
+    kubectl(lab, "delete", "poddisruptionbudget", "web")
+    done = run10(lab, archive, fold_in_params(lab), "--apply")
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = manifest(done.stdout)
+    assert m["verdict"]["verdict"] == "done", m["verdict"]
+    assert [(c["host"], c["operation"]) for c in m["changes"]] == [
+        ("w5", "drain"), ("cluster lab", "cluster.yml (leave)"), ("cluster lab", "rke up --update-only")]
+    nodes = kubectl(lab, "get", "nodes", "--no-headers").stdout
+    assert sorted(line.split()[0] for line in nodes.splitlines()) == ["cp1", "cp2", "cp3", "elk1", "elk2", "elk3", "w1", "w2", "w3", "w4"]
+    placed = kubectl(lab, "get", "pods", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{'\\n'}{end}")
+    pods = [line.split() for line in placed.stdout.splitlines()]
+    assert len(pods) == 6 and all(node != "w5" and phase == "Running" for node, phase in pods), pods
+    # the figure (before and after, per node) is in the archived notebook, as a PNG
+    record = Path(next(line.split("record:", 1)[1].strip() for line in done.stdout.splitlines() if "record:" in line))
+    cells = json.loads(record.read_text())["cells"]
+    figures = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(figures) == 1
+    assert "TOTAL (schedulable workers)" in done.stderr and "7 node(s)" in done.stderr
+
+    again = run10(lab, archive, fold_in_params(lab), "--apply")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert manifest(again.stdout)["changes"] == [] and "Membership: 0 join, 0 leave, 10 stay" in again.stderr
+
+
+def test_registry_access_on_rke1_is_a_pull_secret_attached_to_the_default_account(lab, archive):
+    done = runbook("--archive", str(archive), "run", "notebooks/04-registry-access.ipynb", "--params", str(fold_in_params(lab)), "--apply")
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = manifest(done.stdout)
+    assert m["verdict"]["verdict"] == "done" and [c["operation"] for c in m["changes"]] == ["pull secret", "service account"]
+    secret = json.loads(kubectl(lab, "get", "secret", "gcr-pull", "-o", "json").stdout)
+    account = json.loads(kubectl(lab, "get", "serviceaccount", "default", "-o", "json").stdout)
+    assert secret["type"] == "kubernetes.io/dockerconfigjson" and account["imagePullSecrets"] == [{"name": "gcr-pull"}]
+    key = (lab.root / "secrets" / "registry-key.json").read_text().strip()
+    config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    assert config["auths"]["europe-docker.pkg.dev"]["password"] == key
+    assert all(key not in p.read_text(errors="replace") for p in archive.rglob("*") if p.is_file())

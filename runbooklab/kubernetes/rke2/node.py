@@ -79,6 +79,36 @@ def prepare(cfg, log, version: str) -> None:
         raise Fatal(f"failed to find the images of Kubernetes {version}: {e}") from None
     for warning in cfg.warnings:
         log.warn(warning)
+    private_registries(log)
+
+
+REGISTRIES_FILE = "/etc/rancher/rke2/registries.yaml"
+
+
+def private_registries(log, path: str = REGISTRIES_FILE) -> list[str]:
+    """RKE2 reads ``registries.yaml`` when it starts (only then: a new file needs a restart) and fails on one it cannot parse.
+
+    RKE2 renders it into containerd's configuration; no containerd runs here (LAB SIMULATION), so the
+    stand-in checks its shape and says which registries it would log in to: never a credential.
+    """
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise Fatal(f"failed to read private registries file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise Fatal(f"failed to parse private registries file {path}: {type(e).__name__}") from None
+    if not isinstance(data, dict) or not set(data) <= {"mirrors", "configs"} or not all(isinstance(v, dict) for v in data.values()):
+        raise Fatal(f"failed to parse private registries file {path}: expected the mappings mirrors and configs")
+    hosts = sorted(data.get("configs") or {})
+    log.info(f"Using private registry config file at {path}")
+    log.info(f"Private registry logins for {', '.join(hosts) or 'no host'} (LAB SIMULATION: no containerd runs, nothing is pulled)")
+    return hosts
 
 
 def write_files(node: Node, version: str, api_port: int = API_PORT) -> None:
