@@ -31,6 +31,7 @@ def lab(tmp_path_factory):
     with running_lab(tmp_path_factory.mktemp("rkeupgrade"), "rbrku", "10.94.0.0/24", profile="small") as lab:
         data = yaml.safe_load(lab.params_file.read_text())
         data["kubernetes"].update(distribution="rke1", version=OLD, ignore_docker_version=True)
+        data.pop("registry", None)  # the small lab's registry settings are RKE2's (registries.yaml): not this test's business
         path = lab.root / "params-rke1.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         provision(lab, parse_params(path.read_text(), str(path), source=path), [])  # what `lab up` does for an RKE1 site
