@@ -31,7 +31,8 @@ The steps, per distribution (an etcd snapshot first in both):
 - RKE2: ``rke2 etcd-snapshot save --name pre-upgrade-<target>`` on the first etcd server; then per
   node, the release's air-gapped artifacts copied and installed with ``install.sh`` (checksums checked
   here and again by the installer), ``systemctl restart rke2-server|rke2-agent``, and the node waited
-  for until it is Ready at the new release (a server's own API server too). Nodes with the worker role
+  for until its kubelet's lease is renewed after the restart and the Node is Ready at the new release
+  (a server's own API server too). Nodes with the worker role
   are cordoned and drained first (:mod:`.drain`) and uncordoned after; a node this runbook cordons is
   annotated :data:`CORDONED`, so that a run that stopped after the drain uncordons it when resumed,
   and a node someone else cordoned stays cordoned.
@@ -716,37 +717,50 @@ def _uncordon(client, api, name: str, on_line) -> HostResult:
 
 
 def wait_upgraded(fleet, host, kubeconfig: Path, version: Version, timeout: float) -> str:
-    """Until the node's service is active and its Node Ready at ``version`` (a control-plane node: its own API server too).
-
-    '' when it is; else why not, naming the node and where to look.
-    """
+    """Until the node is back at ``version``: its service active, its kubelet's lease renewed after the restart (later than the
+    first renewal the API shows once the restart returned: the old kubelet is gone by then), its Node Ready and reporting
+    ``version``, and on a control-plane node its own API server answering with ``version``. '' when it is; else why not."""
     from . import verify
 
     server = bool({"etcd", "controlplane"} & set(host.roles))
     service = "rke2-server" if server else "rke2-agent"
     deadline = time.monotonic() + timeout
+    first: str | None = None
     last = "the service did not become active"
     while time.monotonic() < deadline:
         if fleet.run_on(host, f"systemctl is-active -q {service}").ok:
             try:
-                client, api = verify.api_client(kubeconfig)
-                if "controlplane" in host.roles:
-                    api.configuration.host = f"https://{host.address}:6443"  # this server's own API server (its address is in the certificate)
-                    own = Version.parse(client.VersionApi(api).get_code().git_version)
-                    if own != version:
-                        raise RunbookError(f"its API server reports {own}")
-                    client, api = verify.api_client(kubeconfig)
-                node = client.CoreV1Api(api).read_node(host.name)
-                have = Version.parse(node.status.node_info.kubelet_version)
-                ready = {c.type: c.status for c in (node.status.conditions or [])}.get("Ready")
-                if have == version and ready == "True":
+                renewed, last = _upgraded(verify, kubeconfig, host, version, first)
+                first = renewed if first is None else first
+                if not last:
                     return ""
-                last = f"the Node reports {have}, Ready={ready}"
             except Exception as e:  # the API is restarting: keep waiting, remember why
                 last = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         time.sleep(2)
-    return (f"{host.name} not Ready at {version} within {timeout:g} s ({last}); see `systemctl status {service}` and "
+    return (f"{host.name} not back at {version} within {timeout:g} s ({last}); see `systemctl status {service}` and "
             f"/var/log/pods on {host.name}; are the artifacts those of {version}?")
+
+
+def _upgraded(verify, kubeconfig: Path, host, version: Version, first: str | None) -> tuple[str | None, str]:
+    """The lease's last renewal (None before the API server answers), and '' when the node is back at ``version`` or what is missing."""
+    client, api = verify.api_client(kubeconfig)
+    try:
+        if "controlplane" in host.roles:
+            api.configuration.host = f"https://{host.address}:6443"  # this server's own API server (its address is in the certificate)
+            own = Version.parse(client.VersionApi(api).get_code().git_version)
+            if own != version:
+                return None, f"its API server reports {own}"
+        node = client.CoreV1Api(api).read_node(host.name)
+        renewed = str(client.CoordinationV1Api(api).read_namespaced_lease(host.name, "kube-node-lease").spec.renew_time or "")
+    finally:
+        api.close()
+    have = Version.parse(node.status.node_info.kubelet_version)
+    ready = {c.type: c.status for c in (node.status.conditions or [])}.get("Ready")
+    if first is None or renewed == first:
+        return renewed, f"its kubelet's lease not renewed since the restart (last {renewed or 'never'}); the Node reports {have}, Ready={ready}"
+    if have != version or ready != "True":
+        return renewed, f"the Node reports {have}, Ready={ready}"
+    return renewed, ""
 
 
 def release_rows(params, kubeconfig: Path, version: Version) -> list[dict]:
