@@ -21,7 +21,7 @@ temporary directory, then renamed).  Go's own GOMODCACHE and GOCACHE are used as
     python3 build.py                      # build what is missing, one line per component
     python3 build.py --check              # exit 0 iff every binary is present
     python3 build.py --list               # "<binary> <path>" for each binary
-    python3 build.py --kubernetes-version v1.35.4 kubernetes   # a second minor, on demand
+    python3 build.py --kubernetes-version v1.34.7 kubernetes   # another release, on demand
     python3 build.py --pin-kubernetes v1.36.3  # rewrite kubernetes/go.mod (+ go mod tidy)
 
 Python 3.11, standard library only.
@@ -187,7 +187,7 @@ def kubernetes_moddir(version: str | None) -> Path:
         return HERE / f"kubernetes-{version}"
     if not re.fullmatch(r"v1\.\d+\.\d+(-[0-9A-Za-z.-]+)?", version):
         raise SystemExit(f"kbin: --kubernetes-version must look like v1.35.4, not {version!r}")
-    # A second minor for upgrade rehearsals: its module lives in the cache, not in the checkout.
+    # A release on demand (not one of the lab's): its module lives in the cache, not in the checkout.
     moddir = cache_root() / ".modules" / f"kubernetes-{version}"
     if not (moddir / "go.sum").exists():
         log(f"kubernetes {version}: writing its module in {moddir} (replace lines from its own go.mod)")

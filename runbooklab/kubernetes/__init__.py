@@ -63,7 +63,8 @@ def install_tools(lab, actions: list[str], kubernetes_version: str | None = None
 
 def provision(lab, params, actions: list[str]) -> None:
     """RKE1 sites: Docker on every cluster node and ELK VM, ``cluster.yml`` rendered by the product, ``rke`` and the tools.
-    RKE2 sites: the lab's RKE2 artifact folder (``<lab>/rke2-artifacts``) and the tools; the runbook installs RKE2."""
+    RKE2 sites: the lab's RKE2 artifact folder (``<lab>/rke2-artifacts``, and ``<lab>/rke2-artifacts/<version>/`` for each
+    release the lab runs) and the tools; the runbook installs RKE2."""
     if is_rke2(params):
         from . import parts
         from .rke2 import artifact
@@ -73,6 +74,7 @@ def provision(lab, params, actions: list[str]) -> None:
             artifact.build(lab.root, actions)
         except parts.PartMissing as e:
             actions.append(f"no RKE2 artifact: {e}")
+        artifact.build_releases(lab.root, actions)  # one folder per release, for upgrades and older clusters
         return
     if not is_rke1(params):
         return

@@ -670,7 +670,9 @@ def register_node(api: ApiClient, n: NodeSpec, spec: ClusterSpec, taints: list[d
 
     RKE1 (``taints`` None): RKE's taints, brought in line on every run. Given ``taints`` are set at
     registration only, as a kubelet's ``--register-with-taints`` (a node may not change its own taints
-    later: NodeRestriction); an existing Node then gets only its labels brought in line.
+    later: NodeRestriction); an existing Node then gets only its labels brought in line. An existing
+    Node's kubelet and kube-proxy versions are set to the release starting now, as a kubelet of a new
+    release reports them (an upgrade).
     """
     obj = node_object(n, spec, taints, annotations)
     code, body = api.request("POST", "/api/v1/nodes", obj)
@@ -688,6 +690,13 @@ def register_node(api: ApiClient, n: NodeSpec, spec: ClusterSpec, taints: list[d
     code, body = api.request("PATCH", f"/api/v1/nodes/{n.name}", patch, "application/merge-patch+json")
     if code != 200:
         raise ClusterError(f"cannot update node {n.name}: {body.get('message')}")
+    # a kubelet of another release (an upgrade) reports its version in the Node's status when it starts; KWOK keeps what is set
+    versions = {key: obj["status"]["nodeInfo"][key] for key in ("kubeletVersion", "kubeProxyVersion")}
+    if {key: (body.get("status", {}).get("nodeInfo") or {}).get(key) for key in versions} != versions:
+        code, body = api.request("PATCH", f"/api/v1/nodes/{n.name}/status", {"status": {"nodeInfo": versions}},
+                                 "application/merge-patch+json")
+        if code != 200:
+            raise ClusterError(f"cannot set the version of node {n.name}: {body.get('message')}")
     return False
 
 

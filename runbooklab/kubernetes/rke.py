@@ -11,6 +11,10 @@ runs), and writes ``kube_config_cluster.yml`` and ``cluster.rkestate`` beside ``
 later ``rke up`` adds and removes nodes as the file now says; ``--update-only`` touches workers only.
 The Kubernetes version is cluster.yml's ``kubernetes_version`` (without RKE's ``-rancher`` suffix);
 a version the lab has not built fails as an image RKE cannot pull, with the command that builds it.
+A new version on an existing cluster is an upgrade: the control-plane nodes restart with the new
+release one at a time (RKE's ``max_unavailable_controlplane: 1``), each waited for, and every Node
+reports the new release. No kubelet runs and nothing runs in pods, so the stand-in neither restarts
+kubelets nor drains workers (LAB SIMULATION: ``upgrade_strategy`` is accepted, its drain not performed).
 
     rke up [--config cluster.yml] [--update-only]
     rke remove [--config cluster.yml] [--force]
@@ -326,7 +330,18 @@ def cmd_up(args, log: Log) -> None:
                 lab_etcd.wait_healthy(fleet, hosts, spec)
                 log.info("[etcd] Successfully started etcd plane.. Checking etcd cluster health")
                 log.info("[controlplane] Building up Controller Plane..")
-                _each(fleet, hosts, cp_nodes, lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name], "controlplane"))
+                if state is None:
+                    _each(fleet, hosts, cp_nodes, lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name], "controlplane"))
+                else:  # an update (an upgrade among them): one control-plane node at a time, as max_unavailable_controlplane 1
+                    before = k8s_version(state["currentState"]["rkeConfig"])
+                    if before != spec.kubernetes:
+                        log.info(f"[controlplane] Upgrading the control plane from {before} to {spec.kubernetes}, one node at a time")
+                    for n in cp_nodes:
+                        for done in _each(fleet, hosts, [n], lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name],
+                                                                                                   "controlplane")).values():
+                            if done:
+                                log.info(f"[controlplane] {n.name}: {', '.join(done)}")
+                        lab_cluster.wait_ready(lab_cluster.ApiClient([f"https://{n.address}:{lab_cluster.API_PORT}"], pki))
             lab_cluster.wait_ready(api)
             lab_cluster.ensure_namespaces(api)
             lab_cluster.ensure_kwok_role(api)

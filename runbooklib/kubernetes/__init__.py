@@ -10,4 +10,4 @@ from ..phase import Phase
 from .settings import Kubernetes, rules
 
 PHASE = Phase(name="kubernetes", title="Kubernetes cluster", section="kubernetes", model=Kubernetes, rules=rules,
-              runbooks=("03-kubernetes-cluster", "10-capacity-fold-in", "incident/etcd-snapshot-restore"), after=("vm",))
+              runbooks=("03-kubernetes-cluster", "10-capacity-fold-in", "11-upgrade", "incident/etcd-snapshot-restore"), after=("vm",))

@@ -76,8 +76,11 @@ class BringUp:
 
 
 def apply_rke1(params, steps: list[Step], on_line: Callable[[str], None] = print,
-               on_change: Callable[[Step], object] | None = None) -> BringUp:
-    """Carry out the planned steps in order; the first failure stops (rke up after a failed write makes no sense)."""
+               on_change: Callable[[Step], object] | None = None, version: str | None = None) -> BringUp:
+    """Carry out the planned steps in order; the first failure stops (rke up after a failed write makes no sense).
+
+    ``version``: the release cluster.yml is written with, if not ``kubernetes.version`` (an upgrade's step).
+    """
     out = BringUp()
     d = state.state_dir(params, create=True)
     for step in steps:
@@ -85,7 +88,7 @@ def apply_rke1(params, steps: list[Step], on_line: Callable[[str], None] = print
             out.error = step.blocked
             return out
         if step.operation == "cluster.yml":
-            state.write_cluster_yml(params, render_cluster_yml(params))
+            state.write_cluster_yml(params, render_cluster_yml(params, version=version))
         elif step.operation == "rke up":
             out.exit_code = run_streaming(shlex.split(step.command), d, on_line, out.output)
             if out.exit_code != 0:
@@ -116,7 +119,8 @@ def plan(params, fleet, converged: Callable[[], bool], blockers: Sequence[str] =
          not_ready: dict[str, str] | None = None) -> list[Step]:
     """The bring-up plan for the parameters' distribution.
 
-    ``blockers`` (lint errors) block everything. ``not_ready`` (host -> why) blocks everything on RKE1,
+    ``blockers`` (lint errors) block everything, and so does a running cluster at another release than
+    ``kubernetes.version`` (an upgrade: runbook 11). ``not_ready`` (host -> why) blocks everything on RKE1,
     whose ``rke up`` needs every node; on RKE2 it blocks those nodes alone (their steps become one
     blocked step each), unless it names the first server, without which no node can join.
     """
@@ -126,6 +130,11 @@ def plan(params, fleet, converged: Callable[[], bool], blockers: Sequence[str] =
         blockers = [*blockers, *(f"{h}: {why}" for h, why in not_ready.items())]
     if blockers:
         return [Step(where, "bring-up", "nothing until the blockers are fixed", None, blocked="; ".join(blockers))]
+    from .upgrade import version_change
+
+    change = version_change(params)  # a new release on a running cluster is an upgrade: never all nodes at once
+    if change:
+        return [Step(where, "bring-up", "nothing: the cluster runs another release", None, blocked=change)]
     if params.kubernetes.distribution == "rke1":
         return plan_rke1(params, converged)
     from . import install_rke2, rke2

@@ -54,17 +54,22 @@ class Artifacts:
     files: tuple[str, ...]  # what is copied to every node
 
 
-def load_artifacts(params) -> Artifacts:
-    """The artifact folder, every file its checksum file lists verified here, before any node sees it."""
-    given = params.kubernetes.artifacts
+def load_artifacts(params, given: str | None = None, field: str = "kubernetes.artifacts") -> Artifacts:
+    """The artifact folder, every file its checksum file lists verified here, before any node sees it.
+
+    ``given`` and ``field``: another release's folder and the parameter naming it (an upgrade's
+    intermediate release, ``kubernetes.upgrade_path[i].artifacts``); default ``kubernetes.artifacts``.
+    """
+    if given is None and field == "kubernetes.artifacts":
+        given = params.kubernetes.artifacts
     if not given:
-        raise RunbookError(f"{params.source}: kubernetes.artifacts is not set; RKE2 is installed air-gapped from a folder "
+        raise RunbookError(f"{params.source}: {field} is not set; RKE2 is installed air-gapped from a folder "
                            f"holding {TARBALL}, {SUMS} and {INSTALLER} (from RKE2's release page, copied in-country)")
     folder = Path(given).expanduser()
     folder = folder if folder.is_absolute() else (params.source_dir / folder).resolve()
     missing = [n for n in (TARBALL, SUMS, INSTALLER) if not (folder / n).is_file()]
     if missing:
-        raise RunbookError(f"{params.source}: kubernetes.artifacts {folder} lacks {', '.join(missing)}; copy RKE2's release "
+        raise RunbookError(f"{params.source}: {field} {folder} lacks {', '.join(missing)}; copy RKE2's release "
                            "files for this version there")
     sums = {}
     for line in (folder / SUMS).read_text().splitlines():

@@ -11,11 +11,14 @@ carries every field of the spec; it also carries what the spec does not (each no
 are ``services.etcd.backup_config`` (``interval_hours`` and ``retention``, a count, as the spec has
 them: RKE's documented form since v0.2, which rke-tools runs as ``--creation=<N>h
 --retention=<count x N>h``), with ``snapshot: true``, which starts the rolling snapshot container;
-the reader also takes the legacy ``creation``/``retention`` durations of older files.
+the reader also takes the legacy ``creation``/``retention`` durations of older files. ``upgrade_strategy``
+says how ``rke up`` upgrades nodes: control-plane nodes one at a time, workers
+``upgrade_worker_batch`` at a time, each drained first (with the spec's drain timeout).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -55,13 +58,15 @@ RKE_DEFAULTS = {"cluster_cidr": str(CLUSTER_CIDR), "service_range": str(SERVICE_
                 "cluster_domain": CLUSTER_DOMAIN, "plugin": "canal", "creation": "12h", "retention": "72h", "name": "local"}
 
 
-def render_cluster_yml(source, ssh_key_path: str | Path | None = None, *, ignore_docker_version: bool | None = None) -> str:
+def render_cluster_yml(source, ssh_key_path: str | Path | None = None, *, ignore_docker_version: bool | None = None,
+                       version: str | None = None) -> str:
     """cluster.yml for a :class:`ClusterSpec` or a parameter file (its Kubernetes nodes, in inventory order).
 
     ``source``: a parameter file (``Params``) or a spec. ``ssh_key_path``: the key RKE uses on every
     node; for a parameter file it defaults to ``ssh.key``, a spec needs it given (a spec holds no
     SSH key). ``ignore_docker_version``: RKE's Docker version check; the parameter file's setting
-    by default, else off.
+    by default, else off. ``version``: the Kubernetes release to write instead of the spec's (an
+    upgrade's intermediate step).
     """
     if isinstance(source, ClusterSpec):
         spec, header = source, f"# cluster.yml for cluster {source.name}, rendered by runbooklib.\n"
@@ -74,6 +79,8 @@ def render_cluster_yml(source, ssh_key_path: str | Path | None = None, *, ignore
         if ignore_docker_version is None:
             ignore_docker_version = source.kubernetes.ignore_docker_version
     key = str(ssh_key_path)
+    if version is not None:
+        spec = dataclasses.replace(spec, version=version)
     config = {
         "cluster_name": spec.name,
         "kubernetes_version": f"{spec.version}{RKE_VERSION_SUFFIX}",
@@ -82,6 +89,7 @@ def render_cluster_yml(source, ssh_key_path: str | Path | None = None, *, ignore
         "network": {"plugin": spec.cni},
         "authentication": {"strategy": "x509", **({"sans": list(spec.tls_san)} if spec.tls_san else {})},
         "authorization": {"mode": "rbac"},
+        "upgrade_strategy": _upgrade_strategy(spec),
     }
     if spec.system_default_registry:
         # is_default: RKE pulls every system image from it (the RKE1 form of RKE2's system-default-registry)
@@ -90,6 +98,13 @@ def render_cluster_yml(source, ssh_key_path: str | Path | None = None, *, ignore
     config["ssh_key_path"] = key
     header += "# Keep it with cluster.rkestate: every later `rke up` needs both.\n"
     return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def _upgrade_strategy(spec: ClusterSpec) -> dict:
+    # RKE's types take the counts as strings (an integer or a percentage); drain as kubectl drain does
+    return {"max_unavailable_controlplane": "1", "max_unavailable_worker": str(spec.upgrade_worker_batch), "drain": True,
+            "node_drain_input": {"ignore_daemonsets": True, "delete_local_data": spec.drain_delete_emptydir_data,
+                                 "grace_period": -1, "timeout": spec.drain_timeout_seconds}}
 
 
 def _node(n: NodeSpec, key: str) -> dict:
@@ -144,6 +159,7 @@ def read_cluster_yml(text: str, source: str = "cluster.yml") -> ClusterSpec:
                   for i, r in enumerate(list_at(data.get("private_registries"), source, "private_registries"))]
     default_registry = next((str(r["url"]) for r in registries if r.get("is_default") and r.get("url")), None)
     authentication = mapping_at(data.get("authentication"), source, "authentication")
+    batch, drain_timeout, emptydir = _upgrade(mapping_at(data.get("upgrade_strategy"), source, "upgrade_strategy"), source)
     return ClusterSpec(
         name=str(data.get("cluster_name") or RKE_DEFAULTS["name"]),
         distribution="rke1",
@@ -161,7 +177,25 @@ def read_cluster_yml(text: str, source: str = "cluster.yml") -> ClusterSpec:
         tls_san=extra_names([str(s) for s in list_at(authentication.get("sans"), source, "authentication.sans")], nodes),
         kubelet_extra_args=tuple((str(k), str(v)) for k, v in
                                  mapping_at(kubelet.get("extra_args"), source, "services.kubelet.extra_args").items()),
+        upgrade_worker_batch=batch, drain_timeout_seconds=drain_timeout, drain_delete_emptydir_data=emptydir,
     )
+
+
+def _upgrade(strategy: dict, source: str) -> tuple[int, int, bool]:
+    """(workers at a time, drain timeout, emptyDir data may go) from ``upgrade_strategy``; RKE's defaults where absent.
+
+    RKE's default batch is 10% of the workers (at least one): a percentage is read as one, the batch it
+    gives on a small cluster. Its default drain timeout is 120 s.
+    """
+    raw = str(strategy.get("max_unavailable_worker", "10%"))
+    drain = mapping_at(strategy.get("node_drain_input"), source, "upgrade_strategy.node_drain_input")
+    try:
+        batch = 1 if raw.endswith("%") else int(raw)
+        timeout = int(drain.get("timeout", 120))
+    except ValueError:
+        raise ClusterFileError(source, "upgrade_strategy", "max_unavailable_worker must be a whole number or a percentage, "
+                                                           "node_drain_input.timeout a whole number of seconds") from None
+    return batch, timeout, bool(drain.get("delete_local_data", False))
 
 
 def _read_node(raw, source: str, at: str) -> NodeSpec:

@@ -13,7 +13,8 @@ which the install step writes from there.
 Round trip: ``read_rke2_configs(render_rke2_configs(spec))`` gives ``spec`` back except for what a
 config cannot carry (:data:`NOT_CARRIED`): the cluster name, the Kubernetes version (chosen by the
 installer, ``INSTALL_RKE2_VERSION``) and each node's SSH user and port; the reader takes those as
-arguments. A server without the worker role gets the taint :data:`SERVER_ONLY_TAINT`, as RKE2
+arguments (how nodes are upgraded is the runbook's business, not a config's: the reader gives the
+defaults). A server without the worker role gets the taint :data:`SERVER_ONLY_TAINT`, as RKE2
 documents for keeping workloads off servers; the reader turns it back into "no worker role".
 """
 
@@ -49,7 +50,8 @@ JOIN_PORT = 9345
 SERVER_ONLY_TAINT = "CriticalAddonsOnly=true:NoExecute"
 # the CNIs RKE2 ships (docs.rke2.io, networking): anything else is a lint error, never a silent swap
 CNIS: tuple[str, ...] = ("canal", "calico", "cilium", "flannel", "none")
-NOT_CARRIED: tuple[str, ...] = ("name", "version", "nodes[].user", "nodes[].port")
+NOT_CARRIED: tuple[str, ...] = ("name", "version", "nodes[].user", "nodes[].port", "upgrade_worker_batch", "drain_timeout_seconds",
+                                 "drain_delete_emptydir_data")
 # RKE2's own defaults, for what a config leaves out
 _DEFAULTS = {"cluster-cidr": str(CLUSTER_CIDR), "service-cidr": str(SERVICE_CIDR), "cluster-dns": str(CLUSTER_DNS),
              "cluster-domain": CLUSTER_DOMAIN, "cni": "canal", "etcd-snapshot-schedule-cron": "0 */12 * * *",

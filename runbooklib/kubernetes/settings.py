@@ -11,7 +11,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from ..errors import Problem
 from ..schema import Country, Name, Section, need_host, need_role
@@ -78,9 +78,25 @@ class EtcdBackup(Section):
     restore: Optional[Annotated[str, AfterValidator(_snapshot_name)]] = None
 
 
+def _release(value):
+    # `- v1.35.4` is short for `- {version: v1.35.4}` (RKE1 needs no more: rke pulls the release's images)
+    return {"version": value} if isinstance(value, str) else value
+
+
+VERSION_PATTERN = r"^v1\.\d+\.\d+$"
+
+
+class UpgradeRelease(Section):
+    """An intermediate release of an upgrade path: the one patch release of its minor the cluster goes through."""
+
+    version: Annotated[str, Field(pattern=VERSION_PATTERN)]
+    # RKE2: that release's air-gapped files (tarball, checksums, install.sh), relative to the parameter file
+    artifacts: Optional[str] = None
+
+
 class Kubernetes(Section):
     distribution: Literal["rke1", "rke2"] = "rke2"
-    version: Annotated[str, Field(pattern=r"^v1\.\d+\.\d+$")]
+    version: Annotated[str, Field(pattern=VERSION_PATTERN)]
     cluster_name: Name = "local"
     cluster_cidr: ipaddress.IPv4Network = CLUSTER_CIDR  # pods; cannot change after creation
     service_cidr: ipaddress.IPv4Network = SERVICE_CIDR  # Services; cannot change after creation
@@ -118,6 +134,12 @@ class Kubernetes(Section):
     etcdutl: Optional[str] = None
     # where etcd snapshots are copied off the nodes (see EtcdBackup); the incident runbook needs it
     etcd_backup: Optional[EtcdBackup] = None
+    # upgrades (runbook 11) go one minor at a time up to `version`: for every minor between the running
+    # cluster's and the target's, the release to go through (RKE2: with its artifact folder), e.g.
+    # [{version: v1.35.4, artifacts: rke2-artifacts/v1.35.4}]; releases below the running minor are ignored
+    upgrade_path: list[Annotated[UpgradeRelease, BeforeValidator(_release)]] = []
+    # workers upgraded together (each cordoned and drained first); RKE1's upgrade_strategy.max_unavailable_worker
+    upgrade_worker_batch: Annotated[int, Field(ge=1, le=100)] = 1
 
 
 def rules(p) -> list[Problem]:
@@ -135,6 +157,7 @@ def rules(p) -> list[Problem]:
     if k.cluster_cidr.overlaps(k.service_cidr):
         out.append(Problem("kubernetes.service_cidr", f"{k.service_cidr} overlaps kubernetes.cluster_cidr "
                                                       f"{k.cluster_cidr}; pods and services need separate ranges"))
+    out += _upgrade_path_rules(k)
     for i, h in enumerate(p.hosts):
         for field in ("cluster_cidr", "service_cidr"):
             net = getattr(k, field)
@@ -181,4 +204,22 @@ def backup_rules(p) -> list[Problem]:
     if b.drill and p.environment.kind == "production":
         out.append(Problem(f"{at}.drill", "a restore drill rolls the whole cluster back to a snapshot taken moments "
                                           "before (every write since is lost); rehearse it on a lab or staging cluster"))
+    return out
+
+
+def _upgrade_path_rules(k) -> list[Problem]:
+    """One release per minor, none at or past the target's minor (the target is ``version`` itself)."""
+    out = []
+    target = tuple(int(x) for x in k.version[1:].split("."))
+    seen: dict[int, int] = {}
+    for i, r in enumerate(k.upgrade_path):
+        where = f"kubernetes.upgrade_path[{i}]"
+        minor = int(r.version.split(".")[1])
+        if minor in seen:
+            out.append(Problem(where, f"{r.version} is a second release of v1.{minor} (kubernetes.upgrade_path[{seen[minor]}] is "
+                                      f"{k.upgrade_path[seen[minor]].version}); an upgrade goes through one release per minor: keep one"))
+        seen.setdefault(minor, i)
+        if minor >= target[1]:
+            out.append(Problem(where, f"{r.version} is not below kubernetes.version {k.version}'s minor; the path lists the releases "
+                                      f"on the way (v1.{target[1] - 1} and older), the target is kubernetes.version: remove it"))
     return out

@@ -72,6 +72,10 @@ class ClusterSpec:
     system_default_registry: str | None = None
     tls_san: tuple[str, ...] = ()  # names beyond the control-plane nodes' own addresses
     kubelet_extra_args: tuple[tuple[str, str], ...] = ()  # in the parameter file's order
+    # how nodes are upgraded (RKE1's upgrade_strategy; runbook 11 on RKE2): workers at a time, each drained first
+    upgrade_worker_batch: int = 1
+    drain_timeout_seconds: int = 300
+    drain_delete_emptydir_data: bool = False
 
     def with_role(self, role: str) -> list[NodeSpec]:
         return [n for n in self.nodes if n.has(role)]
@@ -111,7 +115,9 @@ def spec_from_params(params) -> ClusterSpec:
         cluster_cidr=k.cluster_cidr, service_cidr=k.service_cidr, cluster_dns=k.cluster_dns, cluster_domain=k.cluster_domain,
         cni=k.network_plugin, etcd_snapshot_interval_hours=k.etcd_snapshot_interval_hours,
         etcd_snapshot_retention=k.etcd_snapshot_retention, system_default_registry=k.system_default_registry,
-        tls_san=extra_names(k.tls_san, nodes), kubelet_extra_args=tuple(k.kubelet_extra_args.items()))
+        tls_san=extra_names(k.tls_san, nodes), kubelet_extra_args=tuple(k.kubelet_extra_args.items()),
+        upgrade_worker_batch=k.upgrade_worker_batch, drain_timeout_seconds=k.drain_timeout_seconds,
+        drain_delete_emptydir_data=k.drain_delete_emptydir_data)
 
 
 # -- what the readers share: values from a file, each error naming the file and the field ---------

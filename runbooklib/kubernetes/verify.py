@@ -45,19 +45,23 @@ def api_client(kubeconfig: Path):
     return client, config.new_client_from_config(str(kubeconfig))
 
 
-def verify_api(params, kubeconfig: Path) -> list[dict]:
-    """Version, nodes, system workloads and DNS, read through the API with the kubeconfig at ``kubeconfig``."""
+def verify_api(params, kubeconfig: Path, version: str | None = None) -> list[dict]:
+    """Version, nodes, system workloads and DNS, read through the API with the kubeconfig at ``kubeconfig``.
+
+    ``version``: the release the API must report, ``kubernetes.version`` unless given (an upgrade's step).
+    """
     import urllib3
 
     k = params.kubernetes
+    wanted = version or k.version
     try:
         client, api = api_client(kubeconfig)
-        version = client.VersionApi(api).get_code().git_version
+        reported = client.VersionApi(api).get_code().git_version
     except (urllib3.exceptions.HTTPError, OSError) as e:
         return [row("API answers", str(kubeconfig), False, f"{type(e).__name__}: {e}"[:300])]
     except Exception as e:  # an ApiException or a broken kubeconfig: say which
         return [row("API answers", str(kubeconfig), False, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
-    rows = [row("API version", k.version, version.split("+")[0] == k.version, f"the API reports {version}")]
+    rows = [row("API version", wanted, reported.split("+")[0] == wanted, f"the API reports {reported}")]
     try:
         return rows + _cluster_rows(params, client, api)
     except (urllib3.exceptions.HTTPError, OSError, client.ApiException) as e:  # every check is a row, never a crash

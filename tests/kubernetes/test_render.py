@@ -144,7 +144,7 @@ def test_cluster_yml_read_errors(text, message):
 def test_cluster_yml_defaults_are_rke_defaults():
     spec = rke1.read_cluster_yml("nodes: [{address: 10.0.0.1, role: [worker, etcd]}]")
     assert spec == ClusterSpec(name="local", distribution="rke1", version="", nodes=spec.nodes, etcd_snapshot_interval_hours=12,
-                               etcd_snapshot_retention=6)
+                               etcd_snapshot_retention=6, drain_timeout_seconds=120)  # RKE's node_drain_input.timeout
     assert spec.nodes[0].name == "10.0.0.1" and spec.nodes[0].roles == ("etcd", "worker")
 
 

@@ -106,7 +106,7 @@ class Agent:
             self.balancers[name].start()
         node.write_files(self.node, self.version, self.api_port)
         if node.register(self.node, self.version, self.log, self.stopping, self.api_port):
-            node.start_kwok(self.children, self.node)
+            node.start_kwok(self.children, self.node, self.log, self.api_port)
 
     def refresh(self) -> None:
         """The API servers, asked through the supervisor load balancer (any server that answers)."""

@@ -12,6 +12,10 @@
   refuses a mismatch, and unpacks into the prefix (``/usr/local``).
 
 The tarball is of one Kubernetes release, the lab's default unless another is asked for and built.
+Every release the lab runs (``runbooklab/kbin``: the default and each ``kubernetes-<version>/``) also
+gets a folder of its own, ``<lab>/rke2-artifacts/<version>/``, when its parts are built: what an
+upgrade installs release by release (``kubernetes.upgrade_path[].artifacts``), and what a cluster
+of an older release is brought up from.
 """
 
 from __future__ import annotations
@@ -199,10 +203,10 @@ def tarball(files: list[tuple[str, bytes, int]]) -> bytes:
 
 
 def build(root: Path, actions: list[str] | None = None, version: str | None = None, python: str = sys.executable,
-          project: Path = PROJECT) -> Path:
-    """``<root>/rke2-artifacts/``, each file rewritten only when it differs; what changed goes to ``actions``."""
+          project: Path = PROJECT, folder: Path | None = None) -> Path:
+    """``<root>/rke2-artifacts/`` (or ``folder``), each file rewritten only when it differs; what changed goes to ``actions``."""
     version = parts.require("kubernetes", version)
-    folder = root / FOLDER
+    folder = folder or root / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     data = tarball(members(version, python, project))
     files = {TARBALL: data, SUMS: f"{hashlib.sha256(data).hexdigest()}  {TARBALL}\n".encode(),
@@ -216,3 +220,22 @@ def build(root: Path, actions: list[str] | None = None, version: str | None = No
         if actions is not None:
             actions.append(f"wrote {path} (the lab's RKE2 {version} artifact: LAB SIMULATION)")
     return folder
+
+
+def releases() -> list[str]:
+    """The Kubernetes releases the lab runs: its default and each further one pinned in ``runbooklab/kbin``."""
+    from ...kbin import build as kbin
+
+    return sorted({parts.default_version("kubernetes"), *kbin.lab_kubernetes_versions()}, key=lambda v: tuple(map(int, v[1:].split("."))))
+
+
+def build_releases(root: Path, actions: list[str] | None = None) -> dict[str, Path]:
+    """``<root>/rke2-artifacts/<version>/`` for every release the lab runs and has built; a release not built is said in ``actions``."""
+    out = {}
+    for version in releases():
+        try:
+            out[version] = build(root, actions, version, folder=root / FOLDER / version)
+        except parts.PartMissing as e:
+            if actions is not None:
+                actions.append(f"no RKE2 artifact for {version}: {e}")
+    return out

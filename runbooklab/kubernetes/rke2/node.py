@@ -156,6 +156,31 @@ def role_labels(api: lab_cluster.ApiClient, name: str, labels: dict[str, str]) -
         raise lab_cluster.ClusterError(f"cannot label node {name}: {body.get('message')}")
 
 
-def start_kwok(children: Children, node: Node) -> None:
+def start_kwok(children: Children, node: Node, log=None, api_port: int = API_PORT) -> None:
+    """KWOK for this node, once a stale Lease of a KWOK that ran here before (rke2 restarted, an upgrade) is released."""
+    release_lease(kubelet_api(api_port), node.name, log)
     argv = lab_cluster.kwok_argv(parts.default_version("kwok"), KWOK_KUBECONFIG, KWOK_CONFIG, node.name, node.address)
     children.start("kwok", argv, f"{AGENT_DIR}/logs/kwok.log")
+
+
+def release_lease(api: lab_cluster.ApiClient, name: str, log=None) -> bool:
+    """Delete the node's Lease when a former KWOK of this node holds it; True if it did.
+
+    A kubelet holds its node's Lease as the node itself and renews it at once when it restarts; each
+    KWOK process holds it as ``<node>_<its own id>``, so a new one would wait for the old one's lease to
+    expire (40 s) before it managed the node and its pods again, the Node still Ready meanwhile. The
+    node's own identity may delete its own Lease (the Node authorizer).
+    """
+    path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
+    try:
+        code, body = api.request("GET", path)
+        holder = (body.get("spec") or {}).get("holderIdentity") or "" if code == 200 else ""
+        if not holder.startswith(f"{name}_"):
+            return False
+        code, body = api.request("DELETE", path)
+    except lab_cluster.ClusterError as e:
+        code, body = 0, {"message": str(e)}
+    if code not in (200, 404) and log is not None:
+        log.warn(f"could not release the Lease of node {name} held by a former KWOK ({body.get('message')}); "
+                 "the new one takes over when it expires")
+    return code in (200, 404)

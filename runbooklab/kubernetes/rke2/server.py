@@ -182,7 +182,7 @@ class Server:
             raise Stopped
         roles = {"control-plane": self.runs["apiserver"], "master": self.runs["apiserver"], "etcd": self.runs["etcd"]}
         node.role_labels(self.admin, self.node.name, {f"node-role.kubernetes.io/{r}": "true" for r, on in roles.items() if on})
-        node.start_kwok(self.children, self.node)
+        node.start_kwok(self.children, self.node, self.log)
 
     def serve(self) -> None:
         """Until SIGTERM: restart exited parts, take the scheduled snapshots, follow the API servers (when balanced)."""
