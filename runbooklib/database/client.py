@@ -123,7 +123,7 @@ class DatabaseClient:
 
     # -- running -----------------------------------------------------------------------------
     def sql_command(self, option_path: str) -> str:
-        return f"{self.dialect.client} --defaults-extra-file={shlex.quote(option_path)} --batch"
+        return f"{self.dialect.client} --defaults-extra-file={shlex.quote(option_path)} --batch {self.dialect.client_options}".rstrip()
 
     def shell(self, host, script: str, files: Mapping[str, str] | None = None, timeout: float | None = None) -> HostResult:
         """Run ``script`` with ``$SQL`` (the client, logged in) and ``$FILE_<name>`` set; every file removed after.
@@ -144,7 +144,7 @@ class DatabaseClient:
         if not result.ok and result.exit_code is not None:
             # say what failed in the host's words, not the wrapper's first word
             detail = result.stderr.strip()[-500:] or result.stdout.strip()[-300:]
-            result.error = f"{host.name}: exit code {result.exit_code}: {detail}"
+            result.error = f"exit code {result.exit_code}: {detail}"
         return result
 
     def execute(self, host, statements: str | Iterable[str], timeout: float | None = None) -> HostResult:

@@ -300,7 +300,7 @@ def executor(client) -> Callable[[Any, Step], HostResult]:
     def execute(host, step: Step) -> HostResult:
         if isinstance(step, SqlStep):
             return client.execute(host, step.statements)
-        if isinstance(step, ShellStep) and step.files:
+        if isinstance(step, ShellStep):
             from .dialects import fill_secrets, secret_fields
 
             files = {}
@@ -326,3 +326,12 @@ def apply(p, client, steps: Sequence[Step], on_change=None) -> dict[str, phase_s
     if rest:
         results.update(phase_steps.apply(client.fleet, rest, on_change=on_change, execute=run, desc="replicas"))
     return results
+
+
+def verdict(topology_status: str, load_status: str | None, problems: Sequence[str]) -> str:
+    """05-database's verdict: ``applied`` when the topology or the load changed anything, else the topology's."""
+    if problems:
+        return "incomplete"
+    if "applied" in (topology_status, load_status):
+        return "applied"
+    return phase_steps.apply_verdict(topology_status, problems)

@@ -132,3 +132,10 @@ def test_plans_show_every_statement_with_placeholders_never_a_password(tmp_path)
     text = " ".join(r["statement"] for r in rows) + " ".join(s.change + (s.undo or "") for s in steps)
     assert "<<secret database.replication_password>>" in text and "<<secret database.root_password>>" in text
     assert "lab-replication-password" not in text and "lab-root-password" not in text
+
+
+def test_the_verdict_counts_the_load_as_a_change():
+    assert ops.verdict("empty", "applied", []) == "applied"
+    assert ops.verdict("empty", "empty", []) == "nothing to do"
+    assert ops.verdict("planned", None, []) == "planned"
+    assert ops.verdict("applied", None, ["db3: unreachable"]) == "incomplete"

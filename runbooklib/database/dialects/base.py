@@ -115,6 +115,7 @@ class Dialect:
     flavour = ""
     title = ""
     client = "mysql"  # the command-line client
+    client_options = ""  # options the client always gets
     server = "mysqld"  # the server binary (its own configuration check)
     service = "mysql"  # the systemd unit
     binlog_tool = "mysqlbinlog"
@@ -220,6 +221,11 @@ class Dialect:
                     f"{self._opt('LOG_POS')} = {stop.log_pos}"]
         raise ValueError(f"{self.title}: a stop point needs the bad transaction's GTID or its binlog file and position")
 
+    def adopt_own_position(self) -> list[str]:
+        """Before a former primary replicates: where it starts from is what it committed itself (MySQL's
+        auto-positioning already sends ``gtid_executed``)."""
+        return []
+
     def promote(self) -> list[str]:
         """Make a replica a primary: forget its source, accept writes."""
         return [self.stop_replica(), f"RESET {self.replica_word} ALL", *self.read_only(False)]
@@ -312,6 +318,10 @@ class Dialect:
     def position_query(self) -> str:
         """The committed position, one row ``position``."""
         return "SELECT @@GLOBAL.gtid_executed AS position"
+
+    def position_before_query(self, log_file: str, log_pos: int) -> str | None:
+        """On the primary: the position just before a binlog offset (MariaDB needs it for an inclusive UNTIL); None: not needed."""
+        return None
 
     # -- heartbeat ---------------------------------------------------------------------------
     def heartbeat_setup(self) -> list[str]:

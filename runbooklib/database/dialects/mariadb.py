@@ -34,6 +34,8 @@ class MariaDB(Dialect):
     flavour = "mariadb"
     title = "MariaDB"
     client = "mariadb"
+    # the client prints a failed statement by default: it may carry a password
+    client_options = "--skip-print-query-on-error"
     server = "mariadbd"
     service = "mariadb"
     binlog_tool = "mariadb-binlog"
@@ -135,6 +137,14 @@ class MariaDB(Dialect):
 
     def position_query(self) -> str:
         return "SELECT @@GLOBAL.gtid_binlog_pos AS position"
+
+    def position_before_query(self, log_file: str, log_pos: int) -> str:
+        # BINLOG_GTID_POS: the GTID position of the binlog at that offset, i.e. everything before it, every domain
+        return f"SELECT BINLOG_GTID_POS({sql_string(log_file)}, {int(log_pos)}) AS position"
+
+    def adopt_own_position(self) -> list[str]:
+        # a former primary's gtid_slave_pos is empty: with MASTER_USE_GTID = slave_pos it would ask for everything again
+        return ["SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_binlog_pos"]
 
 
 DIALECT = MariaDB()
