@@ -101,6 +101,18 @@ def validated_write(d: Dialect, path: str, content: str) -> str:
             f"if [ -f {tmp} ]; then mv -f {tmp} {prev}; fi")
 
 
+def service_command(d: Dialect, action: str, wait_seconds: int = 120) -> str:
+    """``systemctl <action>``, then wait until the server answers: the next step talks to it.
+
+    systemd's ``Type=notify`` already waits for the server to say it is ready, but not every
+    packaging is notify-aware (and a unit file may say otherwise); ``ping`` answers as soon as the
+    server accepts connections, even before it accepts the login.
+    """
+    tries = wait_seconds * 2
+    return (f"systemctl {action} {d.service} && for i in $(seq {tries}); do {d.admin_tool} --connect-timeout=2 ping >/dev/null 2>&1 "
+            f"&& exit 0; sleep 0.5; done; echo '{d.service} started but the server did not answer within {wait_seconds} s' >&2; exit 1")
+
+
 def config_changes(p, host, f: dict) -> bool:
     return f["config"] != desired_config(p, host)
 
@@ -173,11 +185,11 @@ def service_running(p, h, f) -> list[Step]:
         steps.append(Step(h.name, "service running", f"enable {d.service} at boot", f"systemctl enable {d.service}",
                           f"systemctl disable {d.service}"))
     if svc["active"] != "active":
-        steps.append(Step(h.name, "service running", f"start {d.service}", f"systemctl start {d.service}",
+        steps.append(Step(h.name, "service running", f"start {d.service}", service_command(d, "start"),
                           f"systemctl stop {d.service}"))
     elif config_changes(p, h, f):
         steps.append(Step(h.name, "service running", f"restart {d.service} to load the new configuration",
-                          f"systemctl restart {d.service}", None, "restart it again once the previous drop-in is back"))
+                          service_command(d, "restart"), None, "restart it again once the previous drop-in is back"))
     return steps
 
 

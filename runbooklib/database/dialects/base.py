@@ -116,6 +116,7 @@ class Dialect:
     title = ""
     client = "mysql"  # the command-line client
     client_options = ""  # options the client always gets
+    admin_tool = "mysqladmin"  # ping: does the server answer
     server = "mysqld"  # the server binary (its own configuration check)
     service = "mysql"  # the systemd unit
     binlog_tool = "mysqlbinlog"

@@ -36,6 +36,7 @@ class MariaDB(Dialect):
     client = "mariadb"
     # the client prints a failed statement by default: it may carry a password
     client_options = "--skip-print-query-on-error"
+    admin_tool = "mariadb-admin"
     server = "mariadbd"
     service = "mariadb"
     binlog_tool = "mariadb-binlog"
