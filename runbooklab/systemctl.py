@@ -504,7 +504,10 @@ def runtime_dirs() -> None:
     files: dict[str, str] = {}
     for folder in TMPFILES_DIRS:  # a file in /etc replaces the package's file of the same name
         for conf in sorted(folder.glob("*.conf")) if folder.is_dir() else []:
-            files[conf.name] = conf.read_text(errors="replace")
+            try:
+                files[conf.name] = conf.read_text(errors="replace")
+            except OSError as e:  # one unreadable file must not keep the units from starting
+                print(f"tmpfiles: {conf}: {e}", file=sys.stderr)
     for text in files.values():
         for line in text.splitlines():
             parts = line.split()
