@@ -8,10 +8,15 @@ and needs a cgroup tree of its own), so each VM gets this small manager as
 (``/lib/systemd/system``, ``/etc/systemd/system``, ``/usr/local/lib/systemd/system``) and honours what the project's services use:
 ``Type`` (simple, exec, notify, forking, oneshot), ``ExecStartPre``, ``ExecStart``,
 ``ExecStartPost``, ``ExecReload`` (with ``$MAINPID``), ``ExecStop``, ``EnvironmentFile``,
-``Environment``, ``PIDFile``, ``RuntimeDirectory``, ``Alias``, and ``Restart`` (``always``,
-``on-failure``) with ``RestartSec`` for simple services: a small supervisor process restarts the
-main process, as systemd would, and gives up after 5 starts in 10 s (``StartLimitBurst``'s
-default). Sandboxing, users, cgroups, dependencies and timers are not emulated. "Enabled" is the usual ``*.wants`` symlink on the VM's
+``Environment``, ``PIDFile``, ``RuntimeDirectory`` (with ``RuntimeDirectoryMode``), ``Alias``,
+``User``/``Group`` and ``UMask`` (the main process and every Exec line not prefixed ``!`` or ``+``
+run as that user, as under systemd), and ``Restart`` (``always``,
+``on-failure``, ``on-abnormal``, ``on-abort``) with ``RestartSec`` for simple services: a small
+supervisor process restarts the main process, as systemd would, and gives up after 5 starts in 10 s
+(``StartLimitBurst``'s default). At boot it creates the ``/run`` directories of ``tmpfiles.d`` (what
+systemd-tmpfiles-setup does: a VM's /run is a fresh tmpfs). ``Type=notify`` runs as simple: ``start``
+returns 0.3 s after the main process started, not when it says ``READY=1`` (the lab's RKE2 stand-in
+does not notify). Sandboxing, cgroups, dependencies and timers are not emulated. "Enabled" is the usual ``*.wants`` symlink on the VM's
 disk, so it survives ``lab stop``/``lab start``; the lab starts enabled units at boot
 (``systemctl lab-boot``). ``systemctl --version`` says what it is.
 
@@ -20,7 +25,9 @@ Standard library only: it runs under the VM's /usr/bin/python3.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import shlex
 import signal
@@ -37,6 +44,8 @@ UNIT_DIRS = (Path("/etc/systemd/system"), Path("/run/systemd/system"), Path("/us
 WANTS = Path("/etc/systemd/system/multi-user.target.wants")
 STATE = Path("/run/lab-systemd")  # a tmpfs per boot: nothing runs after a reboot unless enabled
 LOGS = Path("/var/log/lab-systemd")
+TMPFILES_DIRS = (Path("/usr/lib/tmpfiles.d"), Path("/run/tmpfiles.d"), Path("/etc/tmpfiles.d"))
+RESTART_POLICIES = ("no", "always", "on-failure", "on-abnormal", "on-abort")
 
 
 class Fail(Exception):
@@ -124,6 +133,35 @@ def environment(unit: dict) -> dict[str, str]:
     return env
 
 
+def credentials(name: str, unit: dict) -> dict:
+    """``User=``, ``Group=`` and ``UMask=`` as keyword arguments for ``subprocess`` (empty: run as root)."""
+    service = unit.get("Service", {})
+    out: dict = {}
+    user, group = service.get("User", [""])[-1], service.get("Group", [""])[-1]
+    if user:
+        try:
+            entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        except KeyError:
+            raise Fail(f"Job for {name} failed: User={user}: failed to determine user credentials: no such user") from None
+        gid = entry.pw_gid
+        if group:
+            try:
+                gid = grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)
+            except KeyError:
+                raise Fail(f"Job for {name} failed: Group={group}: failed to determine group credentials: no such group") from None
+        out.update(user=entry.pw_uid, group=gid, extra_groups=os.getgrouplist(entry.pw_name, gid))
+    umask = service.get("UMask", [""])[-1]
+    if re.fullmatch(r"[0-7]{1,4}", umask):
+        out["umask"] = int(umask, 8)
+    return out
+
+
+def privileged(spec: str) -> bool:
+    """An Exec line prefixed ``!`` or ``+`` runs with full privileges whatever ``User=`` says."""
+    prefix = re.match(r"[-@!+:]*", spec).group(0)
+    return "!" in prefix or "+" in prefix
+
+
 def command_line(spec: str, env: dict[str, str]) -> tuple[list[str], bool]:
     """An Exec line as argv (prefixes stripped, $VAR split into words, ${VAR} kept whole); ignore-failure flag."""
     ignore = False
@@ -182,7 +220,8 @@ def is_enabled(name: str) -> bool:
 
 # -- actions -------------------------------------------------------------------------------------
 
-def run_exec(specs: list[str], env: dict[str, str], name: str, what: str, extra: dict | None = None) -> None:
+def run_exec(specs: list[str], env: dict[str, str], name: str, what: str, extra: dict | None = None,
+             creds: dict | None = None) -> None:
     for spec in specs:
         try:
             argv, ignore = command_line(spec, {**env, **(extra or {})})
@@ -191,7 +230,8 @@ def run_exec(specs: list[str], env: dict[str, str], name: str, what: str, extra:
         if not argv:
             continue
         try:
-            r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90)
+            r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
+                               **({} if privileged(spec) else (creds or {})))
         except subprocess.TimeoutExpired:
             raise Fail(f"Job for {name} failed: {what} {' '.join(argv)} did not finish within 90 s") from None
         except OSError as e:
@@ -217,13 +257,19 @@ def start(name: str, unit: dict) -> None:
     kind = service.get("Type", ["simple"])[-1]
     env = environment(unit)
     STATE.mkdir(parents=True, exist_ok=True)
-    for rel in " ".join(service.get("RuntimeDirectory", [])).split():
-        Path("/run", rel).mkdir(parents=True, exist_ok=True)
     (STATE / f"{name}.failed").unlink(missing_ok=True)
     try:
-        run_exec(service.get("ExecStartPre", []), env, name, "ExecStartPre")
+        creds = credentials(name, unit)
+        mode = service.get("RuntimeDirectoryMode", ["0755"])[-1]
+        for rel in " ".join(service.get("RuntimeDirectory", [])).split():
+            runtime = Path("/run", rel)
+            runtime.mkdir(parents=True, exist_ok=True)
+            runtime.chmod(int(mode, 8) if re.fullmatch(r"[0-7]{3,4}", mode) else 0o755)
+            if creds.get("user") is not None:
+                os.chown(runtime, creds["user"], creds["group"])
+        run_exec(service.get("ExecStartPre", []), env, name, "ExecStartPre", creds=creds)
         if kind in ("forking", "oneshot"):
-            run_exec(service.get("ExecStart", []), env, name, "ExecStart")
+            run_exec(service.get("ExecStart", []), env, name, "ExecStart", creds=creds)
             if kind == "oneshot":
                 (STATE / f"{name}.done").touch()
             else:
@@ -236,7 +282,7 @@ def start(name: str, unit: dict) -> None:
                 raise Fail(f"{name}: cannot parse ExecStart: {e}") from None
             if not argv:
                 raise Fail(f"{name} has no ExecStart")
-            proc = spawn(name, argv, env)
+            proc = spawn(name, argv, env, creds)
             pid_file(name).write_text(f"{proc.pid}\n")
             time.sleep(0.3)  # a daemon that dies at once (bad config) is a failed start, as under systemd
             if proc.poll() is not None:
@@ -244,20 +290,20 @@ def start(name: str, unit: dict) -> None:
                            f"see {LOGS / (name + '.log')}")
             if restart_policy(unit) != "no":
                 supervise(name, proc)
-        run_exec(service.get("ExecStartPost", []), env, name, "ExecStartPost")
+        run_exec(service.get("ExecStartPost", []), env, name, "ExecStartPost", creds=creds)
     except Fail:
         stop_supervisor(name)  # a failed start is not restarted behind the failure
         (STATE / f"{name}.failed").touch()
         raise
 
 
-def spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+def spawn(name: str, argv: list[str], env: dict[str, str], creds: dict | None = None) -> subprocess.Popen:
     """The main process, in a session of its own, its output appended to the unit's log."""
     LOGS.mkdir(parents=True, exist_ok=True)
     out = open(LOGS / f"{name}.log", "ab")
     try:
         return subprocess.Popen(argv, env={**env, "NOTIFY_SOCKET": ""}, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=out, start_new_session=True, cwd="/")
+                                stderr=out, start_new_session=True, cwd="/", **(creds or {}))
     except OSError as e:
         raise Fail(f"Job for {name} failed: ExecStart {argv[0]}: {e.strerror or e}") from None
     finally:
@@ -269,8 +315,8 @@ def restart_policy(unit: dict) -> str:
     if service.get("Type", ["simple"])[-1] not in ("simple", "exec", "notify"):
         return "no"
     policy = service.get("Restart", ["no"])[-1]
-    if policy not in ("no", "always", "on-failure"):
-        raise Fail(f"Restart={policy} is not supported by the lab's service manager (use always or on-failure)")
+    if policy not in RESTART_POLICIES:
+        raise Fail(f"Restart={policy} is not supported by the lab's service manager (it knows {', '.join(RESTART_POLICIES)})")
     return policy
 
 
@@ -308,7 +354,9 @@ def _supervise(name: str, pid: int) -> None:
             policy = restart_policy(unit)
         except Fail:
             return
-        if policy == "no" or (policy == "on-failure" and code == 0):
+        # on-abnormal and on-abort: only a death by a signal (an exit code of its own is a decision, not a crash)
+        abnormal = code is not None and code < 0
+        if policy == "no" or (policy == "on-failure" and code == 0) or (policy in ("on-abnormal", "on-abort") and not abnormal):
             log(name, f"main process exited ({code}); Restart={policy}: not restarted")
             return
         delay = _seconds(unit.get("Service", {}).get("RestartSec", ["0.1"])[-1])
@@ -324,7 +372,7 @@ def _supervise(name: str, pid: int) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             argv, _ = command_line(unit["Service"].get("ExecStart", [""])[-1], environment(unit))
-            proc = spawn(name, argv, environment(unit))
+            proc = spawn(name, argv, environment(unit), credentials(name, unit))
             pid_file(name).write_text(f"{proc.pid}\n")
             pid = proc.pid
         except (Fail, ValueError) as e:
@@ -451,8 +499,38 @@ def disable(name: str) -> None:
         print(f"Removed \"{link}\".")
 
 
+def runtime_dirs() -> None:
+    """The ``d`` and ``D`` lines of tmpfiles.d under /run (systemd-tmpfiles-setup at boot: /run is a fresh tmpfs)."""
+    files: dict[str, str] = {}
+    for folder in TMPFILES_DIRS:  # a file in /etc replaces the package's file of the same name
+        for conf in sorted(folder.glob("*.conf")) if folder.is_dir() else []:
+            try:
+                files[conf.name] = conf.read_text(errors="replace")
+            except OSError as e:  # one unreadable file must not keep the units from starting
+                print(f"tmpfiles: {conf}: {e}", file=sys.stderr)
+    for text in files.values():
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) < 2 or parts[0] not in ("d", "D") or "%" in parts[1]:
+                continue
+            path = Path(parts[1].replace("/var/run/", "/run/", 1))
+            if not str(path).startswith("/run/") or path.exists():
+                continue
+            try:
+                path.mkdir(parents=True)
+                mode = parts[2] if len(parts) > 2 else "-"
+                path.chmod(int(mode, 8) if re.fullmatch(r"[0-7]{3,4}", mode) else 0o755)
+                user = parts[3] if len(parts) > 3 and parts[3] != "-" else "root"
+                group = parts[4] if len(parts) > 4 and parts[4] != "-" else None
+                entry = pwd.getpwnam(user)
+                os.chown(path, entry.pw_uid, grp.getgrnam(group).gr_gid if group else entry.pw_gid)
+            except (OSError, KeyError) as e:
+                print(f"tmpfiles: {path}: {e}", file=sys.stderr)
+
+
 def boot() -> int:
-    """Start every enabled unit (what systemd does on the way to multi-user.target)."""
+    """Create /run's directories, then start every enabled unit (what systemd does on the way to multi-user.target)."""
+    runtime_dirs()
     failed = 0
     for link in sorted(WANTS.glob("*.service")) if WANTS.is_dir() else []:
         try:

@@ -1,0 +1,177 @@
+"""SQL on the database hosts, over SSH, as the server's administrator through its local socket.
+
+Why over SSH and not a network connection from the operator's machine: the database port is open
+to the other database hosts only (``bind_address`` and the replication accounts), while SSH with
+pinned host keys is already how every runbook reaches a host. On the host the command-line client
+(``mariadb`` or ``mysql``) connects through the server's socket as ``root``.
+
+Passwords never travel in a command line (where ``ps`` shows them to every user of the host) or
+in output: before a command, an option file (``[client]`` user and password) and, for statements
+that carry a secret, the SQL itself are written over SFTP into ``~/.runbooklib-db/`` (mode 700,
+the files 600); the command reads them and removes them when it ends, whatever its exit code. The
+secrets come from :class:`~runbooklib.secrets.Secret` objects that the run resolved (and so
+registered with its redactor); they are revealed only into those files.
+"""
+
+from __future__ import annotations
+
+import secrets as _random
+import shlex
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import HostError, SecretError
+from ..secrets import Secret
+from ..ssh import HostResult
+from .dialects import Dialect, fill_secrets, secret_fields
+
+SECRET_DIR = ".runbooklib-db"  # under the SSH user's home
+
+
+def option_file(user: str, password: str | None) -> str:
+    """A client option file: ``[client]`` with the user and, quoted, the password."""
+    lines = ["[client]", f"user={user}"]
+    if password is not None:
+        if "\n" in password or "\r" in password:
+            raise SecretError("database.root_password holds a line break; a client option file cannot carry it. Choose a "
+                              "password of one line")
+        lines.append('password="' + password.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "\n".join(lines) + "\n"
+
+
+def parse_batch(text: str) -> list[dict[str, str]]:
+    """The client's ``--batch`` output (a header line, then tab-separated rows with \\n, \\t, \\\\ escaped) as rows."""
+    lines = [line for line in text.split("\n") if line != ""]
+    if not lines:
+        return []
+    header = lines[0].split("\t")
+    return [dict(zip(header, (_unescape(v) for v in line.split("\t")))) for line in lines[1:]]
+
+
+def _unescape(value: str) -> str:
+    out, i = [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            out.append({"n": "\n", "t": "\t", "0": "\0", "\\": "\\"}.get(value[i + 1], value[i + 1]))
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+class DatabaseClient:
+    """Statements, queries and shell commands with the administrator's client, on one or many hosts.
+
+    ``secrets`` maps secret fields (``database.root_password``, ``database.replication_password``)
+    to resolved :class:`Secret` s; a statement's placeholders are filled from them on the host only.
+    """
+
+    def __init__(self, fleet, dialect: Dialect, secrets: Mapping[str, Secret], admin_user: str = "root"):
+        self.fleet = fleet
+        self.dialect = dialect
+        self._secrets = dict(secrets)
+        self.admin_user = admin_user
+
+    @classmethod
+    def for_run(cls, run, dialect: Dialect) -> "DatabaseClient":
+        """The client of a notebook run: its fleet, the database secrets resolved (and so scrubbed from its record)."""
+        return cls(run.fleet(), dialect, {f: run.secret(f) for f in ("database.root_password", "database.replication_password")})
+
+    def host(self, name: str):
+        return next(h for h in self.fleet.hosts if h.name == name)
+
+    # -- files -------------------------------------------------------------------------------
+    def _upload(self, host, files: Mapping[str, str]) -> dict[str, str]:
+        """Write ``files`` (name -> content) into the host's secret folder, mode 600; their absolute paths."""
+        conn = self.fleet.connection(host)
+        try:
+            sftp = conn.sftp()
+            folder = f"{sftp.normalize('.')}/{SECRET_DIR}"
+            try:
+                sftp.stat(folder)
+            except OSError:
+                sftp.mkdir(folder, 0o700)
+            sftp.chmod(folder, 0o700)
+            token = _random.token_hex(6)
+            paths = {}
+            for name, content in files.items():
+                path = f"{folder}/{token}-{name}"
+                with sftp.open(path, "w") as f:
+                    f.chmod(0o600)  # before a byte is written
+                    f.write(content)
+                paths[name] = path
+            return paths
+        except (OSError, EOFError) as e:
+            raise HostError(host.name, f"cannot write the client's files into ~/{SECRET_DIR} over SFTP: {e}") from None
+
+    def _remove(self, host, paths: Iterable[str]) -> None:
+        try:
+            sftp = self.fleet.connection(host).sftp()
+            for path in paths:
+                try:
+                    sftp.remove(path)
+                except OSError:
+                    pass
+        except Exception:  # the host went away: the files are in a 700 folder of the admin's home
+            pass
+
+    def _admin_files(self) -> dict[str, str]:
+        root = self._secrets.get("database.root_password")
+        return {"admin.cnf": option_file(self.admin_user, root.reveal() if root else None)}
+
+    # -- running -----------------------------------------------------------------------------
+    def sql_command(self, option_path: str) -> str:
+        return f"{self.dialect.client} --defaults-extra-file={shlex.quote(option_path)} --batch {self.dialect.client_options}".rstrip()
+
+    def shell(self, host, script: str, files: Mapping[str, str] | None = None, timeout: float | None = None) -> HostResult:
+        """Run ``script`` with ``$SQL`` (the client, logged in) and ``$FILE_<name>`` set; every file removed after.
+
+        Errors come back in the result, naming the host (as :meth:`runbooklib.ssh.Fleet.run_on`).
+        """
+        try:
+            paths = self._upload(host, {**self._admin_files(), **(files or {})})
+        except HostError as e:
+            return HostResult(host.name, False, error=str(e))
+        exports = [f"SQL={shlex.quote(self.sql_command(paths['admin.cnf']))}"]
+        exports += [f"FILE_{name.split('.')[0].replace('-', '_')}={shlex.quote(p)}" for name, p in paths.items()]
+        cleanup = "rm -f " + " ".join(shlex.quote(p) for p in paths.values())
+        command = f"trap {shlex.quote(cleanup)} EXIT; {'; '.join(exports)}; {script}"
+        result = self.fleet.run_on(host, command, timeout)
+        if not result.ok and result.exit_code is None:  # the command may not have run its trap
+            self._remove(host, paths.values())
+        if not result.ok and result.exit_code is not None:
+            # say what failed in the host's words, not the wrapper's first word
+            detail = result.stderr.strip()[-500:] or result.stdout.strip()[-300:]
+            result.error = f"exit code {result.exit_code}: {detail}"
+        return result
+
+    def execute(self, host, statements: str | Iterable[str], timeout: float | None = None) -> HostResult:
+        """Run statements (in one session, stopping at the first error), secrets filled on the host."""
+        sql = statements if isinstance(statements, str) else "".join(s.rstrip(";") + ";\n" for s in statements)
+        needed = secret_fields(sql)
+        missing = [f for f in needed if f not in self._secrets]
+        if missing:
+            raise SecretError(f"{', '.join(missing)}: not resolved for this client; the runbook resolves them with run.secret")
+        filled = fill_secrets(sql, {f: self._secrets[f].reveal() for f in needed})
+        return self.shell(host, '$SQL < "$FILE_statements"', {"statements.sql": filled}, timeout)
+
+    def query(self, host, sql: str, timeout: float | None = None) -> list[dict[str, str]]:
+        """One statement's rows (column -> text; NULL as ``NULL``); HostError naming the host on failure."""
+        return parse_batch(self.execute(host, [sql], timeout).check().stdout)
+
+    def each(self, fn, hosts, desc: str = "") -> dict[str, Any]:
+        """``fn(host)`` on many hosts at once (the fleet's executor)."""
+        return self.fleet.each(fn, hosts=hosts, desc=desc)
+
+    def transport(self):
+        """A transport for :meth:`runbooklib.phase.facts.FactSet.gather`: fact commands may use ``$SQL``."""
+        client = self
+
+        class _Transport:
+            def run(self, command, hosts, desc: str = ""):
+                return client.fleet.each(lambda h: client.shell(h, command(h) if callable(command) else command),
+                                         hosts=hosts, desc=desc)
+
+        return _Transport()
