@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import LAB_PARAMS, lab_identity, require_lab, running_lab, wait_for
-from runbooklab import Lab
+from runbooklab import Lab, daemon
 from runbooklab.kubernetes import parts, start_docker
 
 VERSION = yaml.safe_load(LAB_PARAMS.read_text())["kubernetes"]["version"]  # the seed's release (RKE1 ships up to 1.32)
@@ -457,7 +457,9 @@ def test_adding_the_old_elk_vms_then_removing_a_worker(cluster):
             "ssh_key_path": str(cluster.key), "labels": {"legacy": "elk"},
             "taints": [{"key": "legacy", "value": "elk", "effect": "NoSchedule"}]} for i in (1, 2, 3)]
     edit_cluster(cluster, lambda c: c["nodes"].extend(elk))
-    first = rke(cluster, "up")  # the ELK VMs have no Docker yet: RKE stops at the first one
+    for vm in ("elk1", "elk2", "elk3"):  # the seed's ELK VMs run Docker; without it, RKE stops at the first one
+        assert cluster.exec_in(vm, daemon.disable("lab-dockerd")).returncode == 0
+    first = rke(cluster, "up")
     assert first.returncode == 1
     assert f"Failed to set up SSH tunneling for host [{NET}.51]: Can't retrieve Docker Info" in first.stderr
     for vm in ("elk1", "elk2", "elk3"):
