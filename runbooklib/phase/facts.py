@@ -82,7 +82,8 @@ def parse_host_output(facts: Iterable[Fact], stdout: str) -> tuple[dict[str, Any
     for line in stdout.splitlines(keepends=True):
         if line.startswith(MARK + " "):
             current, buf = line.split()[1], []
-        elif line.startswith(MARK + "-rc ") and current:
+        elif current and (MARK + "-rc ") in line:  # at a line's start, or after output without a final newline
+            buf.append(line[:line.index(MARK + "-rc ")])
             raw[current] = "".join(buf)
             current = None
         elif current:

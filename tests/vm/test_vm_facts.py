@@ -59,3 +59,13 @@ def test_a_fact_cut_short_is_reported_not_guessed():
     out = f"{MARK} kernel\n6.1.0-28-amd64\n{MARK}-rc 0\n{MARK} swap\n"  # the connection died inside swap
     values, errors = parse_host_output((facts.FACTS_BY_NAME["kernel"], facts.FACTS_BY_NAME["swap"]), out)
     assert values["swap"] == {"active": [], "fstab": []} and "cut short" in errors["swap"]
+
+
+def test_a_fact_whose_output_lacks_a_final_newline_is_still_whole():
+    """A file printed by cat without its last newline puts the end marker on the same line: the fact is complete."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx deploy@lab"
+    out = (f"{MARK} deploy_user\ndeploy:x:1001:1001::/home/deploy:/bin/bash\n--groups--\ndeploy docker\n--keys--\n{key}{MARK}-rc 0\n"
+           f"{MARK} kernel\n6.1.0-28-amd64\n{MARK}-rc 0\n")
+    values, errors = parse_host_output((facts.FACTS_BY_NAME["deploy_user"], facts.FACTS_BY_NAME["kernel"]), out)
+    assert errors == {}
+    assert values["deploy_user"]["authorized_keys"] == [key] and values["kernel"] == "6.1.0-28-amd64"
