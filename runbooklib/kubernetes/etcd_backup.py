@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shlex
-import stat
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -163,22 +162,8 @@ def _archive_roots() -> list[Path]:
 
 def backup_dir(params, create: bool = False) -> Path:
     """The local folder of ``kubernetes.etcd_backup``: refused inside the archive or readable by others; ``create`` makes it 0700."""
-    b = params.kubernetes.etcd_backup
-    path = Path(os.path.expanduser(b.path))
-    path = (path if path.is_absolute() else params.source_dir / path).resolve()
-    for root in _archive_roots():
-        if path == root or root in path.parents:
-            raise SnapshotError(f"{params.source}: kubernetes.etcd_backup.path {path} lies inside the archive {root}; a snapshot "
-                                "holds every Secret of the cluster and must never be archived: choose a folder outside it")
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise SnapshotError(f"{params.source}: kubernetes.etcd_backup.path {path} is readable by others (mode {mode:o}); "
-                                f"it holds every Secret of the cluster: run `chmod 700 {path}`")
-    elif create:
-        path.mkdir(parents=True, mode=0o700)
-        path.chmod(0o700)
-    return path
+    return state.private_folder(params, params.kubernetes.etcd_backup.path, "kubernetes.etcd_backup.path",
+                                "every Secret of the cluster", _archive_roots(), create, SnapshotError)
 
 
 # -- snapshots on the nodes -------------------------------------------------------------------------

@@ -26,18 +26,26 @@ KUBECONFIG_RKE1 = "kube_config_cluster.yml"
 
 def state_dir(params, create: bool = False) -> Path:
     """The protected folder; with ``create``, made ``0700`` (an existing one readable by others is refused)."""
-    path = Path(os.path.expanduser(params.kubernetes.state_dir))
-    path = path if path.is_absolute() else (params.source_dir / path)
-    path = path.resolve()
     archive = os.environ.get("RUNBOOK_ARCHIVE")
-    if archive and (path == Path(archive).resolve() or Path(archive).resolve() in path.parents):
-        raise RunbookError(f"{params.source}: kubernetes.state_dir {path} lies inside the archive {archive}; the state "
-                           "holds the cluster's keys and must never be archived: choose a folder outside it")
+    return private_folder(params, params.kubernetes.state_dir, "kubernetes.state_dir", "the cluster's keys",
+                          [Path(archive)] if archive else [], create)
+
+
+def private_folder(params, value: str, field: str, holds: str, archives, create: bool = False,
+                   error: type[RunbookError] = RunbookError) -> Path:
+    """A local folder that holds credentials (``holds`` says which): relative to the parameter file, refused
+    inside any of ``archives`` or when others can read it; ``create`` makes it ``0700``."""
+    path = Path(os.path.expanduser(value))
+    path = (path if path.is_absolute() else params.source_dir / path).resolve()
+    for root in (Path(a).resolve() for a in archives):
+        if path == root or root in path.parents:
+            raise error(f"{params.source}: {field} {path} lies inside the archive {root}; it holds {holds} and must never "
+                        "be archived: choose a folder outside it")
     if path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            raise RunbookError(f"{params.source}: kubernetes.state_dir {path} is readable by others (mode {mode:o}); it "
-                               f"holds the cluster's keys: run `chmod 700 {path}`")
+            raise error(f"{params.source}: {field} {path} is readable by others (mode {mode:o}); it holds {holds}: "
+                        f"run `chmod 700 {path}`")
     elif create:
         path.mkdir(parents=True, mode=0o700)
         path.chmod(0o700)
