@@ -28,6 +28,17 @@ from .dialects import Dialect, fill_secrets, secret_fields
 SECRET_DIR = ".runbooklib-db"  # under the SSH user's home
 
 
+def secret_folder(sftp) -> str:
+    """The SSH user's private folder for files that carry secrets or data (created, and kept, mode 700); its path."""
+    folder = f"{sftp.normalize('.')}/{SECRET_DIR}"
+    try:
+        sftp.stat(folder)
+    except OSError:
+        sftp.mkdir(folder, 0o700)
+    sftp.chmod(folder, 0o700)
+    return folder
+
+
 def option_file(user: str, password: str | None) -> str:
     """A client option file: ``[client]`` with the user and, quoted, the password."""
     lines = ["[client]", f"user={user}"]
@@ -88,12 +99,7 @@ class DatabaseClient:
         conn = self.fleet.connection(host)
         try:
             sftp = conn.sftp()
-            folder = f"{sftp.normalize('.')}/{SECRET_DIR}"
-            try:
-                sftp.stat(folder)
-            except OSError:
-                sftp.mkdir(folder, 0o700)
-            sftp.chmod(folder, 0o700)
+            folder = secret_folder(sftp)
             token = _random.token_hex(6)
             paths = {}
             for name, content in files.items():

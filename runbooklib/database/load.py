@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import HostError, RunbookError
 from ..phase.steps import Operation, Step, operation
+from .client import secret_folder
 from .dialects import sql_string
 
 _LEAVE_OUT = re.compile(r"^\s*SET\s+@@(?:SESSION\.)?SQL_LOG_BIN\s*=|^\s*SET\s+@@GLOBAL\.GTID_PURGED\s*=", re.I)
@@ -143,11 +144,7 @@ def _apply(p, client, step: Step, dump: Dump, workdir: Path, on_change) -> dict[
     try:
         conn = client.fleet.connection(host)
         sftp = conn.sftp()
-        folder = f"{sftp.normalize('.')}/.runbooklib-db"
-        try:
-            sftp.stat(folder)
-        except OSError:
-            sftp.mkdir(folder, 0o700)
+        folder = secret_folder(sftp)  # a dump holds the application's data: the same private folder
         remote = f"{folder}/load-{dump.sha256[:12]}.sql"
         sftp.put(str(local), remote)
         sftp.chmod(remote, 0o600)
