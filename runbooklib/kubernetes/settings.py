@@ -129,6 +129,9 @@ class Kubernetes(Section):
     # and lists what blocks; and whether pods' emptyDir data may be lost (kubectl's --delete-emptydir-data)
     drain_timeout_seconds: Annotated[int, Field(ge=10, le=3600)] = 300
     drain_delete_emptydir_data: bool = False
+    # after a change (bring-up, nodes added or removed, an upgrade, a restore) the cluster takes a while to
+    # settle (add-on pods scheduled, evicted pods started elsewhere): verification asks again for up to this long
+    settle_seconds: Annotated[int, Field(ge=0, le=3600)] = 180
     # how to run etcdutl on an etcd node (it verifies snapshots); default: RKE1's `docker exec etcd etcdutl`
     # (the etcd image ships it), on RKE2 `etcdutl` (RKE2 ships none: install the etcd release's etcdutl)
     etcdutl: Optional[str] = None

@@ -64,7 +64,6 @@ CORDONED = "runbooklib/cordoned-for-upgrade"  # the annotation on a node this ru
 SNAPSHOT_PREFIX = "pre-upgrade"
 KUBELET_SKEW = 3  # minors a kubelet may be behind the newest kube-apiserver (since 1.25; 2 before)
 SKEW_POLICY = "kubernetes.io/releases/version-skew-policy"
-SETTLE = 120.0  # seconds the cluster may take to verify after a release's last node (evicted pods scheduled again)
 
 
 class UpgradeError(RunbookError):
@@ -780,23 +779,18 @@ def release_rows(params, kubeconfig: Path, version: Version) -> list[dict]:
     return rows
 
 
-def _verified(params, fleet, kubeconfig: Path, release: Release, out: UpgradeResult, on_line, settle: float = SETTLE) -> bool:
-    """The cluster at ``release``: asked again every 5 s for up to ``settle`` seconds while something fails (pods evicted by a
-    drain are being scheduled again, a restarted component is catching up); the last answer is kept."""
+def _verified(params, fleet, kubeconfig: Path, release: Release, out: UpgradeResult, on_line) -> bool:
+    """The cluster at ``release``, given ``kubernetes.settle_seconds`` to settle (pods evicted by a drain are being
+    scheduled again, a restarted component is catching up); the last answer is kept."""
     from . import verify
 
-    started = time.monotonic()
-    while True:
-        rows = [dict(r, after=str(release.version)) for r in
-                verify.verify_api(params, kubeconfig, str(release.version)) + release_rows(params, kubeconfig, release.version)
-                + verify.verify_etcd(params, fleet)]
-        bad = verify.failing(rows)
-        if not bad or time.monotonic() - started >= settle:
-            break
-        time.sleep(5)
+    rows = verify.settled(lambda: [dict(r, after=str(release.version)) for r in
+                                   verify.verify_api(params, kubeconfig, str(release.version))
+                                   + release_rows(params, kubeconfig, release.version) + verify.verify_etcd(params, fleet)],
+                          params.kubernetes.settle_seconds, on_line)
+    bad = verify.failing(rows)
     out.verified += rows
-    waited = time.monotonic() - started
-    on_line(f"verified at {release.version}: {len(rows) - len(bad)} of {len(rows)} checks pass" + (f" (after {waited:.0f} s)" if waited >= 5 else ""))
+    on_line(f"verified at {release.version}: {len(rows) - len(bad)} of {len(rows)} checks pass")
     if bad:
         out.error = f"the cluster does not verify at {release.version}: " + "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
     return not bad

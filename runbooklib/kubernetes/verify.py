@@ -11,11 +11,16 @@ an API that does not answer is a failing row that says so). What is checked:
 - etcd: every member healthy and the members exactly the etcd hosts, asked with ``etcdctl`` on an etcd
   node over SSH (RKE1: ``docker exec etcd etcdctl``, the etcd container's own client and certificates; RKE2:
   ``kubernetes.etcdctl`` with RKE2's etcd client certificate).
+
+Right after a change the cluster is still moving (a fresh add-on's pods are being scheduled, pods a drain
+evicted start elsewhere, a restored etcd is catching up): :func:`settled` asks again while something fails,
+for up to ``kubernetes.settle_seconds``, and keeps the last answer. A run that changed nothing asks once.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -183,6 +188,34 @@ def recap(rows: list[dict]) -> list[dict]:
             line["failed"] += 1
             line["failing"].append(f"{r['target']}: {r['detail']}")
     return [{**line, "failing": "; ".join(line["failing"])} for line in out.values()]
+
+
+def verify_cluster(params, fleet, kubeconfig: Path, changed: bool, on_line: Callable[[str], None] = print) -> list[dict]:
+    """The API's and etcd's checks; when this run ``changed`` the cluster, given ``kubernetes.settle_seconds`` to settle."""
+    return settled(lambda: verify_api(params, kubeconfig) + verify_etcd(params, fleet),
+                   params.kubernetes.settle_seconds if changed else 0, on_line)
+
+
+def settled(ask: Callable[[], list[dict]], settle: float, on_line: Callable[[str], None] = print,
+            interval: float = 5.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+            ) -> list[dict]:
+    """The rows ``ask()`` returns, asked again every ``interval`` seconds while some fail, for up to ``settle``
+    seconds (0: once). Says on ``on_line`` what it waits for and, at the end, how long it waited; the last answer
+    is the one returned, failures and all."""
+    started, said = clock(), None
+    while True:
+        rows = ask()
+        bad = failing(rows)
+        waited = clock() - started
+        if not bad or waited + interval > settle:
+            break
+        if bad != said:  # say what it waits for when that changes, not every few seconds
+            on_line(f"waiting up to {settle:.0f} s for the cluster to settle: {len(bad)} check(s) fail, first {bad[0]}")
+            said = bad
+        sleep(interval)
+    if waited >= interval:
+        on_line(f"after {waited:.0f} s: " + ("every check passes" if not bad else f"{len(bad)} check(s) still fail"))
+    return rows
 
 
 def failing(rows: list[dict]) -> list[str]:

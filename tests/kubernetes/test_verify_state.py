@@ -171,3 +171,51 @@ def test_lint_blocking_lists_the_errors_only():
     findings = [Finding("rke1-end-of-life", "warning", "p.yaml: kubernetes.distribution", "end of life", "move"),
                 Finding("etcd-even", "error", "p.yaml: inventory.hosts", "2 etcd nodes", "use 3")]
     assert blocking(findings) == ["lint etcd-even: p.yaml: inventory.hosts: 2 etcd nodes"]
+
+
+class Clock:
+    """A fake clock that advances only when slept on."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def answers(*failures_per_ask):
+    """``ask`` returning, on its n-th call, a row per name in the n-th tuple as failing (the last answer repeats)."""
+    calls = []
+
+    def ask():
+        names = failures_per_ask[min(len(calls), len(failures_per_ask) - 1)]
+        calls.append(names)
+        return [verify.row("dns", "cluster", True)] + [verify.row("system workload", n, False, "0/2 available") for n in names]
+    return ask, calls
+
+
+def test_a_cluster_still_settling_is_asked_again_until_it_passes():
+    clock, said = Clock(), []
+    ask, calls = answers(("deployment/coredns",), ("deployment/coredns",), ())
+    rows = verify.settled(ask, 60, said.append, clock=clock, sleep=clock.sleep)
+    assert verify.failing(rows) == [] and len(calls) == 3 and clock.now == 10
+    assert said[0].startswith("waiting up to 60 s") and "deployment/coredns: 0/2 available" in said[0]
+    assert len(said) == 2 and said[-1] == "after 10 s: every check passes"  # the same failure is said once, not every 5 s
+
+
+def test_a_cluster_that_never_settles_returns_the_last_failing_answer_within_the_bound():
+    clock, said = Clock(), []
+    ask, calls = answers(("deployment/coredns",))
+    rows = verify.settled(ask, 30, said.append, clock=clock, sleep=clock.sleep)
+    assert verify.failing(rows) == ["system workload deployment/coredns: 0/2 available"]
+    assert clock.now == 30 and len(calls) == 7 and said[-1] == "after 30 s: 1 check(s) still fail"  # the last ask at the bound
+
+
+def test_a_run_that_changed_nothing_asks_once_and_says_nothing():
+    clock, said = Clock(), []
+    ask, calls = answers(("deployment/coredns",), ())
+    rows = verify.settled(ask, 0, said.append, clock=clock, sleep=clock.sleep)
+    assert len(calls) == 1 and said == [] and verify.failing(rows)
