@@ -137,8 +137,11 @@ class Lab(Network, Processes, Boot, Keys):
             data = generated_profile(hosts)
         else:
             path = PROFILES.get(profile or "seed")
+            if path is None and profile and profile.endswith((".yaml", ".yml")) and Path(profile).is_file():
+                path = Path(profile)  # a site of one's own, written in the profiles' subnet (10.77.0.0/24)
             if path is None:
-                raise LabError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)} (or --hosts N)")
+                raise LabError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}, or a parameter file "
+                               f"(.yaml) whose hosts are in {TEMPLATE_NET} (or --hosts N)")
             data = yaml.safe_load(path.read_text())
         data = _map_addresses(copy.deepcopy(data), self)
         data["ssh"]["key"] = f"file:{self.key.relative_to(self.root)}"

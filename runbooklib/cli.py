@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab = p.add_subparsers(dest="lab_command", required=True)
     q = lab.add_parser("up", help="build the lab, or bring it back to the profile (idempotent)")
     g = q.add_mutually_exclusive_group()
-    g.add_argument("--profile", choices=["seed", "small"], help="seed: the founding story's 16 hosts (default); small: 4")
+    g.add_argument("--profile", metavar="NAME|FILE",
+                   help="seed: the founding story's 16 hosts (default); small: 4; or a parameter file of your own "
+                        "whose hosts are in 10.77.0.0/24")
     g.add_argument("--hosts", type=int, metavar="N", help="N generic hosts instead of a profile")
     lab.add_parser("down", help="remove every VM, namespace, link and process of the lab")
     q = lab.add_parser("status", help="each VM, its address, whether SSH answers, what it runs")

@@ -297,3 +297,17 @@ def test_the_lab_provides_every_reference_its_parameters_make(lab):
     assert oct(lab.registry_key.stat().st_mode & 0o777) == "0o600"
     seed = Lab(lab.root, name=lab.name, subnet=str(lab.subnet)).profile_data("seed")
     assert seed["registry"]["json_key"] == "file:secrets/registry-key.json"  # mapped into this lab's own folder
+
+
+def test_a_profile_may_be_a_parameter_file_of_ones_own_mapped_onto_the_labs_subnet(tmp_path):
+    import yaml
+
+    own = yaml.safe_load((Path(__file__).parent.parent / "params" / "lab-small.yaml").read_text())
+    own["inventory"]["hosts"] = [h for h in own["inventory"]["hosts"] if h["name"] in ("edge1", "w1")]
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(own))
+    lab = Lab(tmp_path / "lab", name="tq", subnet="10.123.0.0/24")
+    data = lab.profile_data(str(path))
+    assert [(h["name"], h["address"]) for h in data["inventory"]["hosts"]] == [("w1", "10.123.0.21"), ("edge1", "10.123.0.41")]
+    with pytest.raises(LabError, match="unknown profile 'nowhere.yaml'.*a parameter file"):
+        lab.profile_data("nowhere.yaml")
