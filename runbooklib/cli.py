@@ -21,7 +21,7 @@ def cmd_run(args) -> int:
 
     result = run_notebook(args.notebook, args.params, apply=args.apply, timeout=args.timeout,
                           archive_root=args.archive, stream=sys.stderr, summary_stream=sys.stdout,
-                          operator_name=args.operator, why=args.reason, no_input=args.no_input)
+                          operator_name=args.operator, why=args.reason, no_input=args.no_input, change=args.change)
     if result.signal:
         return 128 + result.signal  # the shell's convention: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
     return result.exit_code(allow_not_ready=args.allow_not_ready)
@@ -90,7 +90,7 @@ def cmd_runs(args) -> int:
 def cmd_show(args) -> int:
     archive = _archive(args)
     manifest = archive.manifest(args.run)
-    if not args.with_params:
+    if not args.with_params and "params" in manifest:
         manifest = dict(manifest, params={k: v for k, v in manifest["params"].items() if k != "content_redacted"})
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
@@ -100,6 +100,53 @@ def cmd_show(args) -> int:
     print(describe(manifest, archive.root))
     if args.with_params:
         print("\nparameter file (secrets redacted):\n" + manifest["params"].get("content_redacted", ""))
+    return 0
+
+
+def cmd_approve(args) -> int:
+    from . import changes
+    from .params import load_params
+
+    archive = _archive(args)
+    plan = archive.manifest(args.run)
+    print("\n".join(changes.plan_recap(plan)))
+    params = load_params(args.params) if args.params else None
+    m = changes.approve(archive, args.run, Path(args.key).expanduser(), params, change=args.change or "")
+    print(f"approved by {m['approver']}: plan run {m['approves']} (digest {m['plan_digest'][:16]}...), "
+          f"recorded as {m['run_id']} (seq {m['seq']})")
+    return 0
+
+
+def cmd_change(args) -> int:
+    from . import changes
+
+    rows = changes.timeline(_archive(args), args.id)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no record of change {args.id!r} (runs join a change with --change or $RUNBOOK_CHANGE)")
+        return 1
+    from .display import Table
+
+    print(repr(Table(rows, ["seq", "at", "record", "run", "runbook", "environment", "who", "result", "what"],
+                     title=f"change {args.id}: {len(rows)} record(s)")))
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from . import changes
+
+    archive = _archive(args)
+    d = changes.diff(archive.manifest(args.a), archive.manifest(args.b))
+    if args.json:
+        print(json.dumps({"a": d.a["run_id"], "b": d.b["run_id"], "host_map": d.host_map, "run": d.run, "params": d.params,
+                          "steps_added": d.steps_added, "steps_removed": d.steps_removed,
+                          "changes_added": d.changes_added, "changes_removed": d.changes_removed}, indent=2))
+    else:
+        print(changes.diff_text(d))
+    if args.html:
+        print(f"html: {changes.write_html(d, args.html)}")
     return 0
 
 
@@ -202,7 +249,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", metavar="TEXT", help="why this run is made (a ticket, a change request); default $RUNBOOK_REASON")
     p.add_argument("--operator", metavar="NAME", help="who runs it; default $RUNBOOK_OPERATOR, else user@host")
     p.add_argument("--no-input", action="store_true", help="the archived HTML leaves the code cells out (for reviewers)")
+    p.add_argument("--change", metavar="ID", help="the change this run belongs to (a ticket); default $RUNBOOK_CHANGE")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("approve", help="sign a plan run with your SSH key: the approval an apply in a guarded environment needs")
+    p.add_argument("run", help="the plan run's id (or a unique prefix)")
+    p.add_argument("--key", default="~/.ssh/id_ed25519",
+                   help="your SSH private key, or its .pub with the key in ssh-agent (default ~/.ssh/id_ed25519)")
+    p.add_argument("--params", type=Path, help="the environment's parameter file (default: the one the plan used)")
+    p.add_argument("--change", metavar="ID", help="the change the approval belongs to (default: the plan's)")
+    p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser("change", help="one change across runs: plans, approvals, applies and retries")
+    q = p.add_subparsers(dest="change_command", required=True).add_parser("show", help="the change's records in order")
+    q.add_argument("id", help="the change id runs were made with (--change)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_change)
+
+    p = sub.add_parser("diff", help="what differs between two runs: run, parameters, plan steps, changes applied")
+    p.add_argument("a", help="the earlier run (id or prefix)")
+    p.add_argument("b", help="the later run")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write the difference as an HTML page")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("check", help="validate a parameter file and exit (2 when invalid)")
     p.add_argument("params", type=Path)
@@ -260,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that read or write the archive first archive the journals of runs that were killed.
-_ARCHIVE_COMMANDS = ("run", "runs", "show", "verify", "reindex")
+_ARCHIVE_COMMANDS = ("run", "runs", "show", "verify", "reindex", "approve", "change", "diff")
 
 
 def _recover(args) -> None:

@@ -156,7 +156,7 @@ class InteractiveRecord:
     def __init__(self, run) -> None:
         from .archive import Archive, default_root
         from .references import require_references
-        from .runner import _journal_info, operator, reason, recover_killed_runs, secret_redactor
+        from .runner import _journal_info, change_id, operator, reason, recover_killed_runs, secret_redactor
 
         self.run = run
         require_references(run.params)  # as a headless run: no run starts with a reference that cannot be used
@@ -166,11 +166,13 @@ class InteractiveRecord:
         self.started = dt.datetime.now(dt.timezone.utc)
         self.operator = operator()
         self.reason = reason()
+        self.change = change_id()
         path = notebook_path_from_server()
         self.notebook = Path(path) if path else Path("interactive.ipynb")
         self.redactor, _ = secret_redactor(run.params)
         info = _journal_info(self.notebook, run.params, run.run_id, False, self.operator, self.started, self.redactor)
         info["interactive"] = True
+        info["change"] = self.change
         self._journal_cm = self.archive.journal(run.run_id, info)
         self.folder = self._journal_cm.__enter__()
         self.journal = self.folder / "journal.jsonl"
@@ -187,6 +189,12 @@ class InteractiveRecord:
                   "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   "archive": str(self.archive.root.resolve())}
         return run_lock(self.run.params.environment.name, self.notebook.stem, holder)
+
+    def approvals(self) -> dict | None:
+        """The approved plans an apply from this kernel is checked against, read and verified now."""
+        from .runner import approvals_for
+
+        return approvals_for(self.archive, self.run.params, self.notebook, self.operator)
 
     def close(self, status: str = "succeeded", why: str = "") -> Any:
         """Archive the run once (later calls return the first record)."""
@@ -208,7 +216,7 @@ class InteractiveRecord:
         try:
             self.result = _archive(self.archive, self.notebook, self.run.params, self.run.run_id, applied, self.operator,
                                    self.started, ended, outcome, events, self.redactor, _HtmlRenderer(background=False), None,
-                                   reason=self.reason, interactive=True)
+                                   reason=self.reason, interactive=True, change=self.change)
         except BaseException as e:
             # the journal stays; the next command archives what it holds, saying why (not as "killed")
             (self.folder / "not-archived").write_text(f"{type(e).__name__}: {self.redactor.scrub(str(e))}\n")

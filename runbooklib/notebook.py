@@ -85,6 +85,7 @@ class Run:
         self.changes: list[Change] = []
         self.redactor = Redactor()
         self._journal = os.environ.get(JOURNAL_ENV)
+        self.plans: list[dict] = []  # every confirmation's plan part (runbooklib.approvals.plan_part), in order
         self._record = None  # the archive side of an interactive run (runbooklib.interactive)
         self._finished = False
         self._lock = threading.Lock()
@@ -228,6 +229,16 @@ class Run:
         if self._finished:
             raise RunbookError(f"run {self.run_id} is finished and archived; run the open_run cell again to plan and "
                                "apply in a new run (so that its changes are recorded)")
+        from .approvals import plan_part
+
+        index, part = len(self.plans), plan_part(title, steps, self.redactor.scrub)
+        self.plans.append(part)
+        self._write_journal({"event": "plan", **part})
+        inner_action = action
+
+        def action():  # an environment that requires approvals: only the approved plan runs
+            self._approved_or_raise(index, part)
+            return inner_action()
         if self._record is not None:  # an interactive apply takes the lock a headless run would
             inner = action
 
@@ -237,12 +248,40 @@ class Run:
         self.show_plan(steps, title)
         if self.headless:
             if not self.apply:
-                show(f"PLAN mode: nothing was changed. Re-run with --apply to make these {len(steps)} changes.")
+                approvals = self.params.environment.approvals
+                needs = (f" {self.environment.name} requires {approvals.required} approval(s) of this plan first: "
+                         f"`runbook approve {self.run_id}`." if approvals else "")
+                show(f"PLAN mode: nothing was changed. Re-run with --apply to make these {len(steps)} changes.{needs}")
                 return Confirmation("planned")
             return Confirmation("applied", action())
         from .phase.steps import plan_summary
 
         return self._confirm_widget(len(steps), action, plan_summary(steps))
+
+    def _approved_or_raise(self, index: int, part: dict) -> None:
+        """Raise :class:`~runbooklib.approvals.ApprovalError` (nothing has run) unless this plan part may be applied."""
+        rules = self.params.environment.approvals
+        if rules is None:
+            return
+        from .approvals import ApprovalError, gate
+
+        if self._record is not None:  # interactive: read and verify the approvals now
+            granted = self._record.approvals()
+        else:
+            try:
+                granted = json.loads((Path(self._journal).parent / "run.json").read_text())["approvals"]
+            except (TypeError, OSError, ValueError, KeyError):
+                granted = None
+        if granted is None:
+            raise ApprovalError(f"{self.environment.name} requires approvals before an apply, and this run has no record "
+                                "to check them against: apply with `runbook run --apply` or from JupyterLab")
+        plan_run, refusal = gate(rules.required, granted["plans"], granted["operator"], index, part, self.params.sha256,
+                                 granted["git_commit"], self.environment.name, granted["notebook"])
+        if refusal:
+            raise ApprovalError(refusal)
+        self._write_journal({"event": "approved plan", "plan_run": plan_run, "part": index})
+        approvers = next(", ".join(g["approvers"]) for g in granted["plans"] if g["plan_run"] == plan_run)
+        show(f"Approved plan part {index + 1} ({part['title']}): plan run {plan_run}, approved by {approvers}: applying.")
 
     def finish(self, problems: Sequence[str] = (), verdict: str | None = None) -> None:
         """End the runbook with a verdict: the last output, journaled for the record, the runner's exit code.

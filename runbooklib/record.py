@@ -115,6 +115,28 @@ def describe(manifest: dict, root=None) -> str:
     """``runbook show``: the record as a person reads it in a terminal, recap before detail."""
     m = manifest
     env = m.get("environment", {})
+    if m.get("record") == "plan approval":
+        plan = m.get("plan") or {}
+        return "\n".join([
+            f"approval {m.get('run_id')}  of plan run {m.get('approves')} ({m.get('notebook')} on {env.get('name')})",
+            f"  approver   {m.get('approver')} (signed with SSH key, namespace {m.get('namespace')})",
+            f"  signed at  {m.get('started_at')}",
+            f"  change     {m.get('change') or '-'}",
+            f"  plan       digest {m.get('plan_digest')}; planned by {plan.get('operator')}; parameters sha256 "
+            f"{(plan.get('params_sha256') or '')[:12]}; commit {(plan.get('git_commit') or '-')[:12]}",
+            *[f"    part {i}: {p.get('title')}: {p.get('steps')} step(s)" for i, p in enumerate(plan.get("parts") or [], 1)],
+            *[f"  {role:<10} {(str(root) + '/' if root else '') + str(info.get('path'))}" for role, info in (m.get("files") or {}).items()]])
+    if m.get("record") == "plan approval":
+        plan = m.get("plan") or {}
+        return "\n".join([
+            f"approval {m.get('run_id')}  of plan run {m.get('approves')} ({m.get('notebook')} on {env.get('name')})",
+            f"  approver   {m.get('approver')} (signed with SSH key, namespace {m.get('namespace')})",
+            f"  signed at  {m.get('started_at')}",
+            f"  change     {m.get('change') or '-'}",
+            f"  plan       digest {m.get('plan_digest')}; planned by {plan.get('operator')}; parameters sha256 "
+            f"{(plan.get('params_sha256') or '')[:12]}; commit {(plan.get('git_commit') or '-')[:12]}",
+            *[f"    part {i}: {p.get('title')}: {p.get('steps')} step(s)" for i, p in enumerate(plan.get("parts") or [], 1)],
+            *[f"  {role:<10} {(str(root) + '/' if root else '') + str(info.get('path'))}" for role, info in (m.get("files") or {}).items()]])
     verdict = m.get("verdict") or {}
     changes = m.get("changes") or []
     failure = m.get("failure") or {}
@@ -124,6 +146,9 @@ def describe(manifest: dict, root=None) -> str:
              f"  mode       {m.get('mode')}",
              f"  operator   {m.get('operator')}",
              f"  reason     {m.get('reason') or '(none given)'}",
+             *([f"  change     {m['change']}"] if m.get("change") else []),
+             *([f"  plan       {sum(p.get('count', 0) for p in m['plans'])} step(s) in {len(m['plans'])} part(s), digest "
+                f"{m.get('plan_digest')}"] if m.get("plans") else []),
              f"  started    {m.get('started_at')}  ended {m.get('ended_at')}  ({m.get('duration_s') or 0:.1f} s)",
              f"  git        {(m.get('git') or {}).get('commit') or '-'}" + (" (dirty)" if (m.get("git") or {}).get("dirty") else ""),
              f"  parameters {(m.get('params') or {}).get('path')} (sha256 {(m.get('params') or {}).get('sha256', '')[:12]})"]

@@ -84,6 +84,14 @@ def reference_problems(params: Params) -> list[Problem]:
     if problem:
         out.append(Problem("ssh.known_hosts", problem))
 
+    rules = params.environment.approvals
+    if rules is not None:
+        from .approvals import allowed_signers_problem
+
+        problem = allowed_signers_problem(params.path(rules.allowed_signers))
+        if problem:
+            out.append(Problem("environment.approvals.allowed_signers", problem))
+
     user = params.vm.deploy_user
     if user is not None:
         field = "vm.deploy_user.authorized_key"

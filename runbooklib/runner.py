@@ -148,6 +148,23 @@ def reason(text: str | None = None) -> str:
     return (text if text is not None else os.environ.get("RUNBOOK_REASON", "")).strip()
 
 
+def change_id(text: str | None = None) -> str:
+    """The change this run belongs to: ``--change``, else ``$RUNBOOK_CHANGE`` (a ticket), else empty."""
+    return (text if text is not None else os.environ.get("RUNBOOK_CHANGE", "")).strip()
+
+
+def approvals_for(archive: Archive, params: Params, notebook: Path, who: str) -> dict | None:
+    """What a run's confirmations check an apply against (``environment.approvals``): the approved plans of
+    this runbook here, each signature verified now, the operator, the commit. None without required approvals."""
+    if params.environment.approvals is None:
+        return None
+    from . import approvals
+
+    plans = [g.as_dict() for g in approvals.granted(archive, params, notebook.stem)]
+    return {"plans": plans, "operator": who, "git_commit": git_state(notebook.resolve().parent)["commit"],
+            "notebook": notebook.stem}
+
+
 def git_state(where: Path) -> dict:
     """Commit and dirtiness of the checkout holding ``where`` (None outside git)."""
     try:
@@ -404,7 +421,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                  timeout: float | None = None, archive_root: str | Path | None = None,
                  stream: TextIO | None = sys.stderr, kernel_name: str | None = None,
                  summary_stream: TextIO | None = sys.stdout, operator_name: str | None = None,
-                 why: str | None = None, no_input: bool = False) -> RunResult:
+                 why: str | None = None, no_input: bool = False, change: str | None = None) -> RunResult:
     """Execute ``notebook`` against ``params_file`` and archive the record, whatever the outcome.
 
     SIGINT, SIGTERM and SIGHUP end the run the same way: the kernel is stopped, the partial record
@@ -427,7 +444,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
     archive.check_ready()  # a run that could not be archived must not start (with --apply least of all)
     run_id = new_run_id()
     who = operator(operator_name)
-    record_options = {"reason": reason(why), "no_input": no_input}
+    record_options = {"reason": reason(why), "no_input": no_input, "change": change_id(change)}
     started = dt.datetime.now(dt.timezone.utc)
     holder = {"operator": who, "pid": os.getpid(), "run_id": run_id, "since": started.isoformat(timespec="seconds"),
               "archive": str(archive.root.resolve())}
@@ -439,6 +456,9 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
         renderer = _HtmlRenderer()
         redactor, _ = secret_redactor(params)
         info = _journal_info(notebook, params, run_id, apply, who, started, redactor)
+        info["change"] = record_options["change"]
+        if apply:  # verified here, by the runner, before the notebook (and its confirmations) run
+            info["approvals"] = approvals_for(archive, params, notebook, who)
         with archive.journal(run_id, info) as folder, _signals_end_the_run() as signals:
             journal = folder / "journal.jsonl"
             signals.armed = True
@@ -595,7 +615,7 @@ def recover_killed_runs(archive: Archive, stream: TextIO | None = sys.stderr) ->
         manifest = redactor.scrub_obj({
             "record": "runbook run", **{k: info.get(k) for k in ("run_id", "notebook", "notebook_source",
                                                                   "environment", "simulated", "mode", "params",
-                                                                  "operator", "git", "started_at")},
+                                                                  "operator", "change", "git", "started_at")},
             "interactive": bool(info.get("interactive")),
             "versions": {"runbooklib": __version__, "kernel": {"python": kernel.get("python"),
                                                                "executable": kernel.get("executable"),
@@ -698,12 +718,13 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
 def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, apply: bool, who: str,
              started: dt.datetime, ended: dt.datetime, outcome: _Outcome, events: list[dict], redactor: Redactor,
              renderer: _HtmlRenderer, stream: TextIO | None, reason: str = "", no_input: bool = False,
-             interactive: bool = False) -> RunResult:
+             interactive: bool = False, change: str = "") -> RunResult:
     import papermill
 
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
     changes = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "change"]
     verdicts = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "verdict"]
+    plans = [{k: v for k, v in e.items() if k != "event"} for e in events if e.get("event") == "plan"]
     manifest: dict[str, Any] = {
         "record": "runbook run",
         "run_id": run_id,
@@ -717,6 +738,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
         "params": {"path": str(params.source), "sha256": params.sha256, "content_redacted": redactor.scrub(params.text)},
         "operator": who,
         "reason": reason,
+        "change": change,
         "git": git_state(notebook.resolve().parent),
         "versions": {
             "python": sys.version.split()[0],
@@ -732,8 +754,13 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
         "failure": outcome.failure,
         "verdict": verdicts[-1] if verdicts else None,
         "changes": changes,
+        "plans": plans,
+        "approved_plans": sorted({e["plan_run"] for e in events if e.get("event") == "approved plan"}),
         "archived_at": utcnow(),
     }
+    from .approvals import manifest_plan_digest
+
+    manifest["plan_digest"] = manifest_plan_digest(manifest)
     manifest = redactor.scrub_obj(manifest)
     # the record stands alone: a header from the manifest, injected parameters on top, no bar residue
     nb = record.arrange(nbformat.from_dict(redactor.scrub_obj(_merge_streams(outcome.nb))), manifest)

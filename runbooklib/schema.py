@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress, PlainSerializer, PlainValidator
 
@@ -74,11 +74,23 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Approvals(Section):
+    """Signed approvals an apply needs (see runbooklib.approvals)."""
+
+    # distinct approvers, other than the operator, whose signatures an apply needs
+    required: Annotated[int, Field(ge=1, le=10)] = 1
+    # who may approve: an OpenSSH allowed-signers file (one `principal [options] key` a line), relative
+    # to the parameter file; `ssh-keygen -Y find-principals` reads the approver's name from it
+    allowed_signers: str
+
+
 class Environment(Section):
     name: Name
     kind: Literal["lab", "staging", "production"]
     data_country: Country
     description: str = ""
+    # required approvals before any apply (none when absent; production usually has them)
+    approvals: Optional[Approvals] = None
 
 
 class Location(Section):
