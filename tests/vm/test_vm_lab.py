@@ -101,6 +101,56 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
     assert verify.returncode == 0 and "4 records" in verify.stdout
 
 
+def test_with_approvals_required_the_baseline_applies_only_once_a_second_key_signed_its_plan(lab, tmp_path):
+    """The issue's "done when": on the converged lab, one host drifts; its fix is planned, refused unsigned,
+    signed by a second engineer, applied; `change show` and `diff` tell the story."""
+    import json
+    import subprocess
+
+    import yaml
+
+    from runbooklib.approvals import NAMESPACE
+
+    keys = {}
+    for who in ("ops", "reviewer"):
+        keys[who] = tmp_path / who
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys[who])], check=True)
+    (lab.root / "allowed_signers").write_text("".join(f'{who}@example.org namespaces="{NAMESPACE}" {keys[who].with_suffix(".pub").read_text()}'
+                                                      for who in keys))
+    data = yaml.safe_load(lab.params_file.read_text())
+    data["environment"]["approvals"] = {"required": 1, "allowed_signers": "allowed_signers"}
+    guarded = lab.root / "guarded.yaml"
+    guarded.write_text(yaml.safe_dump(data, sort_keys=False))
+    archive = str(tmp_path / "archive")
+
+    def run02(*extra):
+        return runbook("--archive", archive, "run", "notebooks/02-vm-baseline.ipynb", "--params", str(guarded),
+                       "--operator", "ops@example.org", "--change", "CHG-7", *extra)
+
+    converged = run02()
+    assert converged.returncode == 0 and "Nothing to change" in converged.stderr, converged.stderr[-2000:]
+    params = load_params(guarded)
+    with Fleet.from_params(params, progress=None) as fleet:
+        fleet.run_on(params.host("w1"), "rm -f /etc/sysctl.d/90-kubernetes.conf").check()
+        plan = run02()
+        assert plan.returncode == 0 and "runbook approve" in plan.stderr, plan.stderr[-2000:]
+        refused = run02("--apply")
+        assert refused.returncode == 1 and "ApprovalError" in refused.stdout and "Nothing was changed" in refused.stdout
+        assert fleet.run_on(params.host("w1"), "test -e /etc/sysctl.d/90-kubernetes.conf").exit_code == 1
+        plan_id = manifest(plan.stdout)["run_id"]
+        signed = runbook("--archive", archive, "approve", plan_id, "--key", str(keys["reviewer"]))
+        assert signed.returncode == 0 and "approved by reviewer@example.org" in signed.stdout, signed.stderr
+        applied = run02("--apply")
+        assert applied.returncode == 0, applied.stderr[-3000:]
+        assert {c["host"] for c in manifest(applied.stdout)["changes"]} == {"w1"}
+        assert fleet.run_on(params.host("w1"), "test -e /etc/sysctl.d/90-kubernetes.conf").exit_code == 0
+    story = json.loads(runbook("--archive", archive, "change", "show", "CHG-7", "--json").stdout)
+    assert [r["record"] for r in story] == ["plan", "plan", "apply", "approval", "apply"]
+    d = json.loads(runbook("--archive", archive, "diff", manifest(converged.stdout)["run_id"], plan_id, "--json").stdout)
+    assert d["steps_added"] and {s.split(":")[0] for s in d["steps_added"]} == {"w1"} and d["steps_removed"] == []
+    assert runbook("--archive", archive, "verify").returncode == 0
+
+
 def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):
     with running_lab(tmp_path / "lab", "rbmid", "10.82.0.0/24") as lab:
         params = load_params(lab.params_file)
