@@ -16,12 +16,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from .errors import Problem
 from .secrets import SecretRef
 
-Role = Literal["etcd", "controlplane", "worker", "database", "edge", "elk"]
+Role = Literal["etcd", "controlplane", "worker", "database", "edge", "elk", "cache"]
 ROLES: tuple[str, ...] = typing.get_args(Role)
 # Hosts with any of these roles join the Kubernetes cluster.
 K8S_ROLES: tuple[str, ...] = ("etcd", "controlplane", "worker")
 # Roles whose hosts can hold personal data (152-FZ Art. 18(5)): they must sit in the data country.
-DATA_ROLES: tuple[str, ...] = ("database", "worker", "edge", "elk")
+DATA_ROLES: tuple[str, ...] = ("database", "worker", "edge", "elk", "cache")  # sessions are personal data
 
 SecretField = Annotated[SecretRef, PlainValidator(SecretRef.parse), PlainSerializer(str)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
