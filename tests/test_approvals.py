@@ -224,3 +224,41 @@ def params_of(site):
     from runbooklib.params import load_params
 
     return load_params(site["params"])
+
+
+def test_the_apply_button_is_held_to_the_same_approvals(site):
+    """Interactive: the click runs the same gate; the kernel's record reads and verifies the approvals."""
+    import contextlib
+
+    from runbooklib.notebook import Run
+    from runbooklib.phase.steps import Step
+
+    class Record:  # the archive side of an interactive run, reduced to what the gate asks of it
+        def __init__(self, plans):
+            self.plans = plans
+
+        def apply_lock(self):
+            return contextlib.nullcontext()
+
+        def approvals(self):
+            return {"plans": self.plans, "operator": "erin@example.org", "git_commit": None, "notebook": "20-motd"}
+
+    steps = [Step("cp1", "motd", "write /etc/motd: interactive", "true")]
+    applied = []
+    for plans, expect in (([], "no plan of 20-motd in lab is approved"), (None, None)):
+        run = Run(params_of(site), None, apply=False, headless=False)
+        if plans is None:  # approved: a plan with this very part, signed by someone other than the operator
+            part = approvals.plan_part("motd", steps)
+            plans = [{"plan_run": "P1", "plan_digest": "d", "parts": [part], "params_sha256": run.params.sha256,
+                      "git_commit": None, "operator": "erin@example.org", "approvers": ["bob@example.org"], "refused": []}]
+        run._record = Record(plans)
+        outcome = run.confirm(steps, lambda: applied.append("applied"), title="motd")
+        apply_button = outcome.widget.children[0].children[0]
+        if expect:  # the widget shows the callback's error (ipywidgets catches it); nothing ran
+            with pytest.raises(approvals.ApprovalError, match=expect):
+                run._approved_or_raise(0, approvals.plan_part("motd", steps))
+            apply_button.click()
+            assert outcome.status == "failed" and applied == []
+        else:
+            apply_button.click()
+            assert outcome.status == "applied" and applied == ["applied"]
