@@ -47,7 +47,7 @@ __all__ = ["PROVISIONERS", "Lab", "LabError", "VMStatus"]
 PROFILES = {"seed": PROJECT / "params" / "lab.yaml", "small": PROJECT / "params" / "lab-small.yaml"}
 TEMPLATE_NET = ipaddress.IPv4Network("10.77.0.0/24")  # the subnet the profile files are written in
 # Provisioners: what a phase needs of the lab beyond plain VMs, ``provision(lab, params, actions)``.
-PROVISIONERS = ("runbooklab.kubernetes",)
+PROVISIONERS = ("runbooklab.kubernetes", "runbooklab.rook")
 
 
 def provisioners():
@@ -153,6 +153,8 @@ class Lab(Network, Processes, Boot, Keys):
         if data.get("kubernetes"):  # the cluster's state folder and the rke stand-in of this lab
             data["kubernetes"]["state_dir"] = "kubernetes"
             data["kubernetes"]["rke"] = "bin/rke"
+            data["kubernetes"]["kubectl"] = "bin/kubectl"  # of the cluster's release, linked by the provisioner
+            data["kubernetes"]["helm"] = "bin/helm"
             if (data["kubernetes"].get("etcd_backup") or {}).get("path") and not data["kubernetes"]["etcd_backup"].get("host"):
                 data["kubernetes"]["etcd_backup"]["path"] = "etcd-backups"  # the lab's own copies of its etcd snapshots
             if data["kubernetes"].get("distribution", "rke2") == "rke2":  # the lab's RKE2 artifact, and etcdctl in its VMs
@@ -162,6 +164,11 @@ class Lab(Network, Processes, Boot, Keys):
                 data["kubernetes"]["artifacts"] = artifact.FOLDER
                 data["kubernetes"]["etcdctl"] = parts.vm_path("etcd", "etcdctl")
                 data["kubernetes"]["etcdutl"] = parts.vm_path("etcd", "etcdutl")
+        ceph = (data.get("storage") or {}).get("ceph") or {}
+        if ceph.get("install"):  # Rook's manifests and charts, copied into the lab by its provisioner (runbooklab/rook.py)
+            from .rook import DEFAULT_RELEASE
+
+            ceph["install"]["location"] = f"rook/{ceph.get('rook_version', DEFAULT_RELEASE)}"
         return data
 
     def _state(self) -> dict:

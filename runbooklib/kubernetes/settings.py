@@ -122,6 +122,10 @@ class Kubernetes(Section):
     kubelet_extra_args: Annotated[dict[str, str], AfterValidator(_kubelet_args)] = {}
     # RKE1: the rke binary the runbook runs, a name on PATH or a path relative to the parameter file
     rke: str = "rke"
+    # the kubectl and helm the runbooks run on this machine (names on PATH, or paths relative to the parameter
+    # file), for what the API client does not do: server-side apply of manifests, kubectl diff, Helm releases
+    kubectl: str = "kubectl"
+    helm: str = "helm"
     # how to run etcdctl on an etcd node; default: RKE1's `docker exec etcd etcdctl`, on RKE2 `etcdctl`
     # (RKE2 ships none: install the etcd release's etcdctl on the servers, or name its path here)
     etcdctl: Optional[str] = None

@@ -3,5 +3,5 @@
 from ..phase import Phase
 from .settings import Storage, rules
 
-PHASE = Phase(name="storage", title="CDN and block storage", section="storage", model=Storage, rules=rules,
-              after=("vm",))
+PHASE = Phase(name="storage", title="CDN and block storage", runbooks=("07-block-storage",), section="storage",
+              model=Storage, rules=rules, after=("vm", "kubernetes"))

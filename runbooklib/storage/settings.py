@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 from pydantic import Field
 
 from ..errors import Problem
 from ..schema import Name, Section, need_host
+from .ceph_settings import Ceph, ceph_rules
 
 
 class Gluster(Section):
@@ -15,12 +16,6 @@ class Gluster(Section):
     bricks: Annotated[list[Name], Field(min_length=1)]
     brick_path: str = "/bricks/cdn"
     mount_path: str = "/cdn-data"
-
-
-class Ceph(Section):
-    pool_size: Annotated[int, Field(ge=1, le=7)] = 3
-    failure_domain: Literal["host", "osd", "rack", "zone"] = "host"
-    storage_class: str = "ceph-block"
 
 
 class Storage(Section):
@@ -36,7 +31,6 @@ def rules(p) -> list[Problem]:
     if s.gluster is not None:
         for i, name in enumerate(s.gluster.bricks):
             out += need_host(p, f"storage.gluster.bricks[{i}]", name)
-    if s.ceph is not None and s.ceph.pool_size == 1 and p.environment.kind != "lab":
-        out.append(Problem("storage.ceph.pool_size", "a pool of size 1 keeps one copy of every byte; use 3 "
-                                                     "outside the lab (size 1 also needs requireSafeReplicaSize: false)"))
+    if s.ceph is not None:
+        out += ceph_rules(p)
     return out
