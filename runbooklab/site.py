@@ -47,7 +47,7 @@ __all__ = ["PROVISIONERS", "Lab", "LabError", "VMStatus"]
 PROFILES = {"seed": PROJECT / "params" / "lab.yaml", "small": PROJECT / "params" / "lab-small.yaml"}
 TEMPLATE_NET = ipaddress.IPv4Network("10.77.0.0/24")  # the subnet the profile files are written in
 # Provisioners: what a phase needs of the lab beyond plain VMs, ``provision(lab, params, actions)``.
-PROVISIONERS = ("runbooklab.kubernetes",)
+PROVISIONERS = ("runbooklab.kubernetes", "runbooklab.edge")
 
 
 def provisioners():
@@ -239,6 +239,8 @@ class Lab(Network, Processes, Boot, Keys):
             raise LabError("the lab needs root to tear down namespaces; run as root")
         actions = []
         with self._locked():
+            for module in PROVISIONERS:  # what a provisioner started outside the VMs (the lab's DNS) is stopped by its PID
+                getattr(__import__(module, fromlist=["teardown"]), "teardown", lambda lab, actions: None)(self, actions)
             for vm in self.vms():
                 if self.pids(vm):
                     actions.append(f"{vm}: stopped")
