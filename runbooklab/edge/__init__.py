@@ -57,9 +57,10 @@ def dnsmasq_pid(lab) -> int | None:
     try:
         pid = int((dns_dir(lab) / "dnsmasq.pid").read_text().strip())
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    except (OSError, ValueError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
         return None
-    return pid if comm == "dnsmasq" else None
+    return pid if comm == "dnsmasq" and state != "Z" else None  # an exited one waits for its reaper as a zombie
 
 
 def stop_dns(lab, actions: list[str]) -> None:
