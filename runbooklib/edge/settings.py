@@ -130,7 +130,8 @@ def rules(p) -> list[Problem]:
         out.append(Problem("edge.https_port", f"{e.https_port} is also edge.http_port; HTTP and TLS need their own ports"))
     for i, name in enumerate(e.ingress.hosts):
         out += need_host(p, f"edge.ingress.hosts[{i}]", name, "worker")
-    if not e.ingress.hosts and not p.hosts_with("worker"):
+    # with a kubernetes section, its own rule already names the missing workers
+    if not e.ingress.hosts and not p.hosts_with("worker") and getattr(p, "kubernetes", None) is None:
         out.append(Problem("edge.ingress.hosts", "no host has role worker; name the hosts the ingress controller runs on"))
     if e.cdn_hostname in e.hostnames:
         out.append(Problem("edge.hostnames", f"{e.cdn_hostname} is edge.cdn_hostname: under TLS passthrough the edge sees only "
