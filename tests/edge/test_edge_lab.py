@@ -184,6 +184,26 @@ def test_a_configuration_nginx_refuses_is_not_applied_and_the_running_one_is_kep
     assert back.returncode == 0 and manifest(back.stdout)["verdict"]["verdict"] == "applied"
 
 
+def test_a_configuration_nginx_accepts_but_cannot_serve_is_rolled_back_after_the_reload(lab, archive, fleet):
+    """TLS on port 22, where the VM's sshd listens: `nginx -t` passes (it binds nothing), the reload cannot take the port."""
+    before = render.render(load_params(lab.params_file))
+    taken = write_params(lab, "port-taken.yaml", https_port=22)
+    bad = run09(archive, taken, "--apply")
+    assert bad.returncode == 4, bad.stderr[-3000:]
+    m = manifest(bad.stdout)
+    text = " ".join(m["verdict"]["problems"])
+    assert "edge1: service running" in text and "the previous configuration is back and running" in text, text
+    assert "edge2: not changed: edge1 failed first" in text
+    assert ("edge1", "edge configuration") in {(c["host"], c["operation"]) for c in m["changes"]}  # written, then undone
+    edge1 = fleet.hosts[2]
+    r = fleet.run(f"curl -s http://127.0.0.1{render.HEALTH_PATH}; grep -c 'listen 443;' {render.STREAM_FILE}", hosts=[edge1])["edge1"]
+    assert r.stdout.split() == [before.config_id, "1"], r.stdout
+    p = load_params(lab.params_file)
+    assert all(probe.probe(p, n, a, "tls").ok for n, a in probe.targets(p))
+    again = run09(archive, lab.params_file, "--apply")
+    assert again.returncode == 0 and manifest(again.stdout)["verdict"]["verdict"] == "nothing to do", again.stderr[-2000:]
+
+
 def test_the_edge_failure_drill_headless(lab, archive, fleet):
     drill = write_params(lab, "drill.yaml", failure={"node": "edge1", "mode": "drill"})
     plan = run_drill(archive, drill)
