@@ -22,6 +22,7 @@ class Nginx(TypedDict):
     installed: bool
     version: str
     stream_module: bool  # libnginx-mod-stream's module and its loader in modules-enabled
+    curl: bool  # the checks after a reload ask nginx over loopback with curl
 
 
 class Service(TypedDict):
@@ -46,7 +47,7 @@ class HostFacts(TypedDict):
 def parse_nginx(text: str) -> Nginx:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     version = next((line.split("nginx version:", 1)[1].strip() for line in lines if "nginx version:" in line), "")
-    return {"installed": bool(version), "version": version, "stream_module": "stream=yes" in lines}
+    return {"installed": bool(version), "version": version, "stream_module": "stream=yes" in lines, "curl": "curl=yes" in lines}
 
 
 def parse_files(text: str) -> dict[str, Optional[str]]:
@@ -67,8 +68,9 @@ def parse_flag(text: str) -> bool:
 
 
 def parse_service(text: str) -> Service:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return {"active": lines[0] if lines else "unknown", "enabled": lines[1] if len(lines) > 1 else "unknown"}
+    """``active=<state>`` and ``enabled=<state>`` lines; a state systemctl did not print is ``unknown``."""
+    values = dict(line.strip().split("=", 1) for line in text.splitlines() if "=" in line)
+    return {"active": values.get("active") or "unknown", "enabled": values.get("enabled") or "unknown"}
 
 
 def parse_running(text: str) -> str:
@@ -87,12 +89,13 @@ def _file(path: str) -> str:
 
 FACTS = (
     Fact("nginx", "nginx and its stream module",
-         f"command -v nginx >/dev/null && nginx -v 2>&1; test -f {STREAM_MODULE} && test -e {STREAM_LOADER} && echo stream=yes",
-         parse_nginx, {"installed": False, "version": "", "stream_module": False}),
+         f"command -v nginx >/dev/null && nginx -v 2>&1; test -f {STREAM_MODULE} && test -e {STREAM_LOADER} && echo stream=yes; "
+         "command -v curl >/dev/null && echo curl=yes",
+         parse_nginx, {"installed": False, "version": "", "stream_module": False, "curl": False}),
     Fact("files", "the edge's configuration files", "; ".join(_file(p) for p in MANAGED), parse_files, {}),
     Fact("default_site", "Debian's default site enabled", f"if [ -e {DEFAULT_SITE} ] || [ -L {DEFAULT_SITE} ]; then echo yes; fi",
          parse_flag, False),
-    Fact("service", "nginx: active, enabled", "systemctl is-active nginx; systemctl is-enabled nginx",
+    Fact("service", "nginx: active, enabled", "echo active=$(systemctl is-active nginx); echo enabled=$(systemctl is-enabled nginx)",
          parse_service, {"active": "unknown", "enabled": "unknown"}),
     Fact("running_config", "the configuration the running nginx answers with",
          "curl -s -m 3 http://127.0.0.1:{http_port}" + HEALTH_PATH, parse_running, ""),

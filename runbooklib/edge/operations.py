@@ -76,7 +76,7 @@ def service_change(p, action: str, config_id: str) -> str:
 
 
 def _ready(f) -> bool:
-    return f["nginx"]["installed"] and f["nginx"]["stream_module"]
+    return f["nginx"]["installed"] and f["nginx"]["stream_module"] and f["nginx"].get("curl", True)
 
 
 def config_changes(p, f) -> dict[str, str]:
@@ -87,14 +87,15 @@ def config_changes(p, f) -> dict[str, str]:
 
 # -- operations --------------------------------------------------------------------------------
 
-@operation("nginx installed", touches="nothing (missing packages are a blocked step)", undo="-")
+@operation("nginx installed", touches="nothing (missing packages are a blocked step: nginx, libnginx-mod-stream, curl)", undo="-")
 def nginx_installed(p, h, f) -> list[Step]:
     if _ready(f):
         return []
-    missing = [pkg for pkg, ok in zip(PACKAGES, (f["nginx"]["installed"], f["nginx"]["stream_module"])) if not ok]
-    return [Step(h.name, "nginx installed", "nginx with the stream module", None,
+    n = f["nginx"]
+    missing = [pkg for pkg, ok in zip(PACKAGES + ("curl",), (n["installed"], n["stream_module"], n.get("curl", True))) if not ok]
+    return [Step(h.name, "nginx installed", "nginx with the stream module (and curl for the checks)", None,
                  blocked=f"{' and '.join(missing)} not installed on {h.name}: install from your mirror "
-                         f"(apt-get install {' '.join(PACKAGES)}), then re-run")]
+                         f"(apt-get install {' '.join(missing if missing == ['curl'] else PACKAGES)}), then re-run")]
 
 
 @operation("edge configuration",

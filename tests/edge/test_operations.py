@@ -27,7 +27,7 @@ def params():
 
 def base(p, kind: str) -> dict:
     config = render.render(p)
-    installed = {"installed": True, "version": "nginx/1.22.1", "stream_module": True}
+    installed = {"installed": True, "version": "nginx/1.22.1", "stream_module": True, "curl": True}
     if kind == "fresh":
         return {"nginx": installed, "files": {path: None for path in edge_facts.MANAGED}, "default_site": True,
                 "service": {"active": "inactive", "enabled": "disabled"}, "running_config": "",
