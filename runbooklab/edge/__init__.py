@@ -8,6 +8,8 @@ after the VMs are up, ``runbook lab down`` calls :func:`teardown`.
   its own on the lab bridge's address (its own pid file, hosts file and log under ``<lab>/dns/``,
   nothing from the machine's configuration: ``--conf-file=/dev/null --no-resolv --no-hosts``), and
   points every VM's ``/etc/resolv.conf`` at it. Stopped by its PID at ``lab down``.
+- **The CDN's certificate (LAB STAND-IN for the site's PKI).** When ``edge.cdn_tls`` is set, a
+  self-signed certificate for the CDN's name where it says, on each edge node.
 - **The ingress (LAB STAND-IN).** Each ingress worker runs :mod:`runbooklab.edge.ingress` on the
   ingress ports, with a self-signed certificate made in the VM at ``lab up``, so that the edge's
   traffic reaches a real TLS handshake and an answer naming the worker.
@@ -136,10 +138,27 @@ def start_ingress(lab, params, actions: list[str]) -> None:
                            f"{e.ingress.http_port} and {e.ingress.https_port}")
 
 
+def cdn_certificates(lab, params, actions: list[str]) -> None:
+    """The lab plays the site's PKI: a self-signed certificate for the CDN's name where edge.cdn_tls expects it."""
+    e = params.edge
+    t = e.cdn_tls
+    for name in e.hosts:
+        r = lab.exec_in(name, f"if [ ! -s {t.certificate} ]; then mkdir -p $(dirname {t.certificate}) $(dirname {t.key}) && "
+                              f"openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj '/CN={e.cdn_hostname} LAB STAND-IN certificate' "
+                              f"-addext 'subjectAltName=DNS:{e.cdn_hostname}' -keyout {t.key} -out {t.certificate} >/dev/null 2>&1 "
+                              f"&& chmod 600 {t.key} && echo made; fi; test -s {t.certificate}")
+        if r.returncode != 0:
+            raise LabError(f"{name}: could not make the CDN's lab certificate: {r.stderr.strip()}")
+        if "made" in r.stdout:
+            actions.append(f"{name}: a self-signed certificate for {e.cdn_hostname} at {t.certificate} (the lab's stand-in for the site's)")
+
+
 def provision(lab, params, actions: list[str]) -> None:
     if params.edge is None:
         return
     start_ingress(lab, params, actions)
+    if params.edge.cdn_tls is not None:
+        cdn_certificates(lab, params, actions)
     if params.edge.dns is not None:
         ensure_dns(lab, params, actions)
         point_resolvers(lab, params, actions)

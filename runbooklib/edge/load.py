@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .probe import KINDS, Answer, probe, targets
+from .probe import Answer, kinds, probe, targets
 
 
 @dataclass
@@ -31,7 +31,7 @@ def run_load(p, label: str, requests: int | None = None, seconds: float | None =
     cfg = p.edge.load
     requests = requests or cfg.requests
     seconds = seconds or cfg.seconds
-    plan = itertools.cycle([(edge, address, kind) for kind in KINDS for edge, address in targets(p)])
+    plan = itertools.cycle([(edge, address, kind) for kind in kinds(p) for edge, address in targets(p)])
     lock = threading.Lock()
     sample = Sample(label, time.monotonic())
     deadline = sample.started + seconds

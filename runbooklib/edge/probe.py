@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 @dataclass
 class Answer:
     edge: str
-    kind: str  # cdn | http | tls
+    kind: str  # cdn | cdn-tls | http | tls
     ok: bool
     status: int | None = None
     seconds: float = 0.0
@@ -87,6 +87,11 @@ def probe(p, edge: str, address: str, kind: str, timeout: float | None = None) -
         if a.status is not None and a.status != 200:  # the CDN answers its file, nothing else counts as served
             a.ok, a.error = False, f"HTTP {a.status} for {e.cdn_path}{e.cdn_probe_file} (is {e.cdn_probe_file} on the CDN volume?)"
         return a
+    if kind == "cdn-tls":  # the CDN's name as SNI: the edge's own TLS server answers, not the ingress
+        a = request(edge, address, e.https_port, e.cdn_hostname, e.cdn_path + e.cdn_probe_file, kind, True, timeout)
+        if a.status is not None and a.status != 200:
+            a.ok, a.error = False, f"HTTP {a.status} for {e.cdn_path}{e.cdn_probe_file} over TLS"
+        return a
     if kind == "http":
         return request(edge, address, e.http_port, app, "/", kind, False, timeout)
     return request(edge, address, e.https_port, app, "/", kind, True, timeout)
@@ -95,21 +100,27 @@ def probe(p, edge: str, address: str, kind: str, timeout: float | None = None) -
 KINDS = ("cdn", "http", "tls")
 
 
+def kinds(p) -> tuple[str, ...]:
+    """The kinds of traffic the edge carries with these parameters (the CDN over TLS when the edge has its certificate)."""
+    return KINDS[:1] + (("cdn-tls",) if p.edge.cdn_tls is not None else ()) + KINDS[1:]
+
+
 def serving_rows(p, nodes: list[str] | None = None, tries: int = 1) -> list[dict]:
     """Every kind of traffic through every edge node (``tries`` requests each): what answered, or why not."""
     rows = []
     for edge, address in targets(p):
         if nodes is not None and edge not in nodes:
             continue
-        for kind in KINDS:
+        for kind in kinds(p):
             for _ in range(tries):
                 a = probe(p, edge, address, kind)
                 rows.append({"edge": edge, "address": address, "traffic": {"cdn": f"CDN {p.edge.cdn_hostname}",
+                                                                            "cdn-tls": f"CDN over TLS :{p.edge.https_port}",
                                                                             "http": f"HTTP :{p.edge.http_port}",
                                                                             "tls": f"TLS :{p.edge.https_port} (SNI)"}[kind],
                              "status": a.status or "", "ms": round(a.seconds * 1000, 1),
                              "answer": a.first_line if a.ok else a.error,
-                             "cache-control": a.headers.get("cache-control", "") if kind == "cdn" else "",
+                             "cache-control": a.headers.get("cache-control", "") if kind.startswith("cdn") else "",
                              "result": "ok" if a.ok else "fail"})
     return rows
 

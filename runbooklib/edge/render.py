@@ -65,6 +65,13 @@ def render_http(p) -> str:
     workers = ingress_hosts(p)
     root = cdn_root(p).rstrip("/") + "/"
     names = " ".join(e.hostnames) or "_"
+    cdn_tls = ""
+    if e.cdn_tls is not None:  # TLS for the CDN's name only, reached through the stream map on the edge's loopback
+        t = e.cdn_tls
+        cdn_tls = (f"    listen 127.0.0.1:{t.port} ssl{' proxy_protocol' if e.proxy_protocol else ''};\n"
+                   f"    ssl_certificate {t.certificate};\n    ssl_certificate_key {t.key};\n")
+        if e.proxy_protocol:  # the client's address, from the PROXY header the stream part sends
+            cdn_tls += "    set_real_ip_from 127.0.0.1;\n    real_ip_header proxy_protocol;\n"
     return (
         _header(p, "the CDN and the HTTP proxy to the ingress")
         + _upstream("runbooklib_ingress_http", [f"{h.address}:{e.ingress.http_port}" for h in workers], p)
@@ -72,7 +79,7 @@ def render_http(p) -> str:
 # The CDN: its own host name, served by the edge itself from the Gluster mount.
 server {{
     listen {e.http_port};
-    server_name {e.cdn_hostname};
+{cdn_tls}    server_name {e.cdn_hostname};
     location {e.cdn_path} {{
         alias {root};
         expires {e.cdn_max_age_seconds}s;  # Expires and Cache-Control: max-age
@@ -113,6 +120,10 @@ def render_stream(p) -> str:
     e = p.edge
     workers = ingress_hosts(p)
     mapped = "".join(f"        {name} runbooklib_ingress_tls;\n" for name in e.hostnames)
+    cdn_upstream = ""
+    if e.cdn_tls is not None:  # the CDN's name is the one the edge answers itself
+        mapped = f"        {e.cdn_hostname} runbooklib_cdn_tls;\n" + mapped
+        cdn_upstream = f"    upstream runbooklib_cdn_tls {{\n        server 127.0.0.1:{e.cdn_tls.port};\n    }}\n"
     proxy_protocol = ("        proxy_protocol on;  # the ingress reads the client's address from the PROXY header\n"
                       if e.proxy_protocol else "        # proxy_protocol off: the ingress sees the edge's address as the client's\n")
     return (
@@ -121,6 +132,7 @@ def render_stream(p) -> str:
         + "stream {\n"
         + "".join("    " + line + "\n" if line else "\n"
                   for line in _upstream("runbooklib_ingress_tls", [f"{h.address}:{e.ingress.https_port}" for h in workers], p).splitlines())
+        + cdn_upstream
         + f"""
     # The edge sees only the SNI host name: no path, no header. Names not listed go to the ingress too
     # (it answers with its default certificate).

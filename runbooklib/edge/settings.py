@@ -60,6 +60,17 @@ class Dns(Section):
     resolvers: list[Address] = []
 
 
+class CdnTls(Section):
+    """The CDN over HTTPS: the edge terminates TLS for the CDN's name only (its SNI is routed to the edge's own server).
+
+    Every other name stays passed through to the ingress; that is what a host name of its own makes possible.
+    """
+
+    certificate: NodePath  # on the edge nodes, PEM (the chain after the certificate)
+    key: NodePath
+    port: Port = 8443  # the edge's own TLS server for the CDN, on its loopback only
+
+
 class Failure(Section):
     """An edge-node failure, for incident/edge-node-failure. Set it for that run only."""
 
@@ -86,6 +97,7 @@ class Edge(Section):
     cdn_probe_file: Annotated[str, AfterValidator(_file_name)] = "probe.txt"  # fetched through each edge by the verification
     # the application host names behind the ingress: passed through by SNI on 443, proxied on 80, in DNS
     hostnames: list[HostName] = []
+    cdn_tls: Optional[CdnTls] = None  # unset: the CDN is served over HTTP only (its name over TLS goes to the ingress)
     http_port: Port = 80
     https_port: Port = 443
     proxy_protocol: bool = True  # PROXY protocol toward the ingress's TLS port (the ingress must expect it)
@@ -128,6 +140,9 @@ def rules(p) -> list[Problem]:
         out.append(Problem("edge.hosts", "a host is named twice; DNS round-robin needs one A record per distinct edge node"))
     if e.http_port == e.https_port:
         out.append(Problem("edge.https_port", f"{e.https_port} is also edge.http_port; HTTP and TLS need their own ports"))
+    if e.cdn_tls is not None and e.cdn_tls.port in (e.http_port, e.https_port):
+        out.append(Problem("edge.cdn_tls.port", f"{e.cdn_tls.port} is also a public port of the edge; the CDN's TLS server "
+                                                "needs a loopback port of its own (8443)"))
     for i, name in enumerate(e.ingress.hosts):
         out += need_host(p, f"edge.ingress.hosts[{i}]", name, "worker")
     # with a kubernetes section, its own rule already names the missing workers

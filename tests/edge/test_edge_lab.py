@@ -135,6 +135,9 @@ def test_both_edges_serve_the_cdn_and_spread_tls_by_sni_to_the_ingress_responder
         cdn = probe.probe(p, edge, address, "cdn")
         assert cdn.ok and cdn.first_line == CDN_TEXT, cdn
         assert "max-age=86400" in cdn.headers["cache-control"] and "public" in cdn.headers["cache-control"] and "expires" in cdn.headers
+        # the CDN's name over TLS: routed by SNI to the edge's own TLS server, not passed through to the ingress
+        cdn_tls = probe.probe(p, edge, address, "cdn-tls")
+        assert cdn_tls.ok and cdn_tls.first_line == CDN_TEXT and "max-age=86400" in cdn_tls.headers["cache-control"], cdn_tls
         workers = set()
         for _ in range(12):
             tls = probe.probe(p, edge, address, "tls")

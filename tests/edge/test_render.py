@@ -24,9 +24,21 @@ needs_nginx = pytest.mark.skipif(not (Path(NGINX).exists() and Path(render.STREA
                                  reason="needs nginx and libnginx-mod-stream (make setup)")
 
 
-def params_for(case: dict):
+def self_signed(folder: Path) -> tuple[str, str]:
+    """A certificate and key for cases that name them (nginx -t loads them)."""
+    cert, key = folder / "cdn.crt", folder / "cdn.key"
+    if not cert.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=cdn.lab.internal",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def params_for(case: dict, folder: Path | None = None):
     data = lab_data()
     for path, value in (case.get("set") or {}).items():
+        if isinstance(value, dict) and value.get("certificate") == "CERT":
+            cert, key = self_signed(folder or Path("/tmp"))
+            value = dict(value, certificate=cert, key=key)
         set_path(data, path, value)
     return parse_params(yaml.safe_dump(data, sort_keys=False), case["name"])
 
@@ -43,7 +55,7 @@ def nginx_t(p, workdir: Path, extra_http: str = "") -> subprocess.CompletedProce
 @needs_nginx
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_rendered_configuration_passes_nginx_t(case, tmp_path):
-    p = params_for(case)
+    p = params_for(case, tmp_path)
     done = nginx_t(p, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "test is successful" in done.stderr
