@@ -7,8 +7,10 @@ top level. Cases are data (tests/data/edge/render_cases.yaml).
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from runbooklib.params import parse_params
 
 CASES = yaml.safe_load((ROOT / "tests" / "data" / "edge" / "render_cases.yaml").read_text())
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+CERTS = Path(tempfile.mkdtemp(prefix="edge-render-certs-"))  # one folder: the same parameters render the same id
+atexit.register(shutil.rmtree, CERTS, True)
 needs_nginx = pytest.mark.skipif(not (Path(NGINX).exists() and Path(render.STREAM_MODULE).exists()),
                                  reason="needs nginx and libnginx-mod-stream (make setup)")
 
@@ -36,10 +40,11 @@ def self_signed(folder: Path) -> tuple[str, str]:
 def params_for(case: dict, folder: Path | None = None):
     data = lab_data()
     for path, value in (case.get("set") or {}).items():
-        if isinstance(value, dict) and value.get("certificate") == "CERT":
-            cert, key = self_signed(folder or Path("/tmp"))
-            value = dict(value, certificate=cert, key=key)
         set_path(data, path, value)
+    tls = data["edge"].get("cdn_tls")
+    if tls:  # nginx -t loads the certificate: one made here, where the case (or params/lab.yaml) names one
+        cert, key = self_signed(folder or CERTS)
+        data["edge"]["cdn_tls"] = dict(tls, certificate=cert, key=key)
     return parse_params(yaml.safe_dump(data, sort_keys=False), case["name"])
 
 
