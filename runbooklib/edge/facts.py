@@ -114,5 +114,25 @@ def edge_hosts(p) -> list:
 
 
 def gather(p, fleet, hosts: list | None = None) -> Gathered:
-    """Facts of every edge node, in parallel, one round trip each."""
-    return fact_set(p).gather(fleet, hosts if hosts is not None else edge_hosts(p), desc="edge facts")
+    """Facts of every edge node, in parallel, one round trip each.
+
+    A node whose answer came back cut short (seen on a busy machine: the last fact missing) is asked
+    once more; if it is cut again, the plan blocks that node as the house does.
+    """
+    hosts = hosts if hosts is not None else edge_hosts(p)
+    got = fact_set(p).gather(fleet, hosts, desc="edge facts")
+    cut = [h for h in hosts if any("cut short" in why for why in (got.fact_errors or {}).get(h.name, {}).values())]
+    if not cut:
+        return got
+    again = fact_set(p).gather(fleet, cut, desc="edge facts (again)")
+    facts, errors, fact_errors = dict(got.facts), dict(got.errors), dict(got.fact_errors or {})
+    for h in cut:
+        fact_errors.pop(h.name, None)
+        facts.pop(h.name, None)
+        if h.name in again.facts:
+            facts[h.name] = again.facts[h.name]
+        if h.name in (again.fact_errors or {}):
+            fact_errors[h.name] = again.fact_errors[h.name]
+        if h.name in again.errors:
+            errors[h.name] = again.errors[h.name]
+    return Gathered(facts, errors, fact_errors)
