@@ -13,7 +13,9 @@ Two files, both loaded by Debian's own ``/etc/nginx/nginx.conf``:
 
 Under passthrough the edge reads only the host name in the TLS ClientHello (SNI): it never sees a
 path, a header or a cookie. That is why the CDN, which the edge serves itself, needs a host name of
-its own: ``https://app.example.ru/cdn/...`` would reach the ingress, not the edge's files.
+its own: ``https://app.example.ru/cdn/...`` would reach the ingress, not the edge's files. With
+``edge.cdn_tls`` the stream map sends the CDN's name (only it) to the edge's own TLS server on its
+loopback, which serves the same files; the PROXY header, when on, is read there too.
 
 Debian's default site (``sites-enabled/default``) also claims ``listen 80 default_server``; the edge's
 port-80 server must be the default (any application host name goes to the ingress), so the site is
