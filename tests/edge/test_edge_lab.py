@@ -226,6 +226,8 @@ def test_the_edge_failure_drill_headless(lab, archive, fleet):
     during = re.search(r"edge1 down\s+edge1\s+(\d+)\s+0\s+(\d+)\s+100", text)
     assert during and during.group(1) == during.group(2), "every request to the stopped edge failed during the drill"
     assert re.search(r"edge1 down\s+edge2\s+(\d+)\s+\1\s+0\s", text), "the other edge served every request during the drill"
+    retried = re.search(r"edge1 down, clients retry\s+all\s+(\d+)\s+(\d+)\s+0\s", text)
+    assert retried and retried.group(1) == retried.group(2), "clients that try the next address were all served"
     assert "without edge1" in text and images(nb) == 1
     assert fleet.run("systemctl is-active nginx", hosts=[fleet.hosts[2]])["edge1"].stdout.strip() == "active"
 
