@@ -47,13 +47,20 @@ __all__ = ["PROVISIONERS", "Lab", "LabError", "VMStatus"]
 PROFILES = {"seed": PROJECT / "params" / "lab.yaml", "small": PROJECT / "params" / "lab-small.yaml"}
 TEMPLATE_NET = ipaddress.IPv4Network("10.77.0.0/24")  # the subnet the profile files are written in
 # Provisioners: what a phase needs of the lab beyond plain VMs, ``provision(lab, params, actions)``.
-PROVISIONERS = ("runbooklab.kubernetes", "runbooklab.rook")
+PROVISIONERS = ("runbooklab.kubernetes", "runbooklab.rook", "runbooklab.edge")
 
 
 def provisioners():
     import importlib
 
     return [importlib.import_module(name).provision for name in PROVISIONERS]
+
+
+def teardowns():
+    """The provisioners' ``teardown(lab, actions)``, for those that start something outside the VMs."""
+    import importlib
+
+    return [t for name in PROVISIONERS if (t := getattr(importlib.import_module(name), "teardown", None))]
 
 
 @dataclass
@@ -246,6 +253,8 @@ class Lab(Network, Processes, Boot, Keys):
             raise LabError("the lab needs root to tear down namespaces; run as root")
         actions = []
         with self._locked():
+            for teardown in teardowns():  # what a provisioner started outside the VMs (the lab's DNS), stopped by its PID
+                teardown(self, actions)
             for vm in self.vms():
                 if self.pids(vm):
                     actions.append(f"{vm}: stopped")
