@@ -136,9 +136,9 @@ def site(f: dict) -> dict:
 def packages_installed(p, h, f) -> list[Step]:
     needed = []
     if is_server(p, h) and not f["packages"]["server"]:
-        needed.append(SERVER_PACKAGE)
-    if h.name in mount_hosts(p) and not (f["packages"]["client"] or f["packages"]["server"]):
-        needed.append(CLIENT_PACKAGE)  # the server package brings mount.glusterfs too
+        needed.append(SERVER_PACKAGE)  # it depends on the client package (mount.glusterfs): a brick host that mounts needs no more
+    elif h.name in mount_hosts(p) and not f["packages"]["client"]:
+        needed.append(CLIENT_PACKAGE)
     if not needed:
         return []
     return [Step(h.name, "packages installed", f"install {' '.join(needed)}", None,
