@@ -183,9 +183,10 @@ def trusted_pool(p, h, f) -> list[Step]:
             continue
         a = address(p, name)
         steps.append(Step(h.name, "trusted pool", f"probe {name} ({a}) into the trusted pool",
+                          # a volume may use the peer's brick only once it is "Peer in Cluster", a little after "Connected"
                           f"gluster --mode=script peer probe {a} && for i in $(seq 60); do "
-                          f"gluster pool list | grep -qE '\\s{a}\\s+Connected' && exit 0; sleep 0.5; done; "
-                          f"echo '{name} ({a}) was probed but is not Connected within 30 s' >&2; exit 1",
+                          f"gluster peer status | grep -A2 -xF 'Hostname: {a}' | grep -qF 'State: Peer in Cluster (Connected)' && exit 0; "
+                          f"sleep 0.5; done; echo '{name} ({a}) was probed but is not in the cluster (Peer in Cluster) within 30 s' >&2; exit 1",
                           f"gluster --mode=script peer detach {a}"))
     return steps
 

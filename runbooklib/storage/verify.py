@@ -62,7 +62,7 @@ def heal_info(p, fleet) -> tuple[list[dict], str]:
         parsed = storage_facts.parse_heal_info(r.stdout)
         if parsed:
             return parsed, ""
-        error = f"{name}: " + (r.stderr.strip() or r.stdout.strip() or r.error)[-300:]
+        error = f"{name}: " + " ".join((r.stderr.strip() or r.stdout.strip() or r.error).split())[-300:]
     return [], error
 
 
@@ -71,12 +71,15 @@ def heal_clean(bricks: list[dict]) -> bool:
 
 
 def wait_heal_clean(p, fleet, timeout: float, every: float = 2.0, sleep: Callable[[float], None] = time.sleep) -> tuple[list[dict], str, float]:
-    """Heal info until it is clean or ``timeout`` passed: (last bricks, error, seconds waited)."""
+    """Heal info until it is clean or ``timeout`` passed: (last bricks, error, seconds waited).
+
+    A brick that is not connected cannot be healed: no waiting then, the table says which.
+    """
     t0 = time.monotonic()
     while True:
         bricks, error = heal_info(p, fleet)
         waited = time.monotonic() - t0
-        if heal_clean(bricks) or waited >= timeout:
+        if heal_clean(bricks) or waited >= timeout or not bricks or any(b["status"] != "Connected" for b in bricks):
             return bricks, error, waited
         sleep(every)
 
