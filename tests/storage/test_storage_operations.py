@@ -127,3 +127,55 @@ def test_a_brick_host_mounts_from_itself_first_and_names_the_others_as_backups(t
     assert ops.fstab_line(p, p.host("edge2")) == f"{edge2}:/cdn /cdn-data glusterfs defaults,_netdev,backup-volfile-servers={e1}:{cp1} 0 0"
     assert ops.fstab_line(p, p.host("w1")) == f"{e1}:/cdn /cdn-data glusterfs defaults,_netdev,backup-volfile-servers={edge2}:{cp1} 0 0"
     assert w1 not in ops.fstab_line(p, p.host("w1"))
+
+
+class RecordingFleet:
+    """A stand-in for :class:`runbooklib.ssh.Fleet` that runs nothing: it records commands and fails the ones it is told to."""
+
+    def __init__(self, p, failing: str = ""):
+        self.hosts, self.ran, self.failing = list(p.hosts), [], failing
+
+    def each(self, fn, hosts=None, desc=""):
+        return {h.name: fn(h) for h in (hosts if hosts is not None else self.hosts)}
+
+    def run_on(self, host, command):
+        from runbooklib.ssh import HostResult
+
+        self.ran.append((host.name, command))
+        ok = not (self.failing and self.failing in command)
+        return HostResult(host.name, ok, "", "" if ok else "failed on purpose", 0 if ok else 1, "" if ok else "exit code 1")
+
+
+def test_the_apply_runs_stage_by_stage_and_a_failed_stage_stops_the_later_ones(tmp_path):
+    case = {"params": {"storage.gluster.mount_on": ["edge1", "w1"]}, "site": "fresh"}
+    p = params_for(tmp_path, case)
+    steps = ops.plan(p, site_facts(p, case))
+    fleet = RecordingFleet(p)
+    results = ops.apply(p, fleet, steps)
+    stages = [ops.STAGE_OF[next(s.operation for s in steps if s.host == h and s.command == c)] for h, c in fleet.ran]
+    assert stages == sorted(stages, key=ops.STAGES.index) and all(r.ok for r in results.values())  # hosts, then volume, then mounts
+
+    fleet = RecordingFleet(p, failing="volume create")
+    results = ops.apply(p, fleet, steps)
+    assert not results["edge1"].ok and "volume created" in results["edge1"].error
+    assert results["w1"].error == "w1: mounts not changed: an earlier stage failed on edge1" and results["w1"].applied == []
+    assert not any("mount" in c for _, c in fleet.ran) and not any("volume start" in c for _, c in fleet.ran)
+    assert [s.operation for s in results["edge2"].applied] == ["glusterd running", "glusterd running", "brick folder"]
+
+
+def test_the_hostpath_snippet_is_a_valid_pod_template_for_the_mounting_workers(tmp_path):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    from runbooklib.storage import verify
+
+    p = params_for(tmp_path, {"params": {"storage.gluster.mount_on": ["edge1", "w2", "w4"]}})
+    text = verify.hostpath_snippet(p)
+    assert "in-tree GlusterFS volume plugin left Kubernetes in 1.26" in text
+    spec = yaml.safe_load(text)
+    spec["containers"][0]["image"] = "registry.example/app:1"
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app"},
+                  "spec": {"selector": {"matchLabels": {"app": "app"}},
+                           "template": {"metadata": {"labels": {"app": "app"}}, "spec": spec}}}
+    kubernetes_validate.validate(deployment, "1.33.0", strict=True)
+    assert spec["volumes"] == [{"name": "cdn-data", "hostPath": {"path": "/cdn-data", "type": "Directory"}}]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0]["values"] == ["w2", "w4"]  # edge1 mounts it but is no cluster node
