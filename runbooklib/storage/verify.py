@@ -160,7 +160,7 @@ def problems(p, status: dict, bricks: list[dict], heal_error: str, canary_rows: 
         if row["same content"] != "yes":
             out.append(f"{row['host']}: the canary written on another mount is not readable here with the same content ({row['note']})")
     for row in mounts:
-        if row["fstab"] != "as planned":
+        if row["fstab"] not in ("as planned", "-"):  # "-": the host did not answer, named as unreachable already
             out.append(f"{row['host']}: /etc/fstab entry for {g.mount_path}: {row['fstab']} (the mount would not come back at boot)")
     return out
 
