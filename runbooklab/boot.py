@@ -67,6 +67,10 @@ echo {vm} > "$R/etc/hostname"
 exec chroot "$R" {sshd} -D -e -f /run/rblab/state/sshd_config
 """
 
+# remote-fs.target: the fstab entries systemd treats as network filesystems (a network type, or _netdev),
+# mounted once the enabled units run; mount -a skips what is mounted already
+REMOTE_FS = ("{ mount -a -t glusterfs,nfs,nfs4,cifs,smb3,ceph; mount -a -O _netdev; } >>/var/log/lab-remote-fs.log 2>&1")
+
 
 class Boot:
     """Booting a VM: its files, the boot script, waiting for SSH, what an init does at boot."""
@@ -120,10 +124,12 @@ class Boot:
             return "no console log"
 
     def _run_boot_scripts(self, vm: str) -> None:
-        """What an init system does at boot: start the lab's daemons and the units enabled in the VM."""
+        """What an init system does at boot: start the lab's daemons and the units enabled in the VM, then mount
+        the network filesystems of its ``/etc/fstab`` (systemd's remote-fs.target, which comes after the network
+        and the services that serve them, such as glusterd)."""
         from . import daemon
 
-        self.exec_in(vm, daemon.run_boot_scripts() + "; systemctl lab-boot >>/var/log/lab-systemd.log 2>&1; true")
+        self.exec_in(vm, daemon.run_boot_scripts() + "; systemctl lab-boot >>/var/log/lab-systemd.log 2>&1; " + REMOTE_FS + "; true")
 
     def enable_daemon(self, vm: str, name: str, command: str) -> bool:
         """Start a lab daemon in the VM now and at every boot; True if it was started (not already running)."""
