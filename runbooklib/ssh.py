@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .params import Params
 
 T = TypeVar("T")
+EOF_GRACE = 2.0  # seconds a finished command's output may take to reach end of file (see Fleet._exec)
 
 
 class HostKeyError(HostError):
@@ -231,19 +232,25 @@ class Fleet:
             chan.exec_command(command)
             chan.shutdown_write()  # no stdin: a command that reads it sees end of file
             out, err = bytearray(), bytearray()
+            exited_at = None
             while True:
                 while chan.recv_ready():
                     out += chan.recv(65536)
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    # sshd may send the exit status before the last of the output it still reads from the
+                    # command's pipes: the output is whole at end of file. A command that leaves a process
+                    # holding its stdout never sends one, so end of file is waited for a short while only.
+                    exited_at = exited_at or time.monotonic()
+                    if chan.eof_received or chan.closed or time.monotonic() - exited_at > EOF_GRACE:
+                        break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise _Deadline()
                 if not transport.is_active():
                     raise paramiko.SSHException("the transport closed")
-                select.select([chan], [], [], min(left, 0.5))
+                select.select([chan], [], [], min(left, 0.05 if exited_at else 0.5))
             return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
         finally:
             chan.close()

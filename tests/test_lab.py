@@ -112,6 +112,19 @@ def test_daemon_started_over_ssh_survives_the_session_and_dies_with_the_vm(lab, 
     assert "sleep" not in [s.processes for s in lab.status() if s.name == "db1"][0]
 
 
+def test_output_written_after_the_command_exits_is_whole_and_a_held_stdout_is_waited_for_briefly(lab, fleet):
+    # sshd may report the exit status before the last output it still reads from the command's pipes: the
+    # result is whole only at end of file. A process left holding stdout never ends it: waited for 2 s only.
+    import time
+
+    for delay in ("0.05", "0.2", "0.3", "0.5", "1"):  # the race is timing-dependent: several delays
+        late = fleet.run_on(host(fleet, "w1"), f"(sleep {delay}; echo late) & echo early")
+        assert late.ok and late.stdout.split() == ["early", "late"], (delay, late)
+    t0 = time.monotonic()
+    held = fleet.run_on(host(fleet, "w1"), "sleep 30 & echo started")
+    assert held.ok and held.stdout.strip() == "started" and time.monotonic() - t0 < 5
+
+
 def test_rekey_makes_that_vm_fail_with_the_host_key_error(lab, fleet):
     lab.rekey("w1")
     results = fleet.run("hostname")
