@@ -84,7 +84,11 @@ def ensure_dns(lab, params, actions: list[str]) -> None:
     d = dns_dir(lab)
     d.mkdir(parents=True, exist_ok=True)
     records = parse_zone_snippet(zone_snippet(params))  # what the site's DNS team would be handed
-    hosts = "".join(f"{address} {name}\n" for name, _, address in records)
+    # every VM's own name first, as a site's DNS has it: dnsmasq answers a reverse lookup (PTR) with the first name
+    # listed for an address, and a peer that reverse-resolves to a round-robin name (glusterd does) would take
+    # both edge nodes for one host
+    own = "".join(f"{h.address} {h.name}.{e.dns.zone} {h.name}\n" for h in params.hosts)
+    hosts = own + "".join(f"{address} {name}\n" for name, _, address in records)
     ttl = min((t for _, t, _ in records), default=e.dns.ttl_seconds)
     args = dnsmasq_args(lab, ttl, e.dns.zone)
     hosts_file, args_file = d / "hosts", d / "args"

@@ -4,8 +4,9 @@ Real: nginx 1.22 with the stream module on the edge nodes (Debian's packages, De
 lab's service manager), dnsmasq serving the round-robin records on the lab bridge, TLS handshakes and
 PROXY protocol headers on the wire. The lab's stand-in: the ingress responders on the workers.
 
-Until runbook 06 (GlusterFS) is merged, the CDN files are put into /cdn-data on the edge nodes over
-the lab's console here; the merge switches this to running 06 first.
+The CDN's content is real too: runbook 06 builds the GlusterFS volume first (bricks on the edge nodes,
+mounted at /cdn-data on the edges and the workers), and the probe file is written through a worker's
+mount, as an application pod would write it.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ def lab(tmp_path_factory):
     with running_lab(tmp_path_factory.mktemp("edgelab"), "rbedge", "10.99.0.0/24", profile=str(PROFILE)) as lab:
         pid = dnsmasq_pid(lab)
         assert pid is not None, "lab up started no dnsmasq"
-        # the CDN content: runbook 06 will write it through the Gluster mount; until it is merged, straight into the folder
-        for vm in ("edge1", "edge2"):
-            r = lab.exec_in(vm, f"mkdir -p /cdn-data && chmod 755 /cdn-data && echo '{CDN_TEXT}' > /cdn-data/probe.txt")
-            assert r.returncode == 0, r.stderr
+        # the CDN content: the Gluster volume (06), the probe file written through a worker's mount
+        cdn = runbook("--archive", str(lab.root / "cdn-archive"), "run", "notebooks/06-cdn-storage.ipynb", "--params",
+                      str(lab.params_file), "--apply", timeout=600)
+        assert cdn.returncode == 0, cdn.stderr[-3000:]
+        r = lab.exec_in("w1", f"echo '{CDN_TEXT}' > /cdn-data/probe.txt && chmod 644 /cdn-data/probe.txt")
+        assert r.returncode == 0, r.stderr
         yield lab
     assert dnsmasq_pid(lab) is None and not (lab.root / "dns" / "dnsmasq.pid").exists(), "lab down left dnsmasq running"
     stat = Path(f"/proc/{pid}/stat")
