@@ -30,6 +30,9 @@ demo: setup
 	$(BIN)/runbook run notebooks/03-kubernetes-cluster.ipynb --params params/lab.yaml --apply
 	$(BIN)/runbook run notebooks/04-registry-access.ipynb --params params/lab.yaml --apply
 	$(BIN)/runbook run notebooks/05-database.ipynb --params params/lab.yaml --apply
+	$(BIN)/runbook run notebooks/06-cdn-storage.ipynb --params params/lab.yaml --apply
+	$(BIN)/runbook run notebooks/07-block-storage.ipynb --params params/lab.yaml --apply
+	$(BIN)/runbook run notebooks/09-edge-load-balancing.ipynb --params params/lab.yaml --apply
 	$(BIN)/runbook run notebooks/02-vm-baseline.ipynb --params params/lab-fold-in.yaml --apply
 	$(BIN)/runbook run notebooks/10-capacity-fold-in.ipynb --params params/lab-fold-in.yaml --apply
 	$(BIN)/runbook run notebooks/incident/etcd-snapshot-restore.ipynb --params params/lab-fold-in.yaml --apply
