@@ -33,6 +33,7 @@ class Service(TypedDict):
 class CdnRoot(TypedDict):
     exists: bool
     fstype: str  # fuse.glusterfs once runbook 06 mounted the volume; "" when not a mount point
+    probe: bool  # the probe file (edge.cdn_probe_file) is there
 
 
 class HostFacts(TypedDict):
@@ -80,7 +81,8 @@ def parse_running(text: str) -> str:
 
 def parse_cdn_root(text: str) -> CdnRoot:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return {"exists": "dir=yes" in lines, "fstype": next((line[7:] for line in lines if line.startswith("fstype=")), "")}
+    return {"exists": "dir=yes" in lines, "fstype": next((line[7:] for line in lines if line.startswith("fstype=")), ""),
+            "probe": "probe=yes" in lines}
 
 
 def _file(path: str) -> str:
@@ -100,13 +102,15 @@ FACTS = (
     Fact("running_config", "the configuration the running nginx answers with",
          "curl -s -m 3 http://127.0.0.1:{http_port}" + HEALTH_PATH, parse_running, ""),
     Fact("cdn_root", "the CDN folder and what is mounted there",
-         "test -d {cdn_root} && echo dir=yes; echo fstype=$(findmnt -n -o FSTYPE --mountpoint {cdn_root})",
-         parse_cdn_root, {"exists": False, "fstype": ""}),
+         "test -d {cdn_root} && echo dir=yes; echo fstype=$(findmnt -n -o FSTYPE --mountpoint {cdn_root}); "
+         "test -f {cdn_root}/{probe} && echo probe=yes",
+         parse_cdn_root, {"exists": False, "fstype": "", "probe": False}),
 )
 
 
 def fact_set(p) -> FactSet:
-    return FactSet(FACTS, context=lambda host: {"http_port": str(p.edge.http_port), "cdn_root": cdn_root(p)})
+    return FactSet(FACTS, context=lambda host: {"http_port": str(p.edge.http_port), "cdn_root": cdn_root(p),
+                                                "probe": p.edge.cdn_probe_file})
 
 
 def edge_hosts(p) -> list:

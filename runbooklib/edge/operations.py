@@ -15,6 +15,7 @@ import shlex
 from ..phase import steps as phase_steps
 from ..phase.steps import Operation, Step, file_diff, operation, write_file
 from .render import DEFAULT_SITE, HEALTH_PATH, PACKAGES, render
+from .settings import cdn_root
 
 PREVIOUS = "/etc/nginx/runbooklib-previous"
 CHECK_SECONDS = 10
@@ -147,7 +148,21 @@ def service_running(p, h, f) -> list[Step]:
     return []
 
 
-OPERATIONS: tuple[Operation, ...] = (nginx_installed, edge_configuration, service_enabled, service_running)
+PROBE_TEXT = "runbooklib CDN probe: fetched through each edge node by 09-edge-load-balancing to check the CDN's path\n"
+
+
+@operation("CDN probe file", touches="`<CDN folder>/<edge.cdn_probe_file>`, one small file on the CDN volume (written once, "
+                                     "from the first edge node: the volume is shared)", undo="`rm <CDN folder>/<probe file>`")
+def cdn_probe_file(p, h, f) -> list[Step]:
+    root = f["cdn_root"]
+    if h.name != p.edge.hosts[0] or not root["exists"] or root.get("probe", True):
+        return []
+    path = f"{cdn_root(p).rstrip('/')}/{p.edge.cdn_probe_file}"
+    return [Step(h.name, "CDN probe file", f"write {path} (what the verification fetches through each edge node)",
+                 write_file(path, PROBE_TEXT), f"rm -f {path}", diff=file_diff(path, None, PROBE_TEXT))]
+
+
+OPERATIONS: tuple[Operation, ...] = (nginx_installed, edge_configuration, service_enabled, service_running, cdn_probe_file)
 
 
 def plan(p, facts: dict[str, dict], fact_errors: dict[str, dict[str, str]] | None = None) -> list[Step]:

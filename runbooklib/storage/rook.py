@@ -178,6 +178,21 @@ def _needs_creation(stderr: str) -> bool:
                           stderr))
 
 
+def summarize_diff(text: str, path: Path | None = None) -> str:
+    """``kubectl diff`` of one of Rook's own files, one line per object with its lines added and removed
+    (the CRDs alone are thousands of lines: the objects and the size of their change are what a reviewer reads)."""
+    objects: list[list] = []
+    for line in text.splitlines():
+        if line.startswith("diff "):
+            objects.append([line.split()[-2].rsplit("/", 1)[-1], 0, 0])
+        elif objects and line.startswith("+") and not line.startswith("+++"):
+            objects[-1][1] += 1
+        elif objects and line.startswith("-") and not line.startswith("---"):
+            objects[-1][2] += 1
+    head = f"# kubectl diff --server-side -f {path}: {len(objects)} object(s) change (run it for the full diff)\n"
+    return head + "".join(f"{name}: +{added} -{removed}\n" for name, added, removed in objects)
+
+
 # -- the plan ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -196,7 +211,7 @@ def _apply_step(tools: Tools, operation: str, change: str, manifest: str | None,
     if d.returncode == 0:
         return None
     if d.returncode == 1:
-        diff = d.stdout
+        diff = d.stdout if manifest is not None else summarize_diff(d.stdout, path)
     elif _needs_creation(d.stderr):
         diff = manifest if manifest is not None else f"(everything in {path}: what it needs is not in the cluster yet)\n"
     else:

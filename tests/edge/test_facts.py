@@ -23,7 +23,7 @@ def test_a_debian_machine_with_the_packages_and_nothing_configured():
     assert f["files"] == {path: None for path in facts.MANAGED}
     assert f["default_site"] is True and f["running_config"] == ""
     assert f["service"] == {"active": "unknown", "enabled": "enabled"}  # is-active said nothing here: unknown, not a guess
-    assert f["cdn_root"] == {"exists": False, "fstype": ""}
+    assert f["cdn_root"] == {"exists": False, "fstype": "", "probe": False}
 
 
 def test_a_lab_edge_node_after_09():
@@ -33,7 +33,7 @@ def test_a_lab_edge_node_after_09():
     http = f["files"]["/etc/nginx/conf.d/runbooklib-edge.conf"]
     assert "ssl_preread" in f["files"]["/etc/nginx/modules-enabled/90-runbooklib-edge-stream.conf"] and "proxy_pass" in http
     assert f["running_config"] and f"configuration {f['running_config']}" in http  # the running id is the one on disk
-    assert f["cdn_root"] == {"exists": True, "fstype": ""}
+    assert f["cdn_root"] == {"exists": True, "fstype": "", "probe": False}
 
 
 def test_the_same_node_with_nginx_stopped():
@@ -50,4 +50,4 @@ def test_the_running_id_is_only_what_the_edge_answers(text, value):
 def test_a_cut_file_list_is_an_error_not_an_empty_node():
     with pytest.raises(ValueError, match="no answer for"):
         facts.parse_files("/etc/nginx/conf.d/runbooklib-edge.conf absent\n")
-    assert facts.parse_cdn_root("dir=yes\nfstype=fuse.glusterfs\n") == {"exists": True, "fstype": "fuse.glusterfs"}
+    assert facts.parse_cdn_root("dir=yes\nfstype=fuse.glusterfs\nprobe=yes\n") == {"exists": True, "fstype": "fuse.glusterfs", "probe": True}

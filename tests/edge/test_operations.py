@@ -31,10 +31,10 @@ def base(p, kind: str) -> dict:
     if kind == "fresh":
         return {"nginx": installed, "files": {path: None for path in edge_facts.MANAGED}, "default_site": True,
                 "service": {"active": "inactive", "enabled": "disabled"}, "running_config": "",
-                "cdn_root": {"exists": False, "fstype": ""}}
+                "cdn_root": {"exists": False, "fstype": "", "probe": False}}
     return {"nginx": installed, "files": dict(config.files), "default_site": False,
             "service": {"active": "active", "enabled": "enabled"}, "running_config": config.config_id,
-            "cdn_root": {"exists": True, "fstype": "fuse.glusterfs"}}
+            "cdn_root": {"exists": True, "fstype": "fuse.glusterfs", "probe": True}}
 
 
 def case_facts(p, case: dict) -> dict:

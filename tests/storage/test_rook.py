@@ -166,3 +166,16 @@ def test_a_step_is_planned_from_kubectl_diff(answer, planned, blocked):
         if not blocked:
             assert step.argv[:3] == ("kubectl", "apply", "--server-side") and step.stdin == "kind: CephBlockPool\n"
             assert step.diff == (answer[1] or "kind: CephBlockPool\n")
+
+
+def test_the_diff_of_rooks_own_files_is_summarized_per_object():
+    text = ("diff -u -N /tmp/LIVE-1/apiextensions.k8s.io.v1.CustomResourceDefinition..cephclusters.ceph.rook.io "
+            "/tmp/MERGED-2/apiextensions.k8s.io.v1.CustomResourceDefinition..cephclusters.ceph.rook.io\n"
+            "--- /tmp/LIVE-1/x\n+++ /tmp/MERGED-2/x\n@@ -0,0 +1,3 @@\n+a\n+b\n+c\n"
+            "diff -u -N /tmp/LIVE-1/v1.Namespace..rook-ceph /tmp/MERGED-2/v1.Namespace..rook-ceph\n"
+            "--- a\n+++ b\n@@ -1 +1 @@\n-old\n+new\n")
+    summary = rook.summarize_diff(text, Path("rook/crds.yaml"))
+    assert summary.splitlines() == [
+        "# kubectl diff --server-side -f rook/crds.yaml: 2 object(s) change (run it for the full diff)",
+        "apiextensions.k8s.io.v1.CustomResourceDefinition..cephclusters.ceph.rook.io: +3 -0",
+        "v1.Namespace..rook-ceph: +1 -1"]
