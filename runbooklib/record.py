@@ -126,17 +126,6 @@ def describe(manifest: dict, root=None) -> str:
             f"{(plan.get('params_sha256') or '')[:12]}; commit {(plan.get('git_commit') or '-')[:12]}",
             *[f"    part {i}: {p.get('title')}: {p.get('steps')} step(s)" for i, p in enumerate(plan.get("parts") or [], 1)],
             *[f"  {role:<10} {(str(root) + '/' if root else '') + str(info.get('path'))}" for role, info in (m.get("files") or {}).items()]])
-    if m.get("record") == "plan approval":
-        plan = m.get("plan") or {}
-        return "\n".join([
-            f"approval {m.get('run_id')}  of plan run {m.get('approves')} ({m.get('notebook')} on {env.get('name')})",
-            f"  approver   {m.get('approver')} (signed with SSH key, namespace {m.get('namespace')})",
-            f"  signed at  {m.get('started_at')}",
-            f"  change     {m.get('change') or '-'}",
-            f"  plan       digest {m.get('plan_digest')}; planned by {plan.get('operator')}; parameters sha256 "
-            f"{(plan.get('params_sha256') or '')[:12]}; commit {(plan.get('git_commit') or '-')[:12]}",
-            *[f"    part {i}: {p.get('title')}: {p.get('steps')} step(s)" for i, p in enumerate(plan.get("parts") or [], 1)],
-            *[f"  {role:<10} {(str(root) + '/' if root else '') + str(info.get('path'))}" for role, info in (m.get("files") or {}).items()]])
     verdict = m.get("verdict") or {}
     changes = m.get("changes") or []
     failure = m.get("failure") or {}

@@ -123,15 +123,19 @@ def point_resolvers(lab, params, actions: list[str]) -> None:
             actions.append(f"{host.name}: resolves through the lab's DNS")
 
 
+def self_signed(certificate: str, key: str, subject: str, names: str) -> str:
+    """A shell command making a self-signed certificate (key 0600) unless one is there; prints ``made`` when it made it."""
+    return (f"if [ ! -s {certificate} ]; then mkdir -p $(dirname {certificate}) $(dirname {key}) && "
+            f"openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj '/CN={subject}' -addext 'subjectAltName={names}' "
+            f"-keyout {key} -out {certificate} >/dev/null 2>&1 && chmod 600 {key} && echo made; fi; test -s {certificate}")
+
+
 def start_ingress(lab, params, actions: list[str]) -> None:
     """The ingress stand-in on each ingress worker, with a self-signed certificate made there."""
     e = params.edge
     names = ",".join(f"DNS:{n}" for n in (e.hostnames or ["ingress.lab.invalid"]))
     for host in ingress_hosts(params):
-        cert = (f"mkdir -p {CERT_DIR} && if [ ! -s {CERT_DIR}/tls.crt ]; then openssl req -x509 -newkey rsa:2048 -nodes -days 365 "
-                f"-subj '/CN={host.name} LAB STAND-IN ingress' -addext 'subjectAltName={names}' "
-                f"-keyout {CERT_DIR}/tls.key -out {CERT_DIR}/tls.crt >/dev/null 2>&1; fi; test -s {CERT_DIR}/tls.crt")
-        r = lab.exec_in(host.name, cert)
+        r = lab.exec_in(host.name, self_signed(f"{CERT_DIR}/tls.crt", f"{CERT_DIR}/tls.key", f"{host.name} LAB STAND-IN ingress", names))
         if r.returncode != 0:
             raise LabError(f"{host.name}: could not make the ingress stand-in's certificate: {r.stderr.strip()}")
         command = (f"env PYTHONPATH={shlex.quote(str(PROJECT))} {shlex.quote(sys.executable)} -m runbooklab.edge.ingress "
@@ -147,10 +151,7 @@ def cdn_certificates(lab, params, actions: list[str]) -> None:
     e = params.edge
     t = e.cdn_tls
     for name in e.hosts:
-        r = lab.exec_in(name, f"if [ ! -s {t.certificate} ]; then mkdir -p $(dirname {t.certificate}) $(dirname {t.key}) && "
-                              f"openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj '/CN={e.cdn_hostname} LAB STAND-IN certificate' "
-                              f"-addext 'subjectAltName=DNS:{e.cdn_hostname}' -keyout {t.key} -out {t.certificate} >/dev/null 2>&1 "
-                              f"&& chmod 600 {t.key} && echo made; fi; test -s {t.certificate}")
+        r = lab.exec_in(name, self_signed(t.certificate, t.key, f"{e.cdn_hostname} LAB STAND-IN certificate", f"DNS:{e.cdn_hostname}"))
         if r.returncode != 0:
             raise LabError(f"{name}: could not make the CDN's lab certificate: {r.stderr.strip()}")
         if "made" in r.stdout:
