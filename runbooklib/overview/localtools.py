@@ -7,6 +7,7 @@ server (kubectl's dispatcher asks a cluster first) are only located, never run.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class Tool:
     install: str
     version_args: tuple[str, ...] | None = ("--version",)
     python_module: bool = False
+    setting: str = ""  # the kubernetes setting naming the binary the runbooks run (a name on PATH or a path)
 
 
 TOOLS: tuple[Tool, ...] = (
@@ -29,13 +31,13 @@ TOOLS: tuple[Tool, ...] = (
     Tool("ssh-keygen", ("*",), "pin and check host keys", "apt-get install openssh-client", None),
     Tool("fabric", ("*",), "SSH from the runbooks", "pip install fabric", python_module=True),
     Tool("kubectl", ("kubernetes", "registry", "storage", "logging"), "talk to the cluster",
-         "install kubectl matching the cluster's minor version", None),
+         "install kubectl matching the cluster's minor version", None, setting="kubectl"),
     Tool("kubernetes", ("kubernetes", "registry", "storage", "logging"), "the official Kubernetes client",
          "pip install kubernetes", python_module=True),
     Tool("rke", ("kubernetes:rke1",), "RKE1 cluster lifecycle (rke up, etcd snapshots)",
-         "the rke binary for your version (in the lab: `runbook lab up` provides a stand-in)"),
+         "the rke binary for your version (in the lab: `runbook lab up` provides a stand-in)", setting="rke"),
     Tool("etcdctl", ("kubernetes",), "etcd health and snapshots", "apt-get install etcd-client", ("version",)),
-    Tool("helm", ("storage", "logging"), "install Rook/Ceph and ECK charts", "install helm 3 from its release"),
+    Tool("helm", ("storage", "logging"), "install Rook/Ceph and ECK charts", "install helm 3 from its release", setting="helm"),
     Tool("mariadb", ("database",), "SQL client for the database phase", "apt-get install mariadb-client"),
     Tool("pymysql", ("database",), "SQL from the runbooks", "pip install pymysql", python_module=True),
     Tool("nginx", ("edge",), "validate edge configuration locally (nginx -t)", "apt-get install nginx", ("-v",)),
@@ -64,6 +66,16 @@ def _version(path: str, args: tuple[str, ...]) -> str:
     return text[0][:80] if text else "?"
 
 
+def _locate(tool: Tool, params: Params) -> str:
+    """Where the tool is: the binary the parameters name (``kubernetes.kubectl``, ``.helm``, ``.rke``), else on PATH."""
+    name = getattr(params.kubernetes, tool.setting, None) if tool.setting and params.kubernetes else None
+    name = name or tool.name
+    if "/" in name:
+        path = params.path(name)
+        return str(path) if path.is_file() and os.access(path, os.X_OK) else ""
+    return shutil.which(name) or ""
+
+
 def check_local_tools(params: Params) -> list[dict]:
     """One row per tool: found or missing, where, which phases of this environment need it."""
     rows = []
@@ -80,7 +92,7 @@ def check_local_tools(params: Params) -> list[dict]:
                 except Exception:
                     version = "?"
         else:
-            where = shutil.which(tool.name) or ""
+            where = _locate(tool, params)
             found = bool(where)
             version = _version(where, tool.version_args) if found and tool.version_args else ("" if not found else "(not probed)")
         status = "ok" if found else ("MISSING" if needed else "missing (not needed here)")
