@@ -106,3 +106,49 @@ def settled(p, client, gather, primary: str | None = None, timeout: float = 30.0
         if not problems(rows) or time.monotonic() > deadline or gathered.errors:
             return gathered, rows
         time.sleep(0.5)
+
+
+def endpoint_check(p, client, from_host: str, primary: str | None = None, read_on: str | None = None,
+                   timeout: float = 10.0) -> dict[str, Any]:
+    """A session written through ``cache.client_endpoint`` as an application on ``from_host`` would, read back on ``read_on``.
+
+    The endpoint's name is resolved on ``from_host`` (its resolver: DNS, /etc/hosts). ``result`` is
+    ``ok``; or ``not checked: …`` when the name does not resolve there (nothing to judge from that
+    host); or names the host the endpoint reaches when that is not the primary (clients would write
+    to a replica, which refuses writes, or to a lost host), which is a problem.
+    """
+    primary_host = client.host(primary or p.cache.vms.primary)
+    name, port = p.cache.client_endpoint.rsplit(":", 1)
+    source = client.host(from_host)
+    out: dict[str, Any] = {"endpoint": p.cache.client_endpoint, "resolved on": source.name}
+    r = client.shell(source, f"getent ahostsv4 {shlex.quote(name)} | awk 'NR==1 {{print $1}}'")
+    address = r.stdout.strip() if r.ok else ""
+    out["address"] = address or "-"
+    if not address:
+        return {**out, "result": f"not checked: {name} does not resolve on {source.name} (set its DNS record or the apps' setting)"}
+    if address != str(primary_host.address) or port != str(p.cache.vms.port):
+        others = {str(h.address): h.name for h in client.fleet.hosts}
+        return {**out, "result": f"{p.cache.client_endpoint} reaches {others.get(address, address)}:{port}, not the primary "
+                                 f"{primary_host.name} ({primary_host.address}:{p.cache.vms.port}): re-point the clients"}
+    key = f"session:runbooklib-endpoint-{_random.token_hex(6)}"
+    value = json.dumps({"user_id": 0, "check": "client endpoint", "at": int(time.time())}, separators=(",", ":"))
+    via = (f'REDISCLI_AUTH="$(cat "$FILE_auth")" redis-cli --no-auth-warning -h {shlex.quote(name)} -p {int(port)} '
+           f"SET {shlex.quote(key)} {shlex.quote(value)} EX {p.cache.session_ttl_seconds}")
+    w = client.shell(source, via)
+    if not w.ok or w.stdout.strip() != "OK":
+        return {**out, "result": f"write through {p.cache.client_endpoint} failed: {(w.error or w.stdout).strip()[:200]}"}
+    reader = client.host(read_on or primary_host.name)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        got = client.cli(reader, "GET", key).stdout.rstrip("\n")
+        if got == value:
+            client.cli(primary_host, "DEL", key)
+            return {**out, "read on": reader.name, "result": "ok"}
+        time.sleep(0.1)
+    client.cli(primary_host, "DEL", key)
+    return {**out, "read on": reader.name, "result": f"{reader.name} did not return the session written through the endpoint"}
+
+
+def endpoint_problem(row: dict[str, Any]) -> list[str]:
+    """The endpoint check's problem, if any (a name that does not resolve where checked is a note, not a problem)."""
+    return [] if row["result"] == "ok" or row["result"].startswith("not checked") else [row["result"]]

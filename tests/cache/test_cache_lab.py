@@ -85,6 +85,12 @@ class Redis:
         i = self.info(replica)
         return i.get("role") == "slave" and i.get("master_link_status") == "up" and i.get("master_host") == str(self.params.host(primary).address)
 
+    def point_endpoint(self, at: str, hosts=("cache1", "cache2")) -> None:
+        """The client endpoint's name resolved to ``at`` on the cache VMs (/etc/hosts: the lab's DNS record)."""
+        address = self.params.host(at).address
+        for host in hosts:
+            self.shell(host, f"sed -i '/sessions.lab.internal/d' /etc/hosts && echo '{address} sessions.lab.internal' >> /etc/hosts").check()
+
     def close(self) -> None:
         self.fleet.close()
 
@@ -110,6 +116,7 @@ def test_plan_changes_nothing_then_apply_builds_the_pair_then_nothing_to_do(lab,
     assert redis.shell("cache1", "systemctl is-active redis-server").stdout.strip() == "inactive"
     assert "<secret:cache.password>" in plan.stderr  # the diff shows the placeholder
 
+    redis.point_endpoint("cache1")
     up = run(archive, "08-session-cache", params, "--apply")
     assert up.returncode == 0, up.stderr[-3000:]
     m = manifest(up.stdout)
@@ -118,6 +125,7 @@ def test_plan_changes_nothing_then_apply_builds_the_pair_then_nothing_to_do(lab,
     assert {("cache1", "server configuration"), ("cache1", "drop-in included"), ("cache1", "service running"),
             ("cache2", "server configuration"), ("cache2", "service running")} <= changed
     assert "A session written on the primary, read on the replica" in up.stderr
+    assert "A session written through sessions.lab.internal:6379, as an application would" in up.stderr
 
     # Debian's way: the redis user, enabled at boot, the drop-in private to redis, the main file's last line includes it
     assert redis.shell("cache1", "ps -o user= -C redis-server").stdout.split() == ["redis"]
@@ -168,16 +176,19 @@ def test_failover_drill(lab, archive, params, redis):
     assert lab.stop("cache1")  # the primary's VM is lost
     redis.fleet.close()
     promote = run(archive, "incident/redis-failover", drill, "--apply")
-    assert promote.returncode == 0, promote.stderr[-3000:]
+    assert promote.returncode == 4, promote.stderr[-3000:]  # promoted, but the clients still reach the lost host
     m = manifest(promote.stdout)
-    assert m["verdict"]["verdict"].startswith("promoted; cache1 not re-pointed yet"), m["verdict"]
+    assert m["verdict"]["verdict"] == "incomplete", m["verdict"]
+    assert any("reaches cache1:6379, not the primary cache2" in pr and "re-point the clients" in pr for pr in m["verdict"]["problems"])
     assert {(c["host"], c["operation"]) for c in m["changes"]} == {("cache2", "promoted")}
     assert redis.info("cache2")["role"] == "master" and redis.cli("cache2", "GET", "session:before-failover") == "kept"
     assert redis.cli("cache2", "SET", "session:after-failover", "new", "EX", "3600") == "OK"
-    assert "sessions.lab.internal -> " + str(redis.params.host("cache2").address) in promote.stderr  # clients re-pointed by DNS
+    assert "sessions.lab.internal -> " + str(redis.params.host("cache2").address) in promote.stderr  # what to change
+    redis.point_endpoint("cache2", hosts=("cache2",))  # the DNS record changed
 
     assert lab.start("cache1")  # it comes back as a primary (its drop-in still says so): re-pointed by the re-run
     redis.fleet.close()
+    redis.point_endpoint("cache2", hosts=("cache1",))
     repoint = run(archive, "incident/redis-failover", drill, "--apply")
     assert repoint.returncode == 0, repoint.stderr[-3000:]
     m = manifest(repoint.stdout)
