@@ -10,6 +10,7 @@ shown with its data redacted. Bitnami moved its images to ``docker.io/bitnamileg
 from __future__ import annotations
 
 import base64
+import copy
 from typing import Any
 
 import yaml
@@ -30,12 +31,14 @@ def values(p) -> dict[str, Any]:
     if c.image_registry:
         image["registry"] = c.image_registry
     return {
+        # the chart refuses images other than its own unless told (the legacy repository or a mirror is one)
+        "global": {"security": {"allowInsecureImages": c.image_repository != "bitnami/redis" or bool(c.image_registry)}},
         "architecture": "replication",
         "image": image,
         "auth": {"enabled": True, "sentinel": False, "existingSecret": c.secret_name, "existingSecretPasswordKey": PASSWORD_KEY},
         "commonConfiguration": "\n".join(config) + "\n",
         "master": {"count": 1, "persistence": volume},
-        "replica": {"replicaCount": c.replicas, "persistence": dict(volume)},
+        "replica": {"replicaCount": c.replicas, "persistence": copy.deepcopy(volume)},
         "networkPolicy": {"enabled": True, "allowExternal": True},
     }
 
@@ -55,11 +58,27 @@ def install_command(p, values_file: str = "values.yaml") -> str:
             f"--create-namespace --values {values_file} --wait")
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML as people write it: multi-line strings as literal blocks, no anchors."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
+_Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+
+
+def dump(obj) -> str:
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False)
+
+
 def render(p) -> dict[str, str]:
-    """What the record shows: the values, the Secret (password as a placeholder), the helm command."""
-    return {"values.yaml": yaml.safe_dump(values(p), sort_keys=False),
-            "secret.yaml": yaml.safe_dump(secret_manifest(p), sort_keys=False),
-            "install": install_command(p)}
+    """What the record shows: the values, the Secret (password as a placeholder), the commands that install them."""
+    c = p.cache.cluster
+    secret = (f"kubectl create namespace {c.namespace} --dry-run=client -o yaml | kubectl apply -f - && "
+              f"kubectl -n {c.namespace} create secret generic {c.secret_name} --from-file={PASSWORD_KEY}=<file holding cache.password> "
+              "--dry-run=client -o yaml | kubectl apply -f -")
+    return {"values.yaml": dump(values(p)), "secret.yaml": dump(secret_manifest(p)), "install": f"{secret}\n{install_command(p)}"}
 
 
 def problems(v: dict[str, Any], p) -> list[str]:

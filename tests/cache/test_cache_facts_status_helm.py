@@ -72,6 +72,9 @@ def test_helm_values_bind_redis_to_the_block_storage_class_without_a_password(tm
     assert v["replica"]["replicaCount"] == 2 and v["image"]["repository"] == "bitnamilegacy/redis"
     assert "save 900 1 300 10 60 10000\nappendonly no\n" in v["commonConfiguration"]  # cache.cluster.persistence defaults
     assert helm.problems(v, p) == []
+    text = helm.render(p)["values.yaml"]
+    assert "&id" not in text and "commonConfiguration: |" in text  # written as people write values files
+    assert v["global"]["security"]["allowInsecureImages"] is True  # the legacy repository is not the chart's own image
     assert helm.problems({**v, "auth": {"enabled": True, "password": "x"}}, p)  # the check can fail
 
 
