@@ -92,6 +92,13 @@ def parse_replication(text: str) -> Replication:
     return {"answering": True, "error": "", "info": info}
 
 
+def parse_persistence(text: str) -> dict[str, str]:
+    """``INFO persistence`` as a mapping; empty when the server did not answer."""
+    body, _, rc = text.rpartition("--rc--")
+    info = parse_info(body)
+    return info if rc.strip().removeprefix("rc:") == "0" and "aof_enabled" in info else {}
+
+
 def replicas_of(info: dict[str, str]) -> list[dict[str, str]]:
     """A primary's ``slaveN:ip=...,port=...,state=online,offset=...,lag=...`` entries."""
     out = []
@@ -124,6 +131,8 @@ FACTS: tuple[Fact, ...] = (
     Fact("replication", "INFO replication (or why the server does not answer)",
          "rcli INFO replication 2>&1; rc=$?; echo --rc--; echo rc:$rc", parse_replication,
          {"answering": False, "error": "not read", "info": {}}),
+    Fact("persistence", "INFO persistence (empty when the server does not answer)",
+         "rcli INFO persistence 2>&1; rc=$?; echo --rc--; echo rc:$rc", parse_persistence, {}),
 )
 
 

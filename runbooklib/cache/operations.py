@@ -121,6 +121,25 @@ def topology_matches(p, h, f) -> list[Step]:
                           "would otherwise turn the new primary back into a replica"))]
 
 
+@operation("append-only file", touches="the running server's `appendonly` (`CONFIG SET`, which writes the AOF from memory)",
+           undo="`CONFIG SET appendonly no` (the drop-in's undo puts the file's setting back)")
+def append_only_file(p, h, f) -> list[Step]:
+    """Turn AOF on at run time before a restart does: Redis started with ``appendonly yes`` and no AOF yet starts empty.
+
+    (It creates a new, empty AOF and ignores the RDB snapshot: every session would be lost.)
+    ``CONFIG SET appendonly yes`` writes the AOF from the data in memory first; the restart then loads it.
+    """
+    if not p.cache.vms.persistence.aof or f["persistence"].get("aof_enabled") != "0":
+        return []
+    wait = ("for i in $(seq 600); do s=$(rcli INFO persistence | tr -d '\r'); echo \"$s\" | grep -q '^aof_rewrite_in_progress:0' && "
+            "echo \"$s\" | grep -q '^aof_rewrite_scheduled:0' && { echo \"$s\" | grep -q '^aof_last_bgrewrite_status:ok' && exit 0; "
+            "echo 'the AOF rewrite failed (INFO persistence: aof_last_bgrewrite_status)' >&2; exit 1; }; sleep 0.5; done; "
+            "echo 'the AOF rewrite did not finish within 300 s' >&2; exit 1")
+    return [Step(h.name, "append-only file", "turn on the append-only file at run time (written from memory) before the restart reads "
+                                             "appendonly yes: started that way without one, Redis would start empty",
+                 f'[ "$(rcli CONFIG SET appendonly yes)" = OK ] && {wait}', "rcli CONFIG SET appendonly no")]
+
+
 @operation("server configuration",
            touches=f"the drop-in `{DROPIN}` (mode 0640, owner redis; previous kept as `….runbook-prev`; loaded by redis-server before it is kept)",
            undo="put `….runbook-prev` back (or remove the file when there was none), restart the service")
@@ -188,7 +207,7 @@ def replication(p, h, f) -> list[Step]:
                  f"[ \"$(rcli REPLICAOF {primary.address} {port})\" = OK ]", "rcli REPLICAOF NO ONE")]
 
 
-OPERATIONS: tuple[Operation, ...] = (server_installed, topology_matches, server_configuration, dropin_included, service_running, replication)
+OPERATIONS: tuple[Operation, ...] = (server_installed, topology_matches, append_only_file, server_configuration, dropin_included, service_running, replication)
 
 
 # -- planning and applying ---------------------------------------------------------------------

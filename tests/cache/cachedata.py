@@ -44,6 +44,7 @@ def converged(p, host: str, primary: str | None = None) -> dict:
         "dropin": ops.desired_config(p, h, primary),
         "dropin_secrets": {"requirepass": "same", "masterauth": "same"},
         "replication": {"answering": True, "error": "", "info": info},
+        "persistence": {"aof_enabled": "1" if p.cache.vms.persistence.aof else "0", "aof_rewrite_in_progress": "0"},
     }
 
 

@@ -167,6 +167,22 @@ def test_the_replica_survives_a_restart_and_its_vm_stopping(lab, archive, params
     assert manifest(again.stdout)["verdict"]["verdict"] == "nothing to do"
 
 
+def test_turning_the_append_only_file_on_keeps_the_sessions(lab, archive, params, redis):
+    # Redis restarted with appendonly yes and no AOF starts empty; 08 turns AOF on at run time first
+    no_aof = variant(lab, "no-aof.yaml", vms={"persistence": {"rdb": True, "save": ["900 1"], "aof": False}})
+    off = run(archive, "08-session-cache", no_aof, "--apply")
+    assert off.returncode == 0 and manifest(off.stdout)["verdict"]["verdict"] == "applied", off.stderr[-3000:]
+    assert "aof_enabled:0" in redis.cli("cache1", "INFO", "persistence").replace("\r", "")
+    assert redis.cli("cache1", "SET", "session:aof-check", "survives", "EX", "3600") == "OK"
+    on = run(archive, "08-session-cache", params, "--apply")
+    assert on.returncode == 0, on.stderr[-3000:]
+    m = manifest(on.stdout)
+    assert m["verdict"]["verdict"] == "applied" and ("cache1", "append-only file") in {(c["host"], c["operation"]) for c in m["changes"]}
+    assert "aof_enabled:1" in redis.cli("cache1", "INFO", "persistence").replace("\r", "")
+    assert redis.cli("cache1", "GET", "session:aof-check") == "survives"
+    wait_for(lambda: redis.cli("cache2", "GET", "session:aof-check") == "survives", 30, "the session on the replica")
+
+
 def test_failover_drill(lab, archive, params, redis):
     drill = variant(lab, "failover.yaml", failover={})
     swapped = variant(lab, "swapped.yaml", vms={"primary": "cache2", "replica": "cache1"})
