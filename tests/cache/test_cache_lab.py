@@ -176,10 +176,10 @@ def test_turning_the_append_only_file_on_keeps_the_sessions(lab, archive, params
     assert redis.cli("cache1", "SET", "session:aof-check", "survives", "EX", "3600") == "OK"
     on = run(archive, "08-session-cache", params, "--apply")
     assert on.returncode == 0, on.stderr[-3000:]
+    assert redis.cli("cache1", "GET", "session:aof-check") == "survives"
+    assert "aof_enabled:1" in redis.cli("cache1", "INFO", "persistence").replace("\r", "")
     m = manifest(on.stdout)
     assert m["verdict"]["verdict"] == "applied" and ("cache1", "append-only file") in {(c["host"], c["operation"]) for c in m["changes"]}
-    assert "aof_enabled:1" in redis.cli("cache1", "INFO", "persistence").replace("\r", "")
-    assert redis.cli("cache1", "GET", "session:aof-check") == "survives"
     wait_for(lambda: redis.cli("cache2", "GET", "session:aof-check") == "survives", 30, "the session on the replica")
 
 
