@@ -58,7 +58,7 @@ def cluster_params(tmp_path, **cluster):
     data = yaml.safe_load((ROOT / "params" / "lab-small.yaml").read_text())  # a site with a cluster
     cache = {k: v for k, v in profile_data()["cache"].items() if k != "vms"}
     data["cache"] = {**cache, "variant": "cluster", "cluster": {"namespace": "sessions", "size": "16Gi", "replicas": 2, **cluster}}
-    data["storage"]["ceph"] = {"storage_class": "ceph-block"}
+    data.setdefault("storage", {})["ceph"] = {"storage_class": "ceph-block"}
     return params_from(tmp_path, data)
 
 
