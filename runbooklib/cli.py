@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list archived runs, newest first")
     p.add_argument("--env", help="environment name")
     p.add_argument("--notebook", help="notebook name, e.g. 00-environment-overview")
-    p.add_argument("--status", choices=["succeeded", "failed", "interrupted", "killed"])
+    p.add_argument("--status", choices=["succeeded", "failed", "interrupted", "killed", "approved"],
+                   help="how runs ended (approved: the approvals of plans)")
     p.add_argument("--since", help="start date or time (ISO, UTC), inclusive")
     p.add_argument("--until", help="start date or time (ISO, UTC), exclusive")
     p.add_argument("--limit", type=int, default=50)
