@@ -110,7 +110,9 @@ def replicas_of(info: dict[str, str]) -> list[dict[str, str]]:
 # -- the fact table ----------------------------------------------------------------------------
 
 def _file(path: str, redact: bool = False) -> str:
-    read = f"sed -E 's/^(requirepass|masterauth) .*/\\1 {PLACEHOLDER}/' {path}" if redact else f"cat {path}"
+    # a secret directive in any case, indented or not, separated by spaces or tabs: its value never leaves the host
+    read = (f"sed -E 's/^([[:space:]]*)([Rr][Ee][Qq][Uu][Ii][Rr][Ee][Pp][Aa][Ss][Ss]|[Mm][Aa][Ss][Tt][Ee][Rr][Aa][Uu][Tt][Hh])"
+            f"([[:space:]]).*/\\1\\2\\3{PLACEHOLDER}/' {path}") if redact else f"cat {path}"
     return f"if [ -f {path} ]; then echo present $({read} | base64 -w0); else echo absent; fi"
 
 
@@ -120,7 +122,9 @@ FACTS: tuple[Fact, ...] = (
     Fact("service", "the service: active, enabled", f"systemctl is-active {SERVICE}; systemctl is-enabled {SERVICE}",
          parse_service, {"active": "unknown", "enabled": "unknown"}),
     Fact("last_directive", "the main configuration's last directive (the drop-in's include must be it)",
-         f"if [ -f {MAIN_CONFIG} ]; then grep -vE '^[[:space:]]*(#|$)' {MAIN_CONFIG} | tail -1; else echo absent; fi",
+         f"if [ -f {MAIN_CONFIG} ]; then grep -vE '^[[:space:]]*(#|$)' {MAIN_CONFIG} | tail -1 | "
+         "sed -E 's/^([[:space:]]*([Rr][Ee][Qq][Uu][Ii][Rr][Ee][Pp][Aa][Ss][Ss]|[Mm][Aa][Ss][Tt][Ee][Rr][Aa][Uu][Tt][Hh]|"
+         "[Uu][Ss][Ee][Rr])[[:space:]]).*/\\1<value not shown>/'; else echo absent; fi",
          parse_last_directive, None),
     Fact("dropin", "the drop-in, its secret lines as placeholders", _file(DROPIN, redact=True), parse_file, None),
     Fact("dropin_secrets", "whether the drop-in's secret lines hold the parameters' password (compared on the host)",

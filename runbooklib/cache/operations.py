@@ -113,6 +113,12 @@ def server_installed(p, h, f) -> list[Step]:
 @operation("topology", touches="nothing (a primary that replicates from another server blocks the plan)", undo="-")
 def topology_matches(p, h, f) -> list[Step]:
     info = f["replication"]["info"]
+    promoted = f"{h.name} is the session cache's primary in"  # what a failover (or 08 with swapped roles) wrote there
+    if role(p, h) == "replica" and info.get("role") == "master" and promoted in (f["dropin"] or ""):
+        return [Step(h.name, "topology", "nothing planned: the replica is a primary", None,
+                     blocked=(f"{h.name} is cache.vms.replica but runs as the primary, by its own drop-in (after "
+                              "incident/redis-failover?): swap cache.vms.primary and cache.vms.replica in the parameter file; "
+                              "the plan would otherwise make the serving primary a read-only replica of the other host"))]
     if role(p, h) != "primary" or info.get("role") != "slave":
         return []
     return [Step(h.name, "topology", "nothing planned: the primary replicates from another server", None,

@@ -95,3 +95,20 @@ def test_the_secret_validates_against_the_kubernetes_schema(tmp_path):
     kv = pytest.importorskip("kubernetes_validate")
     p = cluster_params(tmp_path)
     kv.validate(helm.secret_manifest(p, "s3cret"), "1.33.0", strict=True)
+
+
+def test_secret_directives_never_leave_the_host_however_they_are_written(tmp_path):
+    """The drop-in and the main file's last line are read with their secret values replaced on the host."""
+    import base64
+    import subprocess
+
+    from runbooklib.cache import facts as cache_facts
+
+    conf = tmp_path / "redis.conf"
+    conf.write_text("bind 10.0.0.1\n  requirepass hunter2-a\nRequirePass\thunter2-b\nmasterauth \"hunter2 c\"\n")
+    dropin = subprocess.run(["bash", "-c", cache_facts._file(str(conf), redact=True)], capture_output=True, text=True).stdout
+    text = base64.b64decode(dropin.split()[1]).decode()
+    last = next(f for f in cache_facts.FACTS if f.name == "last_directive").command.replace(cache_facts.MAIN_CONFIG, str(conf))
+    tail = subprocess.run(["bash", "-c", last], capture_output=True, text=True).stdout
+    assert "hunter2" not in text + tail
+    assert text.count("<secret:cache.password>") == 3 and tail.strip() == "masterauth <value not shown>"

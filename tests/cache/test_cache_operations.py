@@ -52,8 +52,8 @@ def test_a_converged_host_plans_nothing(p, host):
 def test_a_primary_that_replicates_blocks_the_whole_plan(p):
     facts = {"cache1": converged(p, "cache1", primary="cache2"), "cache2": converged(p, "cache2", primary="cache2")}
     steps = ops.plan(p, facts)
-    assert [(s.host, s.operation, s.command) for s in steps] == [("cache1", "topology", None)]
-    assert "swap cache.vms.primary and cache.vms.replica" in steps[0].blocked
+    assert [(s.host, s.operation, s.command) for s in steps] == [("cache1", "topology", None), ("cache2", "topology", None)]
+    assert all("swap cache.vms.primary and cache.vms.replica" in s.blocked for s in steps)
 
 
 def test_the_drop_in_says_what_the_parameters_say(p):
@@ -190,3 +190,15 @@ def test_a_promoted_candidate_that_does_not_answer_is_blocked(p):
     down = with_facts(converged(p, "cache2"), {"replication": {"answering": False, "error": "Connection refused", "info": {}}})
     steps = failover.plan(p, {"cache2": down})
     assert len(steps) == 1 and steps[0].command is None and "start it first" in steps[0].blocked
+
+
+def test_a_replica_promoted_by_the_failover_blocks_the_plan_until_the_parameters_are_swapped(p):
+    # after incident/redis-failover, before the parameter swap, with the old primary still down: cache2 serves as
+    # the primary by its own drop-in; planning it as the replica would make it a read-only replica of a dead host
+    promoted = converged(p, "cache2", primary="cache2")
+    steps = ops.plan(p, {"cache2": promoted})
+    assert [(s.host, s.operation, s.command) for s in steps] == [("cache2", "topology", None)]
+    assert "runs as the primary, by its own drop-in" in steps[0].blocked
+    # a replica someone promoted by hand (its drop-in still says replica) is only re-pointed
+    by_hand = with_facts(converged(p, "cache2"), {"replication": {"answering": True, "error": "", "info": {"role": "master"}}})
+    assert [s.operation for s in ops.plan(p, {"cache2": by_hand})] == ["replication"]
