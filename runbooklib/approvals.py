@@ -126,6 +126,30 @@ def verifies(message: bytes, signature: bytes, principal: str, allowed_signers: 
     return r.returncode == 0, (r.stdout + r.stderr).decode(errors="replace").strip()[-300:]
 
 
+def operator_message(run_id: str) -> bytes:
+    """What an operator signs to say who applies run ``run_id`` (never an approval's message: no plan digest)."""
+    return _canonical({"operator_of": run_id, "namespace": NAMESPACE}) + b"\n"
+
+
+def prove_operator(key: Path, allowed_signers: Path, run_id: str) -> str:
+    """The operator of an apply, by their own key: the principal the allowed-signers file gives it.
+
+    Approvals are counted against this name, so nobody counts their own approval by calling themselves
+    something else (``--operator`` is free text; a key is not).
+    """
+    message = operator_message(run_id)
+    signature = sign(message, key)
+    names = principals(signature, allowed_signers)
+    if not names:
+        raise ApprovalError(f"the operator's key {key} is not in the allowed signers ({allowed_signers}): an apply where "
+                            "approvals are required is made by an allowed signer, identified by their key (--key, or "
+                            "$RUNBOOK_SIGNING_KEY). Nothing was run")
+    ok, why = verifies(message, signature, names[0], allowed_signers)
+    if not ok:
+        raise ApprovalError(f"the operator's signature does not verify against {allowed_signers}: {why}. Nothing was run")
+    return names[0]
+
+
 def allowed_signers_problem(path: Path) -> str | None:
     """What is wrong with an allowed-signers file, or None."""
     try:

@@ -21,7 +21,8 @@ def cmd_run(args) -> int:
 
     result = run_notebook(args.notebook, args.params, apply=args.apply, timeout=args.timeout,
                           archive_root=args.archive, stream=sys.stderr, summary_stream=sys.stdout,
-                          operator_name=args.operator, why=args.reason, no_input=args.no_input, change=args.change)
+                          operator_name=args.operator, why=args.reason, no_input=args.no_input, change=args.change,
+                          key=args.key)
     if result.signal:
         return 128 + result.signal  # the shell's convention: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
     return result.exit_code(allow_not_ready=args.allow_not_ready)
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator", metavar="NAME", help="who runs it; default $RUNBOOK_OPERATOR, else user@host")
     p.add_argument("--no-input", action="store_true", help="the archived HTML leaves the code cells out (for reviewers)")
     p.add_argument("--change", metavar="ID", help="the change this run belongs to (a ticket); default $RUNBOOK_CHANGE")
+    p.add_argument("--key", metavar="FILE", help="where approvals are required: the operator's SSH key, which names them "
+                                                 "(default $RUNBOOK_SIGNING_KEY, else ~/.ssh/id_ed25519)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("approve", help="sign a plan run with your SSH key: the approval an apply in a guarded environment needs")

@@ -192,9 +192,9 @@ class InteractiveRecord:
 
     def approvals(self) -> dict | None:
         """The approved plans an apply from this kernel is checked against, read and verified now."""
-        from .runner import approvals_for
+        from .runner import approvals_for, signing_key
 
-        return approvals_for(self.archive, self.run.params, self.notebook, self.operator)
+        return approvals_for(self.archive, self.run.params, self.notebook, self.run.run_id, signing_key())
 
     def close(self, status: str = "succeeded", why: str = "") -> Any:
         """Archive the run once (later calls return the first record)."""

@@ -153,15 +153,23 @@ def change_id(text: str | None = None) -> str:
     return (text if text is not None else os.environ.get("RUNBOOK_CHANGE", "")).strip()
 
 
-def approvals_for(archive: Archive, params: Params, notebook: Path, who: str) -> dict | None:
+def signing_key(path: str | Path | None = None) -> Path:
+    """The operator's SSH key: ``--key``, else ``$RUNBOOK_SIGNING_KEY``, else ``~/.ssh/id_ed25519``."""
+    return Path(path or os.environ.get("RUNBOOK_SIGNING_KEY") or "~/.ssh/id_ed25519").expanduser()
+
+
+def approvals_for(archive: Archive, params: Params, notebook: Path, run_id: str, key: Path) -> dict | None:
     """What a run's confirmations check an apply against (``environment.approvals``): the approved plans of
-    this runbook here, each signature verified now, the operator, the commit. None without required approvals."""
-    if params.environment.approvals is None:
+    this runbook here, each signature verified now, the operator as their key names them, the commit.
+    None without required approvals."""
+    rules = params.environment.approvals
+    if rules is None:
         return None
     from . import approvals
 
+    operator_principal = approvals.prove_operator(key, params.path(rules.allowed_signers), run_id)
     plans = [g.as_dict() for g in approvals.granted(archive, params, notebook.stem)]
-    return {"plans": plans, "operator": who, "git_commit": git_state(notebook.resolve().parent)["commit"],
+    return {"plans": plans, "operator": operator_principal, "git_commit": git_state(notebook.resolve().parent)["commit"],
             "notebook": notebook.stem}
 
 
@@ -421,7 +429,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                  timeout: float | None = None, archive_root: str | Path | None = None,
                  stream: TextIO | None = sys.stderr, kernel_name: str | None = None,
                  summary_stream: TextIO | None = sys.stdout, operator_name: str | None = None,
-                 why: str | None = None, no_input: bool = False, change: str | None = None) -> RunResult:
+                 why: str | None = None, no_input: bool = False, change: str | None = None,
+                 key: str | Path | None = None) -> RunResult:
     """Execute ``notebook`` against ``params_file`` and archive the record, whatever the outcome.
 
     SIGINT, SIGTERM and SIGHUP end the run the same way: the kernel is stopped, the partial record
@@ -458,7 +467,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
         info = _journal_info(notebook, params, run_id, apply, who, started, redactor)
         info["change"] = record_options["change"]
         if apply:  # verified here, by the runner, before the notebook (and its confirmations) run
-            info["approvals"] = approvals_for(archive, params, notebook, who)
+            info["approvals"] = approvals_for(archive, params, notebook, run_id, signing_key(key))
         with archive.journal(run_id, info) as folder, _signals_end_the_run() as signals:
             journal = folder / "journal.jsonl"
             signals.armed = True

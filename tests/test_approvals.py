@@ -35,10 +35,10 @@ def keypair(directory: Path, name: str) -> Path:
 def site(tmp_path_factory):
     """A parameter file requiring one approval, three engineers' keys (two allowed), a runbook, an archive."""
     d = tmp_path_factory.mktemp("approvals")
-    keys = {name: keypair(d, name) for name in ("alice", "bob", "mallory")}
+    keys = {name: keypair(d, name) for name in ("alice", "bob", "carol", "mallory")}
     signers = d / "allowed_signers"
     signers.write_text("".join(f'{n}@example.org namespaces="{approvals.NAMESPACE}" {keys[n].with_suffix(".pub").read_text()}'
-                               for n in ("alice", "bob")))
+                               for n in ("alice", "bob", "carol")))
     data = resolvable_lab_data(d)
     set_path(data, "environment.approvals", {"required": 1, "allowed_signers": "allowed_signers"})
     params = write_params(d, data)
@@ -48,8 +48,10 @@ def site(tmp_path_factory):
 
 
 def run(site, *extra, operator="alice@example.org", change="CHG-1"):
+    """A run by ``operator``, identified by their own key (``--operator`` alone names nobody where approvals are required)."""
+    key = site["keys"][operator.split("@")[0]]
     return runbook("--archive", str(site["archive"]), "run", str(site["nb"]), "--params", str(site["params"]),
-                   "--operator", operator, "--change", change, *extra)
+                   "--operator", operator, "--key", str(key), "--change", change, *extra)
 
 
 def approve(site, run_id, who, *extra):
@@ -88,6 +90,27 @@ def test_apply_is_refused_until_someone_else_signs_the_plan_then_it_applies(site
 
     verify = runbook("--archive", str(site["archive"]), "verify")
     assert verify.returncode == 0, verify.stdout  # approvals are records in the same chain
+
+
+def test_the_operator_is_who_their_key_says_not_who_they_claim(site):
+    (site["dir"] / "fact.txt").write_text("self-approval\n")  # a plan no other test approved
+    try:
+        plan_id = run_id(run(site).stdout)
+        assert approve(site, plan_id, "alice").returncode == 0
+        # alice calls herself carol: her key still names her, and her own approval does not count
+        claimed = runbook("--archive", str(site["archive"]), "run", str(site["nb"]), "--params", str(site["params"]),
+                          "--operator", "carol@example.org", "--key", str(site["keys"]["alice"]), "--apply")
+        said = claimed.stdout + claimed.stderr
+        assert claimed.returncode == 1 and "someone other than the operator (alice@example.org)" in said
+        assert "the operator's own approval does not count" in said and "changed: cp1" not in said
+        # a key that is no allowed signer applies nothing at all
+        ledger = (site["archive"] / "ledger.jsonl").read_text()
+        stranger = runbook("--archive", str(site["archive"]), "run", str(site["nb"]), "--params", str(site["params"]),
+                           "--key", str(site["keys"]["mallory"]), "--apply")
+        assert stranger.returncode == 2 and "the operator's key" in stranger.stderr and "is not in the allowed signers" in stranger.stderr
+        assert (site["archive"] / "ledger.jsonl").read_text() == ledger
+    finally:
+        (site["dir"] / "fact.txt").write_text("hello\n")
 
 
 def test_a_key_not_allowed_cannot_approve_and_nothing_is_archived(site):
@@ -163,11 +186,11 @@ def test_the_change_timeline_lists_plan_approvals_a_refused_apply_and_its_retry_
 
 def timeline_checks(site):
     change = "CHG-42"
-    plan_id = run_id(run(site, operator="dave@example.org", change=change).stdout)
-    first = run(site, "--apply", operator="dave@example.org", change=change)  # refused: not approved yet
+    plan_id = run_id(run(site, operator="carol@example.org", change=change).stdout)
+    first = run(site, "--apply", operator="carol@example.org", change=change)  # refused: not approved yet
     assert first.returncode != 0
     assert approve(site, plan_id, "bob").returncode == 0
-    retry = run(site, "--apply", operator="dave@example.org", change=change)
+    retry = run(site, "--apply", operator="carol@example.org", change=change)
     assert retry.returncode == 0, retry.stderr[-2000:]
     shown = runbook("--archive", str(site["archive"]), "change", "show", change, "--json")
     rows = json.loads(shown.stdout)

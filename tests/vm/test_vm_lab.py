@@ -125,7 +125,7 @@ def test_with_approvals_required_the_baseline_applies_only_once_a_second_key_sig
 
     def run02(*extra):
         return runbook("--archive", archive, "run", "notebooks/02-vm-baseline.ipynb", "--params", str(guarded),
-                       "--operator", "ops@example.org", "--change", "CHG-7", *extra)
+                       "--operator", "ops@example.org", "--key", str(keys["ops"]), "--change", "CHG-7", *extra)
 
     converged = run02()
     assert converged.returncode == 0 and "Nothing to change" in converged.stderr, converged.stderr[-2000:]
