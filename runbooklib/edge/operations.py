@@ -60,11 +60,15 @@ def answer_check(p, config_id: str) -> str:
             f"timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/{e.https_port}'")
 
 
-def service_change(p, action: str, config_id: str) -> str:
-    """``systemctl start|reload nginx``, then check that the edge answers; otherwise roll back to the kept files."""
+def service_change(p, action: str, config_id: str, files_changed: bool = True) -> str:
+    """``systemctl start|reload nginx``, then check that the edge answers; otherwise roll back to the kept files.
+
+    The kept files are the ones this run's configuration step replaced: when it replaced none (``files_changed``
+    false: a start or reload of the files already there), they are an older change's, and nothing is put back.
+    """
     paths = _saved_paths(p)
     wait = (f"ok=0; for i in $(seq {CHECK_SECONDS * 2}); do if {answer_check(p, config_id)}; then ok=1; break; fi; sleep 0.5; done")
-    back = (f"if [ -d {PREVIOUS} ]; then {_restore(paths, PREVIOUS)}; fi")
+    back = (f"if [ -d {PREVIOUS} ]; then {_restore(paths, PREVIOUS)}; fi") if files_changed else "true"
     if action == "reload":
         undo = (f"{back}; if nginx -t >/dev/null 2>&1 && systemctl reload nginx; then "
                 "echo 'the edge did not answer after the reload: the previous configuration is back and running' >&2; "
@@ -73,6 +77,9 @@ def service_change(p, action: str, config_id: str) -> str:
     else:
         undo = (f"{back}; echo 'nginx started but the edge did not answer on its ports: the previous files are back "
                 "(nginx left as it is: look at nginx -t and /var/log/nginx/error.log)' >&2; exit 1")
+    if not files_changed:
+        undo = (f"echo 'the edge did not answer after the {action} of the configuration already on disk; no file changed in "
+                "this run, so nothing was put back: look at nginx -t and /var/log/nginx/error.log' >&2; exit 1")
     return f"systemctl {action} nginx; {wait}; if [ $ok = 1 ]; then exit 0; fi; {undo}"
 
 
@@ -133,17 +140,17 @@ def service_running(p, h, f) -> list[Step]:
     if not _ready(f):
         return []
     config = render(p)
+    changed = bool(config_changes(p, f)) or f["default_site"]
     if f["service"]["active"] != "active":
         return [Step(h.name, "service running", f"start nginx (configuration {config.config_id}), check it answers on "
                                                 f"ports {p.edge.http_port} and {p.edge.https_port}",
-                     service_change(p, "start", config.config_id), "systemctl stop nginx")]
-    changed = bool(config_changes(p, f)) or f["default_site"]
+                     service_change(p, "start", config.config_id, changed), "systemctl stop nginx")]
     if changed or f["running_config"] != config.config_id:
         why = "its files changed" if changed else (f"it runs {f['running_config'] or 'another configuration'}, "
                                                    f"not the one on disk")
         return [Step(h.name, "service running", f"reload nginx ({why}), check it answers configuration {config.config_id} "
                                                 f"on port {p.edge.http_port} and accepts on {p.edge.https_port}",
-                     service_change(p, "reload", config.config_id), None,
+                     service_change(p, "reload", config.config_id, changed), None,
                      "rolled back automatically if the check fails; by hand: the edge configuration's undo")]
     return []
 

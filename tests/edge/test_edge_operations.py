@@ -104,3 +104,14 @@ def test_the_transaction_keeps_or_restores_the_files(tmp_path, params, valid):
         assert http.read_text() == "old http\n" and not stream.exists()
         assert (etc / "sites-enabled" / "default").is_symlink()
         assert not (etc / "runbooklib-previous").exists() and not (etc / "runbooklib-previous.new").exists()
+
+
+def test_a_start_or_reload_without_a_file_change_puts_no_older_files_back(params):
+    """The kept files are an older change's when this run replaced none: a failed check must not restore them."""
+    stopped = case_facts(params, {"base": "converged", "facts": {"service": {"active": "inactive", "enabled": "enabled"},
+                                                                 "running_config": ""}})
+    start = next(s for s in operations.plan(params, {"edge1": stopped}) if s.operation == "service running")
+    assert "runbooklib-previous" not in start.command and "nothing was put back" in start.command
+    edited = case_facts(params, {"base": "converged", "facts": {"files": {"/etc/nginx/conf.d/runbooklib-edge.conf": "# by hand\n"}}})
+    reload = next(s for s in operations.plan(params, {"edge1": edited}) if s.operation == "service running")
+    assert "runbooklib-previous" in reload.command and "the previous configuration is back" in reload.command
