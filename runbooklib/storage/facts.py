@@ -229,6 +229,9 @@ def facts(volume: str, brick_path: str, mount_path: str) -> tuple[Fact, ...]:
         Fact("mounted", "what is mounted at the mount path", f"findmnt -n -o SOURCE,FSTYPE --mountpoint {mnt}", parse_mounted,
              {"source": "", "fstype": ""}),
         Fact("fstab", "/etc/fstab", _file("/etc/fstab"), parse_file, None),
+        # glusterd keeps every volume's definition on disk: a volume that exists is known even while glusterd is down
+        Fact("volume_defined", "the volume's definition in glusterd's working directory",
+             f"test -f /var/lib/glusterd/vols/{vol}/info && echo yes || echo no", lambda text: text.strip() == "yes", False),
     )
 
 

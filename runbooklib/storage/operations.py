@@ -207,6 +207,11 @@ def volume_created(p, h, f) -> list[Step]:
                                   f"{', '.join(f'{a}:{path}' for a, path in want)}. This runbook does not move bricks "
                                   "(gluster volume replace-brick / add-brick, then a full heal): do it by hand, or fix the parameters"))]
         return []
+    if f.get("volume_defined"):  # glusterd does not answer (stopped): the volume exists all the same
+        return [Step(h.name, "volume created", f"volume {g.volume}", None,
+                     blocked=(f"glusterd does not answer on {h.name}, but volume {g.volume} is defined on its disk "
+                              "(/var/lib/glusterd/vols): its state is unknown, so nothing is planned for it. The plan starts "
+                              "glusterd first; re-run once it answers"))]
     others = site(f)
     missing = [n for n in g.servers if n not in others]
     if missing:
@@ -219,7 +224,7 @@ def volume_created(p, h, f) -> list[Step]:
     if on_root:
         why = (f"force: the brick on {', '.join(on_root)} sits on the root filesystem, which gluster refuses without force "
                "(a full brick would fill the root filesystem); production bricks belong on a filesystem of their own")
-        if p.environment.kind != "lab" and not g.allow_root_filesystem:
+        if not g.allow_root_filesystem:
             return [Step(h.name, "volume created", change, None,
                          blocked=(f"the brick path {g.brick_path} is on the root filesystem of {', '.join(on_root)}; mount a "
                                   "filesystem of its own there (XFS, e.g. at /bricks), or set storage.gluster.allow_root_filesystem: "
@@ -234,6 +239,8 @@ def volume_started(p, h, f) -> list[Step]:
     if h.name != first_server(p):
         return []
     g, volume = gluster(p), f["volume"]
+    if volume is None and f.get("volume_defined"):
+        return []  # glusterd does not answer: its state is unknown (volume created blocks the plan)
     if volume is not None and volume["status"] == "Started":
         return []
     if volume is not None and volume_bricks(p, volume) != wanted_bricks(p):
@@ -248,6 +255,8 @@ def volume_options(p, h, f) -> list[Step]:
     if h.name != first_server(p):
         return []
     g, volume = gluster(p), f["volume"]
+    if volume is None and f.get("volume_defined"):
+        return []  # glusterd does not answer: the options are unknown
     current = (volume or {}).get("options", {})
     steps = []
     for key, value in g.options.items():

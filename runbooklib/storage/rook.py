@@ -49,6 +49,15 @@ class RookError(RunbookError):
 
 # -- what the cluster should hold ------------------------------------------------------------------
 
+def settings(p):
+    """``storage.ceph``, or a clear error naming the section when the parameter file has none."""
+    ceph = p.storage.ceph if p.storage else None
+    if ceph is None:
+        raise RookError(f"{p.source}: storage.ceph is not set; name Rook's release, how to install it and the storage nodes "
+                        "(see params/example-production.yaml, storage.ceph) to build block storage")
+    return ceph
+
+
 def provisioner(ns: str) -> str:
     return f"{ns}.rbd.csi.ceph.com"
 

@@ -47,7 +47,8 @@ class Gluster(Section):
     # volume options set with `gluster volume set` (e.g. cluster.quorum-type: auto with an arbiter)
     options: dict[OptionKey, OptionValue] = {}
     # gluster refuses a brick on the root filesystem unless forced; production bricks live on a filesystem
-    # of their own (XFS at /bricks). True lets the runbook force it outside the lab; the lab always may.
+    # of their own (XFS at /bricks). True lets the runbook force it (the lab's parameter files say so: its VMs
+    # have one filesystem).
     allow_root_filesystem: bool = False
     # how long verification waits for `gluster volume heal <vol> info` to come back clean
     heal_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 120
