@@ -250,7 +250,7 @@ def _approval_problem(a: dict, g: Granted, signers: Path) -> str | None:
 # -- the gate an apply passes ---------------------------------------------------------------------
 
 def gate(required: int, plans: Sequence[dict], operator: str, index: int, part: dict, params_sha256: str,
-         git_commit: str | None, environment: str, notebook: str) -> tuple[str | None, str | None]:
+         git_commit: str | None, environment: str, notebook: str, git_dirty: bool = False) -> tuple[str | None, str | None]:
     """``(the approved plan run this confirmation carries out, None)``, or ``(None, why it may not run)``.
 
     ``plans``: :class:`Granted` as dicts, newest first. A plan counts when its part ``index`` has the
@@ -260,6 +260,10 @@ def gate(required: int, plans: Sequence[dict], operator: str, index: int, part: 
     def others(g: dict) -> list[str]:
         return [a for a in g["approvers"] if a != operator]
 
+    if git_dirty:  # the code that runs is not the commit the approval names
+        return None, (f"{environment} requires approvals, and the runbooks' checkout here has uncommitted changes: what would "
+                      "run is not the commit an approval names. Nothing was changed. Commit (or stash) them, plan again and "
+                      "have that plan approved")
     for g in plans:
         if (len(g["parts"]) > index and g["parts"][index]["digest"] == part["digest"] and g["params_sha256"] == params_sha256
                 and g["git_commit"] == git_commit and len(others(g)) >= required):

@@ -60,6 +60,9 @@ def approve(archive, run: str, key: Path, params=None, change: str = "", now: dt
     if plan.get("mode") != "plan" or plan.get("status") != "succeeded":
         raise A.ApprovalError(f"{where} is a {plan.get('mode')} run that {plan.get('status')}; only a plan run that "
                               "succeeded can be approved (run the runbook without --apply)")
+    if (plan.get("git") or {}).get("dirty"):
+        raise A.ApprovalError(f"{where} was planned from a checkout with uncommitted changes: the code that would run is not "
+                              "the commit the record names. Commit them, plan again, and approve that plan")
     digest = A.manifest_plan_digest(plan)
     if not digest:
         raise A.ApprovalError(f"{where} planned no change (nothing to approve)")

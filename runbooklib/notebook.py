@@ -276,7 +276,8 @@ class Run:
             raise ApprovalError(f"{self.environment.name} requires approvals before an apply, and this run has no record "
                                 "to check them against: apply with `runbook run --apply` or from JupyterLab")
         plan_run, refusal = gate(rules.required, granted["plans"], granted["operator"], index, part, self.params.sha256,
-                                 granted["git_commit"], self.environment.name, granted["notebook"])
+                                 granted["git_commit"], self.environment.name, granted["notebook"],
+                                 granted.get("git_dirty", False))
         if refusal:
             raise ApprovalError(refusal)
         self._write_journal({"event": "approved plan", "plan_run": plan_run, "part": index})

@@ -169,7 +169,8 @@ def approvals_for(archive: Archive, params: Params, notebook: Path, run_id: str,
 
     operator_principal = approvals.prove_operator(key, params.path(rules.allowed_signers), run_id)
     plans = [g.as_dict() for g in approvals.granted(archive, params, notebook.stem)]
-    return {"plans": plans, "operator": operator_principal, "git_commit": git_state(notebook.resolve().parent)["commit"],
+    git = git_state(notebook.resolve().parent)
+    return {"plans": plans, "operator": operator_principal, "git_commit": git["commit"], "git_dirty": bool(git["dirty"]),
             "notebook": notebook.stem}
 
 

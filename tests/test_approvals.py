@@ -285,3 +285,12 @@ def test_the_apply_button_is_held_to_the_same_approvals(site):
         else:
             apply_button.click()
             assert outcome.status == "applied" and applied == ["applied"]
+
+
+def test_an_apply_from_a_checkout_with_uncommitted_changes_is_refused():
+    part = {"title": "motd", "digest": "d1", "steps": []}
+    plan = {"plan_run": "P", "parts": [part], "params_sha256": "s", "git_commit": "c", "approvers": ["bob@example.org"],
+            "refused": []}
+    assert approvals.gate(1, [plan], "alice@example.org", 0, part, "s", "c", "prod", "02-vm-baseline") == ("P", None)
+    ran, why = approvals.gate(1, [plan], "alice@example.org", 0, part, "s", "c", "prod", "02-vm-baseline", git_dirty=True)
+    assert ran is None and "uncommitted changes" in why and "Nothing was changed" in why

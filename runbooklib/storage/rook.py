@@ -187,6 +187,17 @@ def _needs_creation(stderr: str) -> bool:
                           stderr))
 
 
+def content_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (their relative paths and contents, in order): what will be applied."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def summarize_diff(text: str, path: Path | None = None) -> str:
     """``kubectl diff`` of one of Rook's own files, one line per object with its lines added and removed
     (the CRDs alone are thousands of lines: the objects and the size of their change are what a reviewer reads)."""
@@ -226,7 +237,9 @@ def _apply_step(tools: Tools, operation: str, change: str, manifest: str | None,
     else:
         return Step(CLUSTER, operation, change, None, blocked=f"kubectl diff failed: {d.stderr.strip()[-300:]}")
     argv = tuple(tools.kubectl_cmd("apply", "--server-side", "--force-conflicts", "--field-manager=runbooklib", *target))
-    shown = " ".join(shlex.quote(a) for a in argv) + (" (the manifest below on stdin)" if manifest is not None else "")
+    # the file's hash is part of the step (and so of a plan an approval signs): another file is another plan
+    shown = " ".join(shlex.quote(a) for a in argv) + (" (the manifest below on stdin)" if manifest is not None
+                                                      else f"  # {path.name} sha256 {content_sha256(path)}")
     return ApplyStep(CLUSTER, operation, change, shown, None, undo, diff=diff if diff.endswith("\n") else diff + "\n",
                      argv=argv, stdin=manifest)
 
@@ -313,7 +326,8 @@ def _plan_helm(p, tools: Tools, where: Path) -> list[Step]:
         diff = text if current is None else "".join(difflib.unified_diff(
             to_yaml(current).splitlines(keepends=True), text.splitlines(keepends=True), "deployed values", "new values"))
         steps.append(ApplyStep(CLUSTER, f"chart {chart}", f"Helm release {chart} ({'install' if current is None else 'upgrade'})",
-                               " ".join(shlex.quote(a) for a in argv) + " (the values below on stdin)", None,
+                               " ".join(shlex.quote(a) for a in argv) + f" (the values below on stdin)  # chart sha256 "
+                               f"{content_sha256(folder)}", None,
                                f"helm rollback {chart} -n {c.namespace} (or helm uninstall)", diff=diff, argv=argv, stdin=text))
     return steps
 

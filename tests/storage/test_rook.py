@@ -179,3 +179,13 @@ def test_the_diff_of_rooks_own_files_is_summarized_per_object():
         "# kubectl diff --server-side -f rook/crds.yaml: 2 object(s) change (run it for the full diff)",
         "apiextensions.k8s.io.v1.CustomResourceDefinition..cephclusters.ceph.rook.io: +3 -0",
         "v1.Namespace..rook-ceph: +1 -1"]
+
+
+def test_an_applied_file_is_named_by_its_hash_so_another_file_is_another_plan(tmp_path):
+    crds = tmp_path / "crds.yaml"
+    crds.write_text("kind: CustomResourceDefinition\n")
+    diff = "diff -u -N /tmp/LIVE-1/v1.X..a /tmp/MERGED-1/v1.X..a\n--- a\n+++ b\n+x\n"
+    first = rook._apply_step(FakeTools([(1, diff, "")]), "rook crds", "Rook's CRDs", None, crds, "-")
+    crds.write_text("kind: CustomResourceDefinition\n# changed\n")
+    second = rook._apply_step(FakeTools([(1, diff, "")]), "rook crds", "Rook's CRDs", None, crds, "-")
+    assert first.command != second.command and f"sha256 {rook.content_sha256(crds)}" in second.command
