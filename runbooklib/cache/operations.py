@@ -135,7 +135,15 @@ def append_only_file(p, h, f) -> list[Step]:
     (It creates a new, empty AOF and ignores the RDB snapshot: every session would be lost.)
     ``CONFIG SET appendonly yes`` writes the AOF from the data in memory first; the restart then loads it.
     """
-    if not p.cache.vms.persistence.aof or f["persistence"].get("aof_enabled") != "0":
+    if not p.cache.vms.persistence.aof:
+        return []
+    if not f["persistence"] and f["dropin"] is not None and "\nappendonly yes\n" not in f["dropin"]:
+        # not answering, with data from a configuration without AOF: a start that reads `appendonly yes` starts empty
+        return [Step(h.name, "append-only file", "turn on the append-only file", None,
+                     blocked=(f"redis-server on {h.name} does not answer, and its configuration turns the append-only file on "
+                              "for the first time: started that way it would ignore its snapshot and start empty. Start it "
+                              f"with its present configuration first (systemctl start {SERVICE}), then re-run"))]
+    if f["persistence"].get("aof_enabled") != "0":
         return []
     wait = ("for i in $(seq 600); do s=$(rcli INFO persistence | tr -d '\r'); echo \"$s\" | grep -q '^aof_rewrite_in_progress:0' && "
             "echo \"$s\" | grep -q '^aof_rewrite_scheduled:0' && { echo \"$s\" | grep -q '^aof_last_bgrewrite_status:ok' && exit 0; "

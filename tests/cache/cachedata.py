@@ -49,10 +49,11 @@ def converged(p, host: str, primary: str | None = None) -> dict:
 
 
 def with_facts(f: dict, changes: dict) -> dict:
-    """``f`` with ``changes`` merged one level deep (a dict value updates a dict fact)."""
+    """``f`` with ``changes`` merged one level deep (a dict value updates a dict fact; an empty dict replaces it:
+    a fact whose command got no answer)."""
     out = copy.deepcopy(f)
     for key, value in (changes or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "dropin_secrets":
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict) and key != "dropin_secrets":
             out[key] = {**out[key], **value}
         else:
             out[key] = copy.deepcopy(value)
