@@ -36,6 +36,8 @@ from typing import Any
 
 from .errors import RunbookError
 
+BAD_VERDICTS = ("not ready", "incomplete")  # as runbooklib.notebook says (not imported: it pulls the display stack)
+
 NAMESPACE = "runbooklib-plan-approval@v1"  # signatures made for another purpose never verify here
 RECORD = "plan approval"
 
@@ -196,7 +198,7 @@ def approval_records(archive, notebook: str, environment: str) -> list[dict]:
         if m.get("notebook") != notebook or (m.get("environment") or {}).get("name") != environment:
             continue
         if m.get("record") == RECORD or (m.get("approved_plans") and m.get("status") == "succeeded"
-                                         and (m.get("verdict") or {}).get("verdict") not in ("incomplete", "failed")):
+                                         and (m.get("verdict") or {}).get("verdict") not in (*BAD_VERDICTS, "failed")):
             out.append(m | {"_root": str(archive.root)})
     return out
 
