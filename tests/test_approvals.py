@@ -294,3 +294,9 @@ def test_an_apply_from_a_checkout_with_uncommitted_changes_is_refused():
     assert approvals.gate(1, [plan], "alice@example.org", 0, part, "s", "c", "prod", "02-vm-baseline") == ("P", None)
     ran, why = approvals.gate(1, [plan], "alice@example.org", 0, part, "s", "c", "prod", "02-vm-baseline", git_dirty=True)
     assert ran is None and "uncommitted changes" in why and "Nothing was changed" in why
+
+
+def test_the_verdicts_that_leave_an_approval_unspent_are_the_runners_bad_verdicts():
+    from runbooklib import notebook
+
+    assert approvals.BAD_VERDICTS == notebook.BAD_VERDICTS
