@@ -196,18 +196,24 @@ def verify_cluster(params, fleet, kubeconfig: Path, changed: bool, on_line: Call
                    params.kubernetes.settle_seconds if changed else 0, on_line)
 
 
+# failing checks that time can mend after a change (pods being scheduled, a node or member catching up); any
+# other failure (a Node that never registered, wrong roles, an unexpected node) will not mend by waiting
+SETTLING = ("API answers", "system workload", "cluster DNS", "node Ready", "node version", "etcd member healthy", "etcd membership")
+
+
 def settled(ask: Callable[[], list[dict]], settle: float, on_line: Callable[[str], None] = print,
             interval: float = 5.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
             ) -> list[dict]:
     """The rows ``ask()`` returns, asked again every ``interval`` seconds while some fail, for up to ``settle``
-    seconds (0: once). Says on ``on_line`` what it waits for and, at the end, how long it waited; the last answer
-    is the one returned, failures and all."""
+    seconds (0: once), and only while every failing check is one that time can mend (:data:`SETTLING`). Says on
+    ``on_line`` what it waits for and, at the end, how long it waited; the last answer is the one returned."""
     started, said = clock(), None
     while True:
         rows = ask()
         bad = failing(rows)
         waited = clock() - started
-        if not bad or waited + interval > settle:
+        lasting = [r for r in rows if r["status"] != "ok" and r["check"] not in SETTLING]
+        if not bad or lasting or waited + interval > settle:
             break
         if bad != said:  # say what it waits for when that changes, not every few seconds
             on_line(f"waiting up to {settle:.0f} s for the cluster to settle: {len(bad)} check(s) fail, first {bad[0]}")

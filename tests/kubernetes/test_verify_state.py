@@ -219,3 +219,15 @@ def test_a_run_that_changed_nothing_asks_once_and_says_nothing():
     ask, calls = answers(("deployment/coredns",), ())
     rows = verify.settled(ask, 0, said.append, clock=clock, sleep=clock.sleep)
     assert len(calls) == 1 and said == [] and verify.failing(rows)
+
+
+def test_a_failure_time_cannot_mend_is_not_waited_for():
+    clock, said = Clock(), []
+    calls = []
+
+    def ask():
+        calls.append(1)
+        return [verify.row("system workload", "deployment/coredns", False, "0/2 available"),
+                verify.row("node registered", "w9", False, "no Node of this name: did it join?")]
+    rows = verify.settled(ask, 180, said.append, clock=clock, sleep=clock.sleep)
+    assert len(calls) == 1 and clock.now == 0 and said == [] and len(verify.failing(rows)) == 2
