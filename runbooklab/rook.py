@@ -28,11 +28,16 @@ CHARTS = ("rook-ceph", "rook-ceph-cluster", "library")
 def module_dir(release: str, download: bool = False) -> Path | None:
     """Rook's module at ``release`` in Go's module cache (downloaded first when ``download``), or None."""
     cmd = ["go", "mod", "download", "-json", f"{MODULE}@{release}"]
-    if not download:
-        gomodcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True)
-        path = Path(gomodcache.stdout.strip()) / f"{MODULE}@{release}"
-        return path if (path / FILES[0]).is_file() else None
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_go_env())
+    try:
+        if not download:
+            gomodcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True)
+            path = Path(gomodcache.stdout.strip()) / f"{MODULE}@{release}"
+            return path if (path / FILES[0]).is_file() else None
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_go_env())
+    except FileNotFoundError:  # no Go here: nothing in its cache either
+        if download:
+            raise RuntimeError(f"go is not installed: it fetches {MODULE}@{release} (Rook's manifests for the lab)") from None
+        return None
     if r.returncode != 0:
         raise RuntimeError(f"go mod download {MODULE}@{release} failed: {(r.stdout + r.stderr).strip()[-400:]}")
     return Path(json.loads(r.stdout)["Dir"])
