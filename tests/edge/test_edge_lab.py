@@ -222,6 +222,11 @@ def test_the_edge_failure_drill_headless(lab, archive, fleet):
     assert done.returncode == 0, done.stderr[-3000:]
     m = manifest(done.stdout)
     assert m["verdict"]["verdict"] == "recovered", m["verdict"]
+    # the drill is one plan: its way back was planned before the stop, with the steps the apply ran (an approval
+    # of the plan run covers both parts)
+    planned = manifest(plan.stdout)["plans"]
+    assert [p["title"] for p in planned] == ["Drill: edge1 fails", "Bring edge1 back"]
+    assert [p["digest"] for p in m["plans"]] == [p["digest"] for p in planned]
     assert [(c["host"], c["operation"]) for c in m["changes"]] == [("edge1", "edge node failed (drill)"), ("edge1", "edge node back")]
     print(f"edge-failure drill --apply: {time.monotonic() - t0:.1f} s")
     nb = record(done.stdout)
