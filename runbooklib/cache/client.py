@@ -16,10 +16,10 @@ files when it ends, whatever its exit code.
 
 from __future__ import annotations
 
-import secrets as _random
 import shlex
 from collections.abc import Iterable, Mapping
 
+from .. import privatefiles
 from ..errors import HostError, SecretError
 from ..secrets import Secret
 from ..ssh import HostResult
@@ -65,37 +65,11 @@ class RedisClient:
         return next(h for h in self.fleet.hosts if h.name == name)
 
     def _upload(self, host, files: Mapping[str, str]) -> dict[str, str]:
-        conn = self.fleet.connection(host)
-        try:
-            sftp = conn.sftp()
-            folder = f"{sftp.normalize('.')}/{SECRET_DIR}"
-            try:
-                sftp.stat(folder)
-            except OSError:
-                sftp.mkdir(folder, 0o700)
-            sftp.chmod(folder, 0o700)
-            token = _random.token_hex(6)
-            paths = {}
-            for name, content in files.items():
-                path = f"{folder}/{token}-{name}"
-                with sftp.open(path, "w") as f:
-                    f.chmod(0o600)  # before a byte is written
-                    f.write(content)
-                paths[name] = path
-            return paths
-        except (OSError, EOFError) as e:
-            raise HostError(host.name, f"cannot write the client's files into ~/{SECRET_DIR} over SFTP: {e}") from None
+        """Write ``files`` (name -> content) into the host's secret folder, mode 600; their absolute paths."""
+        return privatefiles.upload(self.fleet, host, SECRET_DIR, files)
 
     def _remove(self, host, paths: Iterable[str]) -> None:
-        try:
-            sftp = self.fleet.connection(host).sftp()
-            for path in paths:
-                try:
-                    sftp.remove(path)
-                except OSError:
-                    pass
-        except Exception:  # the host went away: the files are in a 700 folder of the admin's home
-            pass
+        privatefiles.remove(self.fleet, host, paths)
 
     def shell(self, host, script: str, files: Mapping[str, str] | None = None, timeout: float | None = None) -> HostResult:
         """Run ``script`` with ``rcli`` defined and ``$FILE_<name>`` set; every file removed after."""

@@ -15,11 +15,11 @@ registered with its redactor); they are revealed only into those files.
 
 from __future__ import annotations
 
-import secrets as _random
 import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .. import privatefiles
 from ..errors import HostError, SecretError
 from ..secrets import Secret
 from ..ssh import HostResult
@@ -30,13 +30,7 @@ SECRET_DIR = ".runbooklib-db"  # under the SSH user's home
 
 def secret_folder(sftp) -> str:
     """The SSH user's private folder for files that carry secrets or data (created, and kept, mode 700); its path."""
-    folder = f"{sftp.normalize('.')}/{SECRET_DIR}"
-    try:
-        sftp.stat(folder)
-    except OSError:
-        sftp.mkdir(folder, 0o700)
-    sftp.chmod(folder, 0o700)
-    return folder
+    return privatefiles.private_folder(sftp, SECRET_DIR)
 
 
 def option_file(user: str, password: str | None) -> str:
@@ -96,32 +90,10 @@ class DatabaseClient:
     # -- files -------------------------------------------------------------------------------
     def _upload(self, host, files: Mapping[str, str]) -> dict[str, str]:
         """Write ``files`` (name -> content) into the host's secret folder, mode 600; their absolute paths."""
-        conn = self.fleet.connection(host)
-        try:
-            sftp = conn.sftp()
-            folder = secret_folder(sftp)
-            token = _random.token_hex(6)
-            paths = {}
-            for name, content in files.items():
-                path = f"{folder}/{token}-{name}"
-                with sftp.open(path, "w") as f:
-                    f.chmod(0o600)  # before a byte is written
-                    f.write(content)
-                paths[name] = path
-            return paths
-        except (OSError, EOFError) as e:
-            raise HostError(host.name, f"cannot write the client's files into ~/{SECRET_DIR} over SFTP: {e}") from None
+        return privatefiles.upload(self.fleet, host, SECRET_DIR, files)
 
     def _remove(self, host, paths: Iterable[str]) -> None:
-        try:
-            sftp = self.fleet.connection(host).sftp()
-            for path in paths:
-                try:
-                    sftp.remove(path)
-                except OSError:
-                    pass
-        except Exception:  # the host went away: the files are in a 700 folder of the admin's home
-            pass
+        privatefiles.remove(self.fleet, host, paths)
 
     def _admin_files(self) -> dict[str, str]:
         root = self._secrets.get("database.root_password")
