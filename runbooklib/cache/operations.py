@@ -245,15 +245,5 @@ def executor(client) -> Callable[[Any, Step], HostResult]:
 
 def apply(p, client, steps: Sequence[Step], on_change=None, primary: str | None = None) -> dict[str, phase_steps.HostApply]:
     """The primary's steps first, then the replica's; nothing on the replica if the primary failed."""
-    primary = primary or p.cache.vms.primary
-    first = [s for s in steps if s.host == primary]
-    rest = [s for s in steps if s.host != primary]
-    run = executor(client)
-    results = phase_steps.apply(client.fleet, first, on_change=on_change, execute=run, desc="primary") if first else {}
-    if any(not r.ok for r in results.values()):
-        for host in dict.fromkeys(s.host for s in rest):
-            results[host] = phase_steps.HostApply(host, error=f"{host}: not changed: the primary {primary} failed first")
-        return results
-    if rest:
-        results.update(phase_steps.apply(client.fleet, rest, on_change=on_change, execute=run, desc="replica"))
-    return results
+    return phase_steps.apply_first(client.fleet, steps, primary or p.cache.vms.primary, on_change, executor(client),
+                                   role="primary", rest="replica")

@@ -326,18 +326,8 @@ def executor(client) -> Callable[[Any, Step], HostResult]:
 
 def apply(p, client, steps: Sequence[Step], on_change=None) -> dict[str, phase_steps.HostApply]:
     """The primary's steps first, then the replicas' in parallel; nothing on the replicas if the primary failed."""
-    primary = p.database.primary
-    first = [s for s in steps if s.host == primary]
-    rest = [s for s in steps if s.host != primary]
-    run = executor(client)
-    results = phase_steps.apply(client.fleet, first, on_change=on_change, execute=run, desc="primary") if first else {}
-    if any(not r.ok for r in results.values()):
-        for host in dict.fromkeys(s.host for s in rest):
-            results[host] = phase_steps.HostApply(host, error=f"{host}: not changed: the primary {primary} failed first")
-        return results
-    if rest:
-        results.update(phase_steps.apply(client.fleet, rest, on_change=on_change, execute=run, desc="replicas"))
-    return results
+    return phase_steps.apply_first(client.fleet, steps, p.database.primary, on_change, executor(client),
+                                   role="primary", rest="replicas")
 
 
 def verdict(topology_status: str, load_status: str | None, problems: Sequence[str]) -> str:

@@ -155,6 +155,23 @@ def apply(fleet, steps: Sequence[Step], on_change: Callable[[Step], Any] | None 
     return fleet.each(run_host, hosts=targets, desc=desc) if targets else {}
 
 
+def apply_first(fleet, steps: Sequence[Step], first: str, on_change: Callable[[Step], Any] | None = None,
+                execute: Callable[[Any, Step], Any] | None = None, role: str = "primary", rest: str = "others"
+                ) -> dict[str, HostApply]:
+    """``first``'s steps, then everyone else's in parallel; nothing on the others when ``first`` failed (a replica
+    is pointed at a primary that already has its accounts and settings)."""
+    mine = [s for s in steps if s.host == first]
+    others = [s for s in steps if s.host != first]
+    results = apply(fleet, mine, on_change=on_change, execute=execute, desc=role) if mine else {}
+    if any(not r.ok for r in results.values()):
+        for host in dict.fromkeys(s.host for s in others):
+            results[host] = HostApply(host, error=f"{host}: not changed: the {role} {first} failed first")
+        return results
+    if others:
+        results.update(apply(fleet, others, on_change=on_change, execute=execute, desc=rest))
+    return results
+
+
 # -- what people read --------------------------------------------------------------------------
 
 def plan_rows(steps: Iterable[Step]) -> list[dict]:
