@@ -142,3 +142,31 @@ def test_an_updated_dropin_is_undone_by_hand_a_new_one_by_removal(params):
     ("planned", ["db1: unreachable: refused"], "incomplete")])
 def test_the_apply_verdict(status, problems, verdict):
     assert phase_steps.apply_verdict(status, problems) == verdict
+
+
+class FakeFleet:
+    """The fleet as the phase engine uses it: its hosts, and ``each`` calling a function per host."""
+
+    def __init__(self, names):
+        self.hosts = [type("H", (), {"name": n})() for n in names]
+
+    def each(self, fn, hosts, desc=""):
+        return {h.name: fn(h) for h in hosts}
+
+
+def test_apply_first_runs_one_host_then_the_others_and_nothing_on_them_when_it_failed():
+    from runbooklib.ssh import HostResult
+
+    steps = [phase_steps.Step(h, "op", f"change on {h}", "true") for h in ("db2", "db1", "db3")]
+    ran = []
+
+    def execute(host, step, fail=()):
+        ran.append(host.name)
+        ok = host.name not in fail
+        return HostResult(host.name, ok, exit_code=0 if ok else 1, error="" if ok else "exited 1")
+    results = phase_steps.apply_first(FakeFleet(["db1", "db2", "db3"]), steps, "db1", execute=execute)
+    assert ran[0] == "db1" and sorted(ran[1:]) == ["db2", "db3"] and all(r.ok for r in results.values())
+    ran.clear()
+    results = phase_steps.apply_first(FakeFleet(["db1", "db2", "db3"]), steps, "db1",
+                                      execute=lambda h, s: execute(h, s, fail=("db1",)), role="primary", rest="replicas")
+    assert ran == ["db1"] and results["db2"].error == "db2: not changed: the primary db1 failed first" and not results["db3"].ok
