@@ -9,9 +9,11 @@ cache clients, and the database's initial load, share this.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping
+import shlex
+from collections.abc import Callable, Iterable, Mapping
 
 from .errors import HostError
+from .ssh import HostResult
 
 
 def private_folder(sftp, name: str) -> str:
@@ -54,3 +56,30 @@ def remove(fleet, host, paths: Iterable[str]) -> None:
                 pass
     except Exception:
         pass
+
+
+def variable(name: str) -> str:
+    """The shell variable a file is named by: ``$FILE_<name without its extension>``."""
+    return "FILE_" + name.split(".")[0].replace("-", "_")
+
+
+def run_with_files(fleet, host, folder_name: str, files: Mapping[str, str], script: str,
+                   setup: Callable[[dict[str, str]], list[str]] = lambda paths: [], timeout: float | None = None) -> HostResult:
+    """Run ``script`` on ``host`` with ``files`` written for it (``$FILE_<name>``) and removed after, whatever happens.
+
+    ``setup(paths)`` gives shell lines run first (a client logged in through one of the files). Errors come back in
+    the result, naming the host; a failed command's error is its own stderr, not the wrapper's first word.
+    """
+    try:
+        paths = upload(fleet, host, folder_name, files)
+    except HostError as e:
+        return HostResult(host.name, False, error=str(e))
+    lines = [f"{variable(name)}={shlex.quote(p)}" for name, p in paths.items()] + setup(paths)
+    cleanup = "rm -f " + " ".join(shlex.quote(p) for p in paths.values())
+    result = fleet.run_on(host, f"trap {shlex.quote(cleanup)} EXIT; {'; '.join(lines)}; {script}", timeout)
+    if not result.ok and result.exit_code is None:  # the command may not have run its trap
+        remove(fleet, host, paths.values())
+    if not result.ok and result.exit_code is not None:
+        detail = result.stderr.strip()[-500:] or result.stdout.strip()[-300:]
+        result.error = f"exit code {result.exit_code}: {detail}"
+    return result

@@ -17,10 +17,10 @@ files when it ends, whatever its exit code.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from .. import privatefiles
-from ..errors import HostError, SecretError
+from ..errors import SecretError
 from ..secrets import Secret
 from ..ssh import HostResult
 
@@ -64,33 +64,14 @@ class RedisClient:
     def host(self, name: str):
         return next(h for h in self.fleet.hosts if h.name == name)
 
-    def _upload(self, host, files: Mapping[str, str]) -> dict[str, str]:
-        """Write ``files`` (name -> content) into the host's secret folder, mode 600; their absolute paths."""
-        return privatefiles.upload(self.fleet, host, SECRET_DIR, files)
-
-    def _remove(self, host, paths: Iterable[str]) -> None:
-        privatefiles.remove(self.fleet, host, paths)
-
     def shell(self, host, script: str, files: Mapping[str, str] | None = None, timeout: float | None = None) -> HostResult:
         """Run ``script`` with ``rcli`` defined and ``$FILE_<name>`` set; every file removed after."""
         password = self._password.reveal()
-        base = {"auth": password, "secret_lines": secret_lines(password)}
-        try:
-            paths = self._upload(host, {**base, **(files or {})})
-        except HostError as e:
-            return HostResult(host.name, False, error=str(e))
-        exports = [f"FILE_{name}={shlex.quote(p)}" for name, p in paths.items()]
         cli = f"redis-cli --no-auth-warning -h {shlex.quote(str(host.address))} -p {int(self.port)}"
         rcli = f'rcli() {{ REDISCLI_AUTH="$(cat "$FILE_auth")" {cli} "$@"; }}'
-        cleanup = "rm -f " + " ".join(shlex.quote(p) for p in paths.values())
-        command = f"trap {shlex.quote(cleanup)} EXIT; {'; '.join(exports)}; {rcli}; {script}"
-        result = self.fleet.run_on(host, command, timeout)
-        if not result.ok and result.exit_code is None:
-            self._remove(host, paths.values())
-        if not result.ok and result.exit_code is not None:
-            detail = result.stderr.strip()[-500:] or result.stdout.strip()[-300:]
-            result.error = f"exit code {result.exit_code}: {detail}"
-        return result
+        return privatefiles.run_with_files(self.fleet, host, SECRET_DIR,
+                                           {"auth": password, "secret_lines": secret_lines(password), **(files or {})},
+                                           script, lambda paths: [rcli], timeout)
 
     def cli(self, host, *args: str, timeout: float | None = None) -> HostResult:
         """One ``redis-cli`` command (its arguments quoted), logged in."""

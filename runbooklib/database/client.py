@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import privatefiles
-from ..errors import HostError, SecretError
+from ..errors import SecretError
 from ..secrets import Secret
 from ..ssh import HostResult
 from .dialects import Dialect, fill_secrets, secret_fields
@@ -88,13 +88,6 @@ class DatabaseClient:
         return next(h for h in self.fleet.hosts if h.name == name)
 
     # -- files -------------------------------------------------------------------------------
-    def _upload(self, host, files: Mapping[str, str]) -> dict[str, str]:
-        """Write ``files`` (name -> content) into the host's secret folder, mode 600; their absolute paths."""
-        return privatefiles.upload(self.fleet, host, SECRET_DIR, files)
-
-    def _remove(self, host, paths: Iterable[str]) -> None:
-        privatefiles.remove(self.fleet, host, paths)
-
     def _admin_files(self) -> dict[str, str]:
         root = self._secrets.get("database.root_password")
         return {"admin.cnf": option_file(self.admin_user, root.reveal() if root else None)}
@@ -108,22 +101,8 @@ class DatabaseClient:
 
         Errors come back in the result, naming the host (as :meth:`runbooklib.ssh.Fleet.run_on`).
         """
-        try:
-            paths = self._upload(host, {**self._admin_files(), **(files or {})})
-        except HostError as e:
-            return HostResult(host.name, False, error=str(e))
-        exports = [f"SQL={shlex.quote(self.sql_command(paths['admin.cnf']))}"]
-        exports += [f"FILE_{name.split('.')[0].replace('-', '_')}={shlex.quote(p)}" for name, p in paths.items()]
-        cleanup = "rm -f " + " ".join(shlex.quote(p) for p in paths.values())
-        command = f"trap {shlex.quote(cleanup)} EXIT; {'; '.join(exports)}; {script}"
-        result = self.fleet.run_on(host, command, timeout)
-        if not result.ok and result.exit_code is None:  # the command may not have run its trap
-            self._remove(host, paths.values())
-        if not result.ok and result.exit_code is not None:
-            # say what failed in the host's words, not the wrapper's first word
-            detail = result.stderr.strip()[-500:] or result.stdout.strip()[-300:]
-            result.error = f"exit code {result.exit_code}: {detail}"
-        return result
+        return privatefiles.run_with_files(self.fleet, host, SECRET_DIR, {**self._admin_files(), **(files or {})}, script,
+                                           lambda paths: [f"SQL={shlex.quote(self.sql_command(paths['admin.cnf']))}"], timeout)
 
     def execute(self, host, statements: str | Iterable[str], timeout: float | None = None) -> HostResult:
         """Run statements (in one session, stopping at the first error), secrets filled on the host."""
