@@ -185,7 +185,7 @@ def test_an_arbiter_volume_on_a_third_host(lab, archive, params):
     data = yaml.safe_load(Path(params).read_text())
     data["storage"]["gluster"] = {"volume": "cdnarb", "bricks": ["edge1", "edge2"], "arbiter": "cp1", "brick_path": "/bricks/cdnarb",
                                   "mount_path": "/cdn-arb", "mount_on": ["w1"], "options": {"cluster.quorum-type": "auto"},
-                                  "heal_timeout_seconds": 30}
+                                  "heal_timeout_seconds": 30, "allow_root_filesystem": True}
     arb = lab.root / "arbiter.yaml"
     arb.write_text(yaml.safe_dump(data, sort_keys=False))
     up = run06(archive, arb, "--apply")
