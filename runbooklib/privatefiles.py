@@ -83,3 +83,28 @@ def run_with_files(fleet, host, folder_name: str, files: Mapping[str, str], scri
         detail = result.stderr.strip()[-500:] or result.stdout.strip()[-300:]
         result.error = f"exit code {result.exit_code}: {detail}"
     return result
+
+
+class ShellClient:
+    """What a client that runs commands through its ``shell(host, command)`` (a logged-in CLI, private files)
+    offers the phase engine: ``each`` over hosts, and a transport whose fact commands run through ``shell``."""
+
+    fleet = None  # the client's Fleet
+
+    def shell(self, host, script: str, files: Mapping[str, str] | None = None, timeout: float | None = None) -> HostResult:
+        raise NotImplementedError
+
+    def each(self, fn, hosts, desc: str = ""):
+        """``fn(host)`` on many hosts at once (the fleet's executor)."""
+        return self.fleet.each(fn, hosts=hosts, desc=desc)
+
+    def transport(self):
+        """A transport for :meth:`runbooklib.phase.facts.FactSet.gather`."""
+        client = self
+
+        class _Transport:
+            def run(self, command, hosts, desc: str = ""):
+                return client.fleet.each(lambda h: client.shell(h, command(h) if callable(command) else command),
+                                         hosts=hosts, desc=desc)
+
+        return _Transport()

@@ -47,7 +47,7 @@ def fill_secret(content: str, password: str) -> str:
     return content.replace(f"requirepass {PLACEHOLDER}\nmasterauth {PLACEHOLDER}\n", secret_lines(password))
 
 
-class RedisClient:
+class RedisClient(privatefiles.ShellClient):
     """Shell commands with ``rcli`` (redis-cli, logged in) on one or many cache hosts."""
 
     def __init__(self, fleet, password: Secret, port: int = 6379):
@@ -77,16 +77,3 @@ class RedisClient:
         """One ``redis-cli`` command (its arguments quoted), logged in."""
         return self.shell(host, "rcli " + " ".join(shlex.quote(a) for a in args), timeout=timeout)
 
-    def each(self, fn, hosts, desc: str = ""):
-        return self.fleet.each(fn, hosts=hosts, desc=desc)
-
-    def transport(self):
-        """A transport for :meth:`runbooklib.phase.facts.FactSet.gather`: fact commands may use ``rcli``."""
-        client = self
-
-        class _Transport:
-            def run(self, command, hosts, desc: str = ""):
-                return client.fleet.each(lambda h: client.shell(h, command(h) if callable(command) else command),
-                                         hosts=hosts, desc=desc)
-
-        return _Transport()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from .. import privatefiles
 from ..errors import SecretError
@@ -66,7 +65,7 @@ def _unescape(value: str) -> str:
     return "".join(out)
 
 
-class DatabaseClient:
+class DatabaseClient(privatefiles.ShellClient):
     """Statements, queries and shell commands with the administrator's client, on one or many hosts.
 
     ``secrets`` maps secret fields (``database.root_password``, ``database.replication_password``)
@@ -118,17 +117,3 @@ class DatabaseClient:
         """One statement's rows (column -> text; NULL as ``NULL``); HostError naming the host on failure."""
         return parse_batch(self.execute(host, [sql], timeout).check().stdout)
 
-    def each(self, fn, hosts, desc: str = "") -> dict[str, Any]:
-        """``fn(host)`` on many hosts at once (the fleet's executor)."""
-        return self.fleet.each(fn, hosts=hosts, desc=desc)
-
-    def transport(self):
-        """A transport for :meth:`runbooklib.phase.facts.FactSet.gather`: fact commands may use ``$SQL``."""
-        client = self
-
-        class _Transport:
-            def run(self, command, hosts, desc: str = ""):
-                return client.fleet.each(lambda h: client.shell(h, command(h) if callable(command) else command),
-                                         hosts=hosts, desc=desc)
-
-        return _Transport()
