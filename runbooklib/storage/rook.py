@@ -255,11 +255,19 @@ def operator_image(path: Path) -> str | None:
     return None
 
 
-def plan(p, tools: Tools | None = None) -> list[Step]:
+def plan(p, tools: Tools | None = None, blockers: Sequence[str] = ()) -> list[Step]:
     """Every step still needed, in order: Rook itself (CRDs, common, operator; or the operator chart), the
-    operator's settings, then the cluster, the pool and the StorageClass (or the cluster chart)."""
-    c = p.storage.ceph
+    operator's settings, then the cluster, the pool and the StorageClass (or the cluster chart).
+
+    One blocked step instead when there is no cluster to talk to yet, or prerequisites block (``blockers``,
+    from :func:`blocking`): nothing is diffed against a cluster that cannot take it."""
+    c = settings(p)
     tools = tools or Tools.from_params(p)
+    if not tools.kubeconfig.exists():
+        return [Step(CLUSTER, "rook", "install Rook", None,
+                     blocked=f"no kubeconfig at {tools.kubeconfig}: run 03-kubernetes-cluster first")]
+    if blockers:
+        return [Step(CLUSTER, "prerequisites", "install Rook", None, blocked="; ".join(blockers))]
     if c.install is None:
         return []
     where = p.path(c.install.location)
@@ -347,6 +355,20 @@ def apply(steps: Sequence[Step], tools: Tools, on_change: Callable[[Step], objec
         if on_change:
             on_change(s)
     return done, ""
+
+
+def verdict(steps: Sequence[Step], outcome_status: str, error: str, checks: Sequence[dict]) -> tuple[str, list[str]]:
+    """07's verdict and its problems: *not ready* when a step is blocked, *planned* in plan mode, else the apply's
+    verdict with the verification's failures (an apply, or a cluster already as planned, is judged by them too)."""
+    from ..phase.steps import apply_verdict
+
+    held = [s.blocked for s in steps if s.command is None]
+    problems = held + ([error] if error else [])
+    if outcome_status in ("applied", "empty"):
+        problems += [f"{r['check']} {r['target']}: {r['detail']}" for r in checks if r["status"] == "fail"]
+    if held:
+        return "not ready", problems
+    return ("planned" if outcome_status == "planned" else apply_verdict(outcome_status, problems)), problems
 
 
 # -- prerequisites -----------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ os.environ["RB_TEST_CACHE_PASSWORD"] = CANARY
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("cachelab"), "rbcach", "10.1.0.0/24", profile=str(PROFILE)) as lab:
+    with running_lab(tmp_path_factory.mktemp("cachelab"), "rbcach", "10.101.0.0/24", profile=str(PROFILE)) as lab:
         yield lab
 
 

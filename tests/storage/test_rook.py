@@ -189,3 +189,30 @@ def test_an_applied_file_is_named_by_its_hash_so_another_file_is_another_plan(tm
     crds.write_text("kind: CustomResourceDefinition\n# changed\n")
     second = rook._apply_step(FakeTools([(1, diff, "")]), "rook crds", "Rook's CRDs", None, crds, "-")
     assert first.command != second.command and f"sha256 {rook.content_sha256(crds)}" in second.command
+
+
+def test_without_a_cluster_or_with_blocking_prerequisites_the_plan_is_one_blocked_step(params, tmp_path):
+    no_cluster = rook.plan(params, FakeTools([]))  # /nonexistent kubeconfig: nothing is asked of kubectl
+    assert [(s.operation, s.command) for s in no_cluster] == [("rook", None)] and "run 03-kubernetes-cluster" in no_cluster[0].blocked
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\n")
+    tools = FakeTools([])
+    tools.kubeconfig = kubeconfig
+    held = rook.plan(params, tools, ["raw device w1:/dev/sdb: holds a xfs filesystem"])
+    assert [(s.operation, s.blocked) for s in held] == [("prerequisites", "raw device w1:/dev/sdb: holds a xfs filesystem")]
+    assert tools.asked == []
+
+
+@pytest.mark.parametrize("status, error, failing, blocked, expect", [
+    ("planned", "", True, False, "planned"),          # a plan is not judged by the state it has not changed yet
+    ("applied", "", False, False, "applied"),
+    ("applied", "", True, False, "incomplete"),       # applied, but the verification fails
+    ("empty", "", False, False, "nothing to do"),
+    ("applied", "block pool failed", False, False, "incomplete"),
+    ("planned", "", False, True, "not ready"),
+])
+def test_the_verdict_of_07(status, error, failing, blocked, expect):
+    steps = [rook.Step(rook.CLUSTER, "prerequisites", "install Rook", None, blocked="no raw disk")] if blocked else []
+    checks = [{"check": "StorageClass wiring", "target": "ceph-block", "status": "fail" if failing else "ok", "detail": "d"}]
+    verdict, problems = rook.verdict(steps, status, error, checks)
+    assert verdict == expect and bool(problems) is (expect in ("incomplete", "not ready"))
