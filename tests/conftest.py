@@ -167,15 +167,18 @@ def lab_identity(name: str, subnet: str) -> tuple[str, str]:
 
     Two suites on one machine (two checkouts, a developer and a helper) would otherwise build labs
     with the same names and subnets and tear down each other's. The tag (two lower-case letters)
-    replaces the names' ``rb`` prefix and moves the subnets by 100 in their second octet.
+    replaces the names' ``rb`` prefix, moves the subnets by 100 in their second octet and puts
+    them in a third octet derived from the tag (1 to 254), so that two tags' labs never share one.
     """
     tag = os.environ.get("RUNBOOK_TEST_LAB_TAG")
     if not tag:
         return name, subnet
     if not re.fullmatch(r"[a-z]{2}", tag) or tag == "rb":
         raise RuntimeError(f"RUNBOOK_TEST_LAB_TAG={tag!r}: use two lower-case letters other than 'rb'")
-    a, b, rest = subnet.split(".", 2)
-    return tag + name.removeprefix("rb"), f"{a}.{(int(b) + 100) % 256}.{rest}"
+    a, b, c, rest = subnet.split(".", 3)
+    third = 1 + ((ord(tag[0]) - 97) * 26 + ord(tag[1]) - 97) % 254
+    assert c == "0", f"{subnet}: a test lab's subnet is written as a.b.0.0/24"
+    return tag + name.removeprefix("rb"), f"{a}.{(int(b) + 100) % 256}.{third}.{rest}"
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from runbooklib.params import load_params
 from runbooklib.ssh import Fleet
 
 require_lab()
-NET = lab_identity("rbtest", "10.78.0.0/24")[1].rsplit(".", 2)[0] + ".0"  # the lab subnet's first three octets
+NET = lab_identity("rbtest", "10.78.0.0/24")[1].rsplit(".", 1)[0]  # the lab subnet's first three octets
 
 
 @pytest.fixture(scope="module")

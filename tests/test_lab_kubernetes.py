@@ -26,7 +26,7 @@ KUBECTL = str(parts.host_path("kubernetes", "kubectl", VERSION))
 HELM = str(parts.host_path("helm", "helm"))
 require_lab(KUBECTL, HELM, str(parts.host_path("kubernetes", "kube-apiserver", VERSION)), str(parts.host_path("etcd", "etcd")),
             str(parts.host_path("kwok", "kwok")))
-NET = lab_identity("rbk8s", "10.85.0.0/24")[1].rsplit(".", 2)[0] + ".0"  # the lab subnet's first three octets
+NET = lab_identity("rbk8s", "10.85.0.0/24")[1].rsplit(".", 1)[0]  # the lab subnet's first three octets
 
 
 @pytest.fixture(scope="module")
