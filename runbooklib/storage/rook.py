@@ -21,23 +21,20 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import re
 import secrets
 import shlex
-import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from ..errors import RunbookError
+from ..kubernetes.manifests import CLUSTER, ApplyStep, Tools, apply, content_sha256, to_yaml  # noqa: F401  (rook.apply, rook.Tools: the notebook's names)
+from ..kubernetes.manifests import apply_step as _apply_step
 from ..phase.steps import Step
 from .ceph_settings import ROOK_KUBERNETES, failure_domains
 
-CLUSTER = "cluster"  # the steps' host: they act on the Kubernetes API, from this machine
 CRDS = ("cephclusters.ceph.rook.io", "cephblockpools.ceph.rook.io")
 MANIFESTS = ("crds.yaml", "common.yaml", "operator.yaml")  # Rook's deploy/examples, in this order
 OPERATOR = "rook-ceph-operator"
@@ -142,108 +139,6 @@ def chart_values(p) -> dict[str, dict]:
     return {"rook-ceph": operator, "rook-ceph-cluster": cluster}
 
 
-def to_yaml(obj) -> str:
-    return yaml.safe_dump(obj, sort_keys=False)
-
-
-# -- running kubectl and helm here -------------------------------------------------------------------
-
-@dataclass
-class Tools:
-    """kubectl and helm on this machine, with the cluster's kubeconfig."""
-
-    kubectl: str
-    helm: str
-    kubeconfig: Path
-
-    @classmethod
-    def from_params(cls, p) -> "Tools":
-        from ..kubernetes.state import kubeconfig_path
-
-        def tool(name: str) -> str:
-            return str(p.path(name)) if "/" in name else name
-        k = p.kubernetes
-        return cls(tool(k.kubectl), tool(k.helm), kubeconfig_path(p))
-
-    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
-        try:
-            return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, env=env, timeout=timeout)
-        except FileNotFoundError:
-            raise RookError(f"{argv[0]} not found: install it, or name it in kubernetes.kubectl / kubernetes.helm") from None
-        except subprocess.TimeoutExpired:
-            raise RookError(f"{' '.join(argv[:3])} did not finish within {timeout:.0f} s") from None
-
-    def kubectl_cmd(self, *args: str) -> list[str]:
-        return [self.kubectl, *args]
-
-    def helm_cmd(self, *args: str) -> list[str]:
-        return [self.helm, *args]
-
-
-def _needs_creation(stderr: str) -> bool:
-    """kubectl diff failing because what the object needs is not there yet (a CRD, its namespace)."""
-    return bool(re.search(r"no matches for kind|namespaces? \"?[\w-]+\"? not found|the server could not find the requested resource",
-                          stderr))
-
-
-def content_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (their relative paths and contents, in order): what will be applied."""
-    import hashlib
-
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def summarize_diff(text: str, path: Path | None = None) -> str:
-    """``kubectl diff`` of one of Rook's own files, one line per object with its lines added and removed
-    (the CRDs alone are thousands of lines: the objects and the size of their change are what a reviewer reads)."""
-    objects: list[list] = []
-    for line in text.splitlines():
-        if line.startswith("diff "):
-            objects.append([line.split()[-2].rsplit("/", 1)[-1], 0, 0])
-        elif objects and line.startswith("+") and not line.startswith("+++"):
-            objects[-1][1] += 1
-        elif objects and line.startswith("-") and not line.startswith("---"):
-            objects[-1][2] += 1
-    head = f"# kubectl diff --server-side -f {path}: {len(objects)} object(s) change (run it for the full diff)\n"
-    return head + "".join(f"{name}: +{added} -{removed}\n" for name, added, removed in objects)
-
-
-# -- the plan ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ApplyStep(Step):
-    """A step that runs ``argv`` here (not over SSH), with ``stdin`` (a manifest) when it has one."""
-
-    argv: tuple[str, ...] = ()
-    stdin: str | None = None
-
-
-def _apply_step(tools: Tools, operation: str, change: str, manifest: str | None, path: Path | None, undo: str) -> Step | None:
-    """The step that server-side applies a manifest, or None when ``kubectl diff`` finds nothing to change."""
-    target = ["-f", "-"] if manifest is not None else ["-f", str(path)]
-    d = tools.run(tools.kubectl_cmd("diff", "--server-side", "--force-conflicts", "--field-manager=runbooklib", *target),
-                  stdin=manifest)
-    if d.returncode == 0:
-        return None
-    if d.returncode == 1:
-        diff = d.stdout if manifest is not None else summarize_diff(d.stdout, path)
-    elif _needs_creation(d.stderr):
-        diff = manifest if manifest is not None else f"(everything in {path}: what it needs is not in the cluster yet)\n"
-    else:
-        return Step(CLUSTER, operation, change, None, blocked=f"kubectl diff failed: {d.stderr.strip()[-300:]}")
-    argv = tuple(tools.kubectl_cmd("apply", "--server-side", "--force-conflicts", "--field-manager=runbooklib", *target))
-    # the file's hash is part of the step (and so of a plan an approval signs): another file is another plan
-    shown = " ".join(shlex.quote(a) for a in argv) + (" (the manifest below on stdin)" if manifest is not None
-                                                      else f"  # {path.name} sha256 {content_sha256(path)}")
-    return ApplyStep(CLUSTER, operation, change, shown, None, undo, diff=diff if diff.endswith("\n") else diff + "\n",
-                     argv=argv, stdin=manifest)
-
-
 def operator_image(path: Path) -> str | None:
     """The Rook image Rook's operator.yaml at ``path`` runs."""
     try:
@@ -338,23 +233,6 @@ def _plan_helm(p, tools: Tools, where: Path) -> list[Step]:
                                f"{content_sha256(folder)}", None,
                                f"helm rollback {chart} -n {c.namespace} (or helm uninstall)", diff=diff, argv=argv, stdin=text))
     return steps
-
-
-def apply(steps: Sequence[Step], tools: Tools, on_change: Callable[[Step], object] | None = None,
-          on_line: Callable[[str], None] = print) -> tuple[list[Step], str]:
-    """Run the steps in order, here; stop at the first that fails. Returns (applied, error)."""
-    done: list[Step] = []
-    for s in steps:
-        if s.command is None or not isinstance(s, ApplyStep):
-            return done, f"{s.operation}: {s.blocked or 'cannot be applied here'}"
-        on_line(f"{s.operation}: {s.change}")
-        r = tools.run(s.argv, stdin=s.stdin, timeout=900)
-        if r.returncode != 0:
-            return done, f"{s.operation} ({s.change}) failed: {(r.stderr or r.stdout).strip()[-400:]}"
-        done.append(s)
-        if on_change:
-            on_change(s)
-    return done, ""
 
 
 def verdict(steps: Sequence[Step], outcome_status: str, error: str, checks: Sequence[dict]) -> tuple[str, list[str]]:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import resolvable_lab_data, set_path, write_params
+from runbooklib.kubernetes import manifests
 from runbooklib.params import load_params
 from runbooklib.storage import rook
 
@@ -174,7 +175,7 @@ def test_the_diff_of_rooks_own_files_is_summarized_per_object():
             "--- /tmp/LIVE-1/x\n+++ /tmp/MERGED-2/x\n@@ -0,0 +1,3 @@\n+a\n+b\n+c\n"
             "diff -u -N /tmp/LIVE-1/v1.Namespace..rook-ceph /tmp/MERGED-2/v1.Namespace..rook-ceph\n"
             "--- a\n+++ b\n@@ -1 +1 @@\n-old\n+new\n")
-    summary = rook.summarize_diff(text, Path("rook/crds.yaml"))
+    summary = manifests.summarize_diff(text, Path("rook/crds.yaml"))
     assert summary.splitlines() == [
         "# kubectl diff --server-side -f rook/crds.yaml: 2 object(s) change (run it for the full diff)",
         "apiextensions.k8s.io.v1.CustomResourceDefinition..cephclusters.ceph.rook.io: +3 -0",
