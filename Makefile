@@ -54,10 +54,12 @@ bench: setup
 # the lab's real Kubernetes parts (kube-apiserver, controller-manager, scheduler, kubectl, etcd 3.6,
 # kwok, helm) built from their Go modules into ~/.cache/runbooklab/kbin; only what is missing is built
 # (about 16 minutes cold on 2 cores, 0.2 s warm). See runbooklab/kbin/README.md. Rook's module (its
-# manifests and charts, for the block-storage runbook) is downloaded into Go's module cache.
+# manifests and charts, for the block-storage runbook) is downloaded into Go's module cache; OpenSearch's
+# jars (the logging runbooks' search engine) are copied from Maven Central into ~/.cache/runbooklab/opensearch.
 kube-parts:
 	@python3 runbooklab/kbin/build.py
 	@python3 -m runbooklab.rook --fetch
+	@python3 -m runbooklab.opensearch --fetch
 
 # regenerate the generated blocks of the runbooks' markdown (rollback tables) after changing operations
 notebooks: venv

@@ -47,13 +47,21 @@ __all__ = ["PROVISIONERS", "Lab", "LabError", "VMStatus"]
 PROFILES = {"seed": PROJECT / "params" / "lab.yaml", "small": PROJECT / "params" / "lab-small.yaml"}
 TEMPLATE_NET = ipaddress.IPv4Network("10.77.0.0/24")  # the subnet the profile files are written in
 # Provisioners: what a phase needs of the lab beyond plain VMs, ``provision(lab, params, actions)``.
-PROVISIONERS = ("runbooklab.kubernetes", "runbooklab.rook", "runbooklab.edge")
+# A provisioner may also have ``ready(lab, params, actions)``: called after all of them, to wait for what it
+# started in the background (OpenSearch's JVM starts while Kubernetes is provisioned).
+PROVISIONERS = ("runbooklab.opensearch", "runbooklab.kubernetes", "runbooklab.rook", "runbooklab.edge")
 
 
 def provisioners():
     import importlib
 
     return [importlib.import_module(name).provision for name in PROVISIONERS]
+
+
+def readies():
+    import importlib
+
+    return [r for name in PROVISIONERS if (r := getattr(importlib.import_module(name), "ready", None))]
 
 
 def teardowns():
@@ -176,6 +184,9 @@ class Lab(Network, Processes, Boot, Keys):
             from .rook import DEFAULT_RELEASE
 
             ceph["install"]["location"] = f"rook/{ceph.get('rook_version', DEFAULT_RELEASE)}"
+        samples = (data.get("logging") or {}).get("samples")
+        if samples and hosts is None and not Path(samples).is_absolute():  # the profile's own sample log lines, where they are
+            data["logging"]["samples"] = str((path.parent / samples).resolve())
         return data
 
     def _state(self) -> dict:
@@ -246,7 +257,10 @@ class Lab(Network, Processes, Boot, Keys):
             lab_params = parse_params(text, "lab parameters", self.params_file)
             for provision in provisioners():
                 provision(self, lab_params, actions)
+            for ready in readies():
+                ready(self, lab_params, actions)
         return actions
+
     def down(self) -> list[str]:
         """Remove every VM, namespace, link and process of the lab. Safe after a failed up."""
         if os.geteuid() != 0:

@@ -104,8 +104,12 @@ class ApplyStep(Step):
     stdin: str | None = None
 
 
-def apply_step(tools: Tools, operation: str, change: str, manifest: str | None, path: Path | None, undo: str) -> Step | None:
-    """The step that server-side applies a manifest, or None when ``kubectl diff`` finds nothing to change."""
+def apply_step(tools: Tools, operation: str, change: str, manifest: str | None, path: Path | None, undo: str,
+               shown: str | None = None) -> Step | None:
+    """The step that server-side applies a manifest, or None when ``kubectl diff`` finds nothing to change.
+
+    ``shown``: what to show in place of a manifest that holds a secret (its value as a placeholder); the
+    manifest itself goes only to kubectl's stdin (``kubectl diff`` masks a Secret's data)."""
     target = ["-f", "-"] if manifest is not None else ["-f", str(path)]
     d = tools.run(tools.kubectl_cmd("diff", "--server-side", "--force-conflicts", "--field-manager=runbooklib", *target),
                   stdin=manifest)
@@ -114,7 +118,7 @@ def apply_step(tools: Tools, operation: str, change: str, manifest: str | None, 
     if d.returncode == 1:
         diff = d.stdout if manifest is not None else summarize_diff(d.stdout, path)
     elif needs_creation(d.stderr):
-        diff = manifest if manifest is not None else f"(everything in {path}: what it needs is not in the cluster yet)\n"
+        diff = (shown or manifest) if manifest is not None else f"(everything in {path}: what it needs is not in the cluster yet)\n"
     else:
         return Step(CLUSTER, operation, change, None, blocked=f"kubectl diff failed: {d.stderr.strip()[-300:]}")
     argv = tuple(tools.kubectl_cmd("apply", "--server-side", "--force-conflicts", "--field-manager=runbooklib", *target))
@@ -140,3 +144,18 @@ def apply(steps: Sequence[Step], tools: Tools, on_change: Callable[[Step], objec
         if on_change:
             on_change(s)
     return done, ""
+
+
+def verdict(steps: Sequence[Step], outcome_status: str, error: str, failures: Sequence[str]) -> tuple[str, list[str]]:
+    """A manifests runbook's verdict and its problems: *not ready* when a step is blocked, *planned* in plan mode,
+    else the apply's verdict with the verification's ``failures`` (an apply, or a cluster already as planned,
+    is judged by them too)."""
+    from ..phase.steps import apply_verdict
+
+    held = [s.blocked for s in steps if s.command is None]
+    problems = held + ([error] if error else [])
+    if outcome_status in ("applied", "empty"):
+        problems += list(failures)
+    if held:
+        return "not ready", problems
+    return ("planned" if outcome_status == "planned" else apply_verdict(outcome_status, problems)), problems

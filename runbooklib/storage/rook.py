@@ -236,17 +236,11 @@ def _plan_helm(p, tools: Tools, where: Path) -> list[Step]:
 
 
 def verdict(steps: Sequence[Step], outcome_status: str, error: str, checks: Sequence[dict]) -> tuple[str, list[str]]:
-    """07's verdict and its problems: *not ready* when a step is blocked, *planned* in plan mode, else the apply's
-    verdict with the verification's failures (an apply, or a cluster already as planned, is judged by them too)."""
-    from ..phase.steps import apply_verdict
+    """07's verdict (:func:`runbooklib.kubernetes.manifests.verdict`), judged by the verification's failing checks."""
+    from ..kubernetes.manifests import verdict as manifests_verdict
 
-    held = [s.blocked for s in steps if s.command is None]
-    problems = held + ([error] if error else [])
-    if outcome_status in ("applied", "empty"):
-        problems += [f"{r['check']} {r['target']}: {r['detail']}" for r in checks if r["status"] == "fail"]
-    if held:
-        return "not ready", problems
-    return ("planned" if outcome_status == "planned" else apply_verdict(outcome_status, problems)), problems
+    return manifests_verdict(steps, outcome_status, error, [f"{r['check']} {r['target']}: {r['detail']}" for r in checks
+                                                            if r["status"] == "fail"])
 
 
 # -- prerequisites -----------------------------------------------------------------------------------
