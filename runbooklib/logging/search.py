@@ -345,6 +345,8 @@ def plan(p, engine: Engine | None, engine_facts: dict | None) -> list[EngineStep
     if current != _normalized(tbody):
         steps.append(step("index template", what_t, tpath, tbody, _diff(current, _normalized(tbody)), tundo))
     if not engine_facts.get("retention_api"):
+        if not lg.retention_required:  # said by retention_warning(), not planned
+            return steps
         plugin = "index-management (ISM) plugin" if lg.engine == "opensearch" else "ILM (x-pack)"
         installed = len(engine_facts.get("plugins") or [])
         steps.append(step("retention policy", what_p, ppath, pbody, _json(pbody), pundo,
@@ -378,6 +380,16 @@ def apply(engine: Engine, steps: Sequence[Step], on_change=None, on_line=print) 
 
 
 # -- verification: a new index gets the template (and the policy) ---------------------------------------
+
+def retention_warning(lg, engine_facts: dict) -> str:
+    """The warning when the engine has no retention API and ``logging.retention_required`` is false ('' otherwise)."""
+    if not engine_facts.get("reachable") or engine_facts.get("retention_api") or lg.retention_required:
+        return ""
+    plugin = "index-management (ISM) plugin" if lg.engine == "opensearch" else "ILM (x-pack)"
+    return (f"RETENTION NOT IN FORCE: the engine at {lg.api_url()} has no {plugin}, and logging.retention_required is false: "
+            f"the policy above is rendered, not applied; indices are made read-only and deleted only by whatever this site "
+            f"runs instead (a Curator job), or never")
+
 
 def check_new_index(engine: Engine, lg, run_tag: str) -> list[dict]:
     """Create ``<prefix>-verify-<tag>``, read back its mapping (the typed fields as planned) and, where the
@@ -418,7 +430,7 @@ def _ism_attached(engine: Engine, index: str, lg) -> dict:
     try:
         explained = engine.request("GET", f"/_plugins/_ism/explain/{index}")
     except EngineError as e:
-        return {"check": "policy on a new index", "target": index, "status": "fail",
+        return {"check": "policy on a new index", "target": index, "status": "fail" if lg.retention_required else "skip",
                 "detail": f"no ISM here ({e}): no retention; new indices are kept forever"}
     deadline = time.monotonic() + 15
     while True:  # ISM attaches through ism_template when the index is created; the explain API may lag a moment
@@ -544,7 +556,7 @@ def facts_rows(f: dict, lg) -> list[dict]:
         {"fact": "plugins", "value": ", ".join(plugins) or "none", "status": "ok"},
         {"fact": "retention API", "value": ("ISM" if lg.engine == "opensearch" else "ILM") + (" answers" if f.get("retention_api") else
                                                                                               " absent: no policy can be applied"),
-         "status": "ok" if f.get("retention_api") else "fail"},
+         "status": "ok" if f.get("retention_api") else "fail" if lg.retention_required else "warn"},
         {"fact": "authentication", "value": ("checked by the security plugin" if security else
                                              "not checked: no security plugin, the engine accepts any request"
                                              + (" (the credentials are sent, and ignored)" if lg.user else "")),
@@ -569,3 +581,8 @@ def verdict(steps: Sequence[Step], outcome_status: str, error: str, failures: Se
     v, problems = manifests_verdict(steps, outcome_status, error, failures)
     held = {s.blocked for s in steps if s.command is None}
     return v, list(dict.fromkeys(p.split(": ", 1)[1] if p.split(": ", 1)[-1] in held else p for p in problems))
+
+
+def verdict_with_warning(v: str, warning: str) -> str:
+    """A good verdict that says retention is not in force (a bad one already says what is wrong)."""
+    return f"{v}; RETENTION NOT IN FORCE" if warning and v not in ("not ready", "incomplete", "failed") else v

@@ -47,6 +47,9 @@ class Logging(Section):
     warm_after_days: Annotated[int, Field(ge=0)] = 3
     delete_after_days: Annotated[int, Field(ge=1)] = 90
     replicas: Annotated[int, Field(ge=0, le=5)] = 1
+    # false: an engine without its retention plugin is a warning, not a stop (retention is done elsewhere, e.g. a
+    # Curator job, or this is a rehearsal whose engine lacks the plugin); the runbook says RETENTION NOT IN FORCE
+    retention_required: bool = True
     sizing: Sizing = Field(default_factory=Sizing)
 
     def api_url(self) -> str:

@@ -69,15 +69,16 @@ def rows(lg) -> list[dict]:
          "how": f"{z.daily_primary_gb:g} GB primary a day / {s.max_shard_gb:g} GB per shard", "status": "ok"},
         {"quantity": "shards per node, kept", "value": f"{z.shards_per_node:g}",
          "how": f"{z.shards_kept} in all; ceiling {z.shard_ceiling_per_node} ({SHARDS_PER_HEAP_GB} per GB of heap)",
-         "status": "fail" if over else "ok"},
+         "status": "warn" if over else "ok"},
     ]
 
 
-def problems(lg) -> list[str]:
+def warnings(lg) -> list[str]:
+    """Rules of thumb the sizing breaks (said, not enforced: the engines' own limits are far higher)."""
     z = size(lg)
     if z.shards_per_node > z.shard_ceiling_per_node:
-        return [f"{z.shards_per_node:g} shards per node over the retention, above the ceiling of {z.shard_ceiling_per_node} for a "
-                f"{z.heap_gb:g} GB heap: fewer replicas, shorter retention, more nodes or memory, or weekly indices"]
+        return [f"{z.shards_per_node:g} shards per node over the retention, above the rule of thumb of {z.shard_ceiling_per_node} for a "
+                f"{z.heap_gb:g} GB heap ({SHARDS_PER_HEAP_GB} per GB): fewer replicas, shorter retention, more nodes or memory, or weekly indices"]
     return []
 
 

@@ -182,11 +182,12 @@ def test_sizing_disk_heap_and_shards(tmp_path):
     z = sizing.size(lg)
     assert (z.daily_primary_gb, z.daily_stored_gb, z.kept_gb) == (44.0, 88.0, 7920.0)
     assert z.disk_gb == 10560.0 and z.disk_per_node_gb == 3520.0 and z.heap_gb == 8.0 and z.primary_shards == 2
-    assert z.shards_kept == 360 and z.shards_per_node == 120.0 and z.shard_ceiling_per_node == 160 and not sizing.problems(lg)
+    assert z.shards_kept == 360 and z.shards_per_node == 120.0 and z.shard_ceiling_per_node == 160 and not sizing.warnings(lg)
     big = params(tmp_path, logging__sizing={"daily_gb": 10, "container_memory_gb": 96, "nodes": 1}, logging__replicas=0).logging
     assert sizing.size(big).heap_gb == 31.0 and "capped at 31 GB" in sizing.rows(big)[5]["how"]
     many = params(tmp_path, logging__sizing={"daily_gb": 500, "container_memory_gb": 2, "nodes": 2}, logging__replicas=1).logging
-    assert sizing.problems(many) and "above the ceiling of 20" in sizing.problems(many)[0]
+    assert sizing.warnings(many) and "above the rule of thumb of 20 for a 1 GB heap" in sizing.warnings(many)[0]
+    assert sizing.rows(many)[-1]["status"] == "warn"
     xs, total, warm = sizing.volume_curve(lg)
     assert total[90] == total[-1] == 7920.0 and total[1] == 88.0 and warm[3] == 0 and warm[4] == 88.0
 
