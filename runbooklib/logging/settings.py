@@ -65,6 +65,22 @@ class Logging(Section):
         return f"{self.index_prefix}-typed"
 
 
+def sample_lines(p) -> list[str]:
+    """The lines of ``logging.samples`` ([] without it); a file that is not there is an error naming the field,
+    raised before the runbook reaches the cluster or the engine."""
+    from ..errors import RunbookError
+
+    lg = p.logging
+    if not lg.samples:
+        return []
+    path = p.path(lg.samples)
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise RunbookError(f"{p.source}: logging.samples: {path} cannot be read ({e.strerror}): put a few of the applications' "
+                           "log lines there (one per line), or remove logging.samples") from None
+
+
 def endpoint_parts(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of an engine URL, the port defaulting to 9200 as the engines' own."""
     u = urlsplit(url)
@@ -91,4 +107,5 @@ def rules(p) -> list[Problem]:
                                 "cast the application's own fields only"))
     if lg.samples and not re.search(r"\.(jsonl|log|txt|ndjson)$", lg.samples):
         problems.append(Problem("logging.samples", f"{lg.samples!r}: name a text file of log lines (.jsonl, .ndjson, .log, .txt)"))
+
     return problems

@@ -11,6 +11,8 @@ from runbooklib.errors import ParamsError
 from runbooklib.logging import fluentd, search, sizing
 from runbooklib.params import load_params
 
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
 
 def params(tmp_path, **changes):
     data = resolvable_lab_data(tmp_path)
@@ -190,6 +192,15 @@ def test_sizing_disk_heap_and_shards(tmp_path):
     assert sizing.rows(many)[-1]["status"] == "warn"
     xs, total, warm = sizing.volume_curve(lg)
     assert total[90] == total[-1] == 7920.0 and total[1] == 88.0 and warm[3] == 0 and warm[4] == 88.0
+
+
+def test_a_missing_samples_file_is_an_error_naming_the_field(tmp_path):
+    from runbooklib.errors import RunbookError
+    from runbooklib.logging.settings import sample_lines
+
+    with pytest.raises(RunbookError, match=r"logging.samples: .*/nowhere/app.jsonl cannot be read \(No such file or directory\): put a few"):
+        sample_lines(params(tmp_path, logging__samples="nowhere/app.jsonl"))
+    assert len(sample_lines(params(tmp_path, logging__samples=str(ROOT / "params" / "samples" / "app-logs.jsonl")))) == 9
 
 
 # -- the rules --------------------------------------------------------------------------------------------
