@@ -48,7 +48,8 @@ def lab(tmp_path_factory):
     with running_lab(root, "rblog", "10.104.0.0/24", profile=str(profile(root))) as lab:
         archive = str(root / "archive")
         for nb in ("02-vm-baseline", "03-kubernetes-cluster"):
-            done = runbook("--archive", archive, "run", f"notebooks/{nb}.ipynb", "--params", str(lab.params_file), "--apply", timeout=900)
+            done = runbook("--archive", archive, "run", f"notebooks/{nb}.ipynb", "--params", str(lab.params_file), "--apply",
+                           env={**os.environ, "RB_TEST_LOGGING_PASSWORD": CANARY}, timeout=900)  # every reference must resolve
             assert done.returncode == 0, done.stderr[-3000:]
         yield lab
 
