@@ -12,8 +12,9 @@ their spread, not one absolute figure.
    - Ansible:      `ansible all -m setup -a gather_subset=!all,min,hardware` (forks = hosts, pipelining,
                    strict host keys, no ControlMaster: fresh connections as ours)
    - pyinfra:      `pyinfra -y inventory.py fact <the matching facts> --json`
-   then where our time goes: interpreter start, imports, connect and authenticate, remote command,
-   parse, output (the same stages timed one by one).
+   then where our time goes: interpreter start, imports, parameters, connect and authenticate, remote
+   command, parse, output (bench/facts_stages.py: the command's stages one after the other in one
+   process, once a round).
 2. Connections: whole runbooks 01 (plan) and 02 (--apply) through `runbook run`, counting the logins
    each VM's sshd logged: one per host means a runbook pays the handshake once per host.
 3. Apply: the baseline (02's operations) on fresh VMs: connect, facts, plan, apply on one fleet, with
@@ -79,14 +80,16 @@ def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):6.2f}  [{min(values):.2f} .. {max(values):.2f}]"
 
 
-def alternate(candidates: dict[str, tuple[list[str], dict]], rounds: int, cwd: Path) -> dict[str, list[float]]:
-    """Each candidate once per round, in turn (after one warm-up each)."""
+def alternate(candidates: dict[str, tuple[list[str], dict]], rounds: int, cwd: Path, extra=None) -> dict[str, list[float]]:
+    """Each candidate once per round, in turn (after one warm-up each); ``extra()``, when given, once per round too."""
     for cmd, env in candidates.values():
         timed(cmd, env, cwd)
     runs: dict[str, list[float]] = {k: [] for k in candidates}
     for _ in range(rounds):
         for name, (cmd, env) in candidates.items():
             runs[name].append(timed(cmd, env, cwd))
+        if extra:
+            extra()
     return runs
 
 
@@ -103,43 +106,13 @@ def logins(lab: Lab) -> dict[str, int]:
     return {vm: (lab.vm_dir(vm) / "console.log").read_text(errors="replace").count("Accepted publickey") for vm in lab.vms()}
 
 
-def breakdown(params_file: Path, rounds: int) -> dict[str, list[float]]:
-    """Our facts command's stages, timed one by one: start and imports in fresh interpreters, the rest here."""
-    from runbooklib.phase.facts import host_script, parse_host_output
-    from runbooklib.ssh import Fleet
-    from runbooklib.vm import facts as vm_facts
-
-    def run_py(code: str) -> float:
-        t0 = time.perf_counter()
-        subprocess.run([PY, "-c", code], check=True, cwd=ROOT)
-        return time.perf_counter() - t0
-
-    stages: dict[str, list[float]] = {k: [] for k in ("interpreter start", "imports", "parameters", "connect + authenticate",
-                                                      "remote command", "parse", "output")}
-    for _ in range(rounds):
-        start = run_py("pass")
-        stages["interpreter start"].append(start)
-        stages["imports"].append(max(0.0, run_py("import runbooklib.cli, runbooklib.params, runbooklib.ssh, runbooklib.vm.facts") - start))
-        t0 = time.perf_counter()
-        params = load_params(params_file)
-        fs = vm_facts.fact_set(params)
-        stages["parameters"].append(time.perf_counter() - t0)
-        with Fleet.from_params(params, progress=None) as fleet:
-            t0 = time.perf_counter()
-            fleet.each(fleet.connection)
-            stages["connect + authenticate"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            results = fleet.run(lambda h: host_script(fs.facts, fs.context(h)))
-            stages["remote command"].append(time.perf_counter() - t0)
-            assert results.ok, results.failed
-        t0 = time.perf_counter()
-        facts = {name: parse_host_output(fs.facts, r.stdout)[0] for name, r in results.items()}
-        stages["parse"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        with open(os.devnull, "w") as out:
-            out.write(json.dumps({"facts": facts, "errors": {}}, indent=2, default=str))
-        stages["output"].append(time.perf_counter() - t0)
-    return stages
+def stages_once(params_file: Path) -> dict[str, float]:
+    """Our facts command's stages in one process (bench/facts_stages.py), the interpreter's start included."""
+    done = subprocess.run([PY, str(Path(__file__).with_name("facts_stages.py")), str(params_file), repr(time.time())],
+                          capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        sys.exit(f"bench/facts_stages.py failed: {done.stderr[-1500:]}")
+    return json.loads(done.stdout)
 
 
 def facts_section(args, work: Path, lab: Lab, ansible_env: dict, peers: Path | None) -> None:
@@ -165,7 +138,8 @@ def facts_section(args, work: Path, lab: Lab, ansible_env: dict, peers: Path | N
             f"    ({str(h.address)!r}, {{'ssh_user': 'root', 'ssh_key': {str(key)!r}, "
             f"'ssh_known_hosts_file': {str(known)!r}, 'ssh_strict_host_key_checking': 'yes'}}),\n" for h in hosts) + "]\n")
         cands["pyinfra"] = ([str(peers / "pyinfra"), "-y", "--parallel", str(len(hosts)), "inventory.py", "fact", *PYINFRA_FACTS, "--json"], env)
-    runs = alternate(cands, args.rounds, work)
+    stage_runs: list[dict[str, float]] = []
+    runs = alternate(cands, args.rounds, work, extra=lambda: stage_runs.append(stages_once(lab.params_file)))
     print(f"\n1. facts from {len(hosts)} lab VMs, {args.rounds} alternated rounds (whole commands, fresh connections), seconds:")
     for name, values in runs.items():
         print(f"  {name:<20} {spread(values)}")
@@ -178,12 +152,15 @@ def facts_section(args, work: Path, lab: Lab, ansible_env: dict, peers: Path | N
         print(f"  ours / Ansible:        {spread(ra)}   target <= 0.50: {verdict(statistics.median(ra) <= 0.5)}")
         print(f"  ours / pyinfra:        {spread(rp)}   target <= 1.00: {verdict(statistics.median(rp) <= 1.0)}")
         print(f"  floor / Ansible:       {spread(ratios(runs, 'floor (ssh true)', 'ansible'))}")
-    stages = breakdown(lab.params_file, args.rounds)
-    total = sum(statistics.median(v) for v in stages.values())
-    print(f"  where our time goes (stages timed one by one, medians; sum {total:.2f} s vs whole command "
-          f"{statistics.median(runs['runbooklib']):.2f} s):")
-    for name, values in stages.items():
-        print(f"    {name:<24} {statistics.median(values):6.3f} s  ({100 * statistics.median(values) / total:4.1f} %)")
+    print("  where our time goes (the command's stages one after the other in one process, once a round; "
+          "share of that run's whole, median [min .. max]):")
+    for name in stage_runs[0]:
+        if name == "whole":
+            continue
+        shares = [100 * r[name] / r["whole"] for r in stage_runs]
+        print(f"    {name:<24} {statistics.median(r[name] for r in stage_runs):6.3f} s   {statistics.median(shares):4.1f} % "
+              f"[{min(shares):.1f} .. {max(shares):.1f}]")
+    print(f"    {'whole (stage by stage)':<24} {statistics.median(r['whole'] for r in stage_runs):6.3f} s")
 
 
 def runbooks_section(work: Path, lab: Lab) -> None:
@@ -201,10 +178,10 @@ def runbooks_section(work: Path, lab: Lab) -> None:
             sys.exit(f"{nb} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
         after = logins(lab)
         per_host = {vm: after[vm] - before[vm] for vm in after}
-        summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+        summary = next((line.strip() for line in reversed(done.stderr.splitlines()) if " succeeded in " in line), "")
         print(f"  {label:<22} {took:6.2f} s  logins {sum(per_host.values())} for {hosts} hosts "
               f"(per host {min(per_host.values())}..{max(per_host.values())}); "
-              f"target one per host: {verdict(set(per_host.values()) == {1})}  [{summary[:90]}]")
+              f"target one per host: {verdict(set(per_host.values()) == {1})}\n      {summary}")
 
 
 def write_inventory(work: Path, lab: Lab) -> Path:
