@@ -33,9 +33,10 @@ def main() -> None:
     fs = vm_facts.fact_set(params)
     stages["parameters"] = time.time() - t
     with Fleet.from_params(params, progress=None) as fleet:
-        t = time.time()
+        t, cpu = time.time(), time.process_time()
         fleet.each(fleet.connection)
         stages["connect + authenticate"] = time.time() - t
+        cpu_per_handshake = (time.process_time() - cpu) / len(params.hosts)  # every thread of this process
         t = time.time()
         results = fleet.run(lambda h: host_script(fs.facts, fs.context(h)))
         stages["remote command"] = time.time() - t
@@ -49,7 +50,7 @@ def main() -> None:
             out.write(json.dumps({"facts": facts, "errors": {}}, indent=2, default=str))
         stages["output"] = time.time() - t
     stages["whole"] = time.time() - spawned
-    print(json.dumps(stages))
+    print(json.dumps({"stages": stages, "cpu_per_handshake": cpu_per_handshake}))
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def logins(lab: Lab) -> dict[str, int]:
     return {vm: (lab.vm_dir(vm) / "console.log").read_text(errors="replace").count("Accepted publickey") for vm in lab.vms()}
 
 
-def stages_once(params_file: Path) -> dict[str, float]:
+def stages_once(params_file: Path) -> dict:
     """Our facts command's stages in one process (bench/facts_stages.py), the interpreter's start included."""
     done = subprocess.run([PY, str(Path(__file__).with_name("facts_stages.py")), str(params_file), repr(time.time())],
                           capture_output=True, text=True, cwd=ROOT)
@@ -154,13 +154,17 @@ def facts_section(args, work: Path, lab: Lab, ansible_env: dict, peers: Path | N
         print(f"  floor / Ansible:       {spread(ratios(runs, 'floor (ssh true)', 'ansible'))}")
     print("  where our time goes (the command's stages one after the other in one process, once a round; "
           "share of that run's whole, median [min .. max]):")
-    for name in stage_runs[0]:
+    stage_times = [r["stages"] for r in stage_runs]
+    for name in stage_times[0]:
         if name == "whole":
             continue
-        shares = [100 * r[name] / r["whole"] for r in stage_runs]
-        print(f"    {name:<24} {statistics.median(r[name] for r in stage_runs):6.3f} s   {statistics.median(shares):4.1f} % "
+        shares = [100 * r[name] / r["whole"] for r in stage_times]
+        print(f"    {name:<24} {statistics.median(r[name] for r in stage_times):6.3f} s   {statistics.median(shares):4.1f} % "
               f"[{min(shares):.1f} .. {max(shares):.1f}]")
-    print(f"    {'whole (stage by stage)':<24} {statistics.median(r['whole'] for r in stage_runs):6.3f} s")
+    print(f"    {'whole (stage by stage)':<24} {statistics.median(r['whole'] for r in stage_times):6.3f} s")
+    cpu = [1000 * r["cpu_per_handshake"] for r in stage_runs]
+    print(f"  client CPU per handshake (paramiko: key exchange, host key check, authentication): median {statistics.median(cpu):.1f} ms "
+          f"[{min(cpu):.1f} .. {max(cpu):.1f}]")
 
 
 def runbooks_section(work: Path, lab: Lab) -> None:
