@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import difflib
+import itertools
+import secrets
 import shlex
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -122,11 +124,36 @@ def apply(fleet, steps: Sequence[Step], on_change: Callable[[Step], Any] | None 
     run's change log). The other hosts carry on when one fails. ``execute(host, step)`` carries a
     step out and returns a :class:`~runbooklib.ssh.HostResult` (default: run its command over SSH);
     a phase whose steps copy files gives its own.
+
+    With the default execution and no ``on_step``, a host's steps go in one round trip
+    (:func:`batch_script`): the same commands in the same order, each in its own subshell, the
+    script stopping at the first that fails; each step's exit code comes back, so what is recorded
+    is exactly what succeeded.
     """
-    execute = execute or (lambda host, step: fleet.run_on(host, step.command))
     by_host: dict[str, list[Step]] = {}
     for s in steps:
         by_host.setdefault(s.host, []).append(s)
+
+    def record(result: HostApply, done: list[Step], ran_after: list[Step]) -> bool:
+        """Record ``done`` in order; False (and the host's error set) when the record fails."""
+        for i, step in enumerate(done):
+            result.applied.append(step)
+            if on_change:
+                try:
+                    on_change(step)
+                except Exception as e:  # applied, but not in the record: stop this host and say so
+                    later = done[i + 1:] + ran_after
+                    result.applied.extend(later)
+                    result.error = f"{result.host}: {step.operation} ({step.change}) was applied but not recorded: {e}" + (
+                        f"; so were, unrecorded, the {len(later)} step(s) after it in the same round trip: "
+                        + "; ".join(f"{s.operation} ({s.change})" for s in later) if later else "")
+                    return False
+        return True
+
+    def failed(result: HostApply, step: Step, r) -> None:
+        detail = r.stderr.strip()[-300:] if r.exit_code is not None else ""
+        result.error = f"{result.host}: {step.operation} ({step.change}) failed: {r.error}" + (
+            f"; {detail}" if detail and detail not in r.error else "")
 
     def run_host(host) -> HostApply:
         result = HostApply(host.name)
@@ -136,23 +163,84 @@ def apply(fleet, steps: Sequence[Step], on_change: Callable[[Step], Any] | None 
                 break
             if on_step:
                 on_step(step)
-            r = execute(host, step)
+            r = execute(host, step) if execute else fleet.run_on(host, step.command)
             if not r.ok:
-                detail = r.stderr.strip()[-300:] if r.exit_code is not None else ""
-                result.error = f"{host.name}: {step.operation} ({step.change}) failed: {r.error}" + (
-                    f"; {detail}" if detail and detail not in r.error else "")
+                failed(result, step, r)
                 break
-            result.applied.append(step)
-            if on_change:
-                try:
-                    on_change(step)
-                except Exception as e:  # applied, but not in the record: stop this host and say so
-                    result.error = f"{host.name}: {step.operation} ({step.change}) was applied but not recorded: {e}"
-                    break
+            if not record(result, [step], []):
+                break
+        return result
+
+    def run_host_batched(host) -> HostApply:
+        result = HostApply(host.name)
+        mine = by_host[host.name]
+        runnable = list(itertools.takewhile(lambda s: s.command is not None, mine))
+        if runnable:
+            script, token = batch_script(runnable)
+            r = fleet.run_on(host, script, timeout=fleet.ssh.command_timeout * len(runnable))
+            done, failure = batch_outcome(runnable, r, token)
+            if not record(result, done, []):
+                return result
+            if failure is not None:
+                failed(result, *failure)
+                return result
+        if len(runnable) < len(mine):
+            blocked = mine[len(runnable)]
+            result.error = f"{host.name}: {blocked.operation}: {blocked.blocked}"
         return result
 
     targets = [h for h in fleet.hosts if h.name in by_host]
-    return fleet.each(run_host, hosts=targets, desc=desc) if targets else {}
+    one = run_host if (execute or on_step) else run_host_batched
+    return fleet.each(one, hosts=targets, desc=desc) if targets else {}
+
+
+def batch_script(steps: Sequence[Step]) -> tuple[str, str]:
+    """One shell script running ``steps`` in order, each in its own subshell with no input, stopping at the
+    first that fails; markers (with a token of their own) delimit each step's output and carry its exit code."""
+    token = secrets.token_hex(6)
+    lines = []
+    for i, step in enumerate(steps):
+        lines.append(f"echo '@@rb-{token} {i}'; echo '@@rb-{token} {i}' >&2; ( {step.command}\n) </dev/null; rc=$?; "
+                     f"echo; echo \"@@rb-{token}-rc {i} $rc\"; [ $rc -eq 0 ] || exit $rc")
+    return "\n".join(lines) + "\n", token
+
+
+def _segments(text: str, token: str) -> dict[int, str]:
+    out: dict[int, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith(f"@@rb-{token} "):
+            current = int(line.split()[1])
+            out[current] = []
+        elif line.startswith(f"@@rb-{token}-rc "):
+            current = None
+        elif current is not None:
+            out[current].append(line)
+    return {i: "\n".join(lines) for i, lines in out.items()}
+
+
+def batch_outcome(steps: Sequence[Step], r, token: str) -> tuple[list[Step], tuple[Step, Any] | None]:
+    """What a :func:`batch_script` run did: the steps that succeeded, in order, and the first failure
+    as ``(step, result)`` (a result of its own, as if the step had run alone), or None."""
+    from ..ssh import HostResult
+
+    codes = {}
+    for line in r.stdout.splitlines():
+        if line.startswith(f"@@rb-{token}-rc "):
+            _, i, rc = line.split()
+            codes[int(i)] = int(rc)
+    done = [s for i, s in enumerate(steps) if codes.get(i) == 0]
+    if len(done) == len(steps):
+        return done, None
+    step = steps[len(done)]
+    if len(done) in codes:  # the step ran and exited non-zero
+        rc = codes[len(done)]
+        err = _segments(r.stderr, token).get(len(done), "")
+        out = _segments(r.stdout, token).get(len(done), "")
+        return done, (step, HostResult(r.host, False, out, err, rc, f"{step.command.split()[0]!r} exited {rc}: {err.strip()[-300:]}",
+                                       r.seconds))
+    # no exit code: the connection or the deadline ended the round trip while this step ran (or before it)
+    return done, (step, HostResult(r.host, False, error=r.error or f"no exit code came back (exit {r.exit_code})", seconds=r.seconds))
 
 
 def apply_first(fleet, steps: Sequence[Step], first: str, on_change: Callable[[Step], Any] | None = None,

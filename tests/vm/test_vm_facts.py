@@ -69,3 +69,20 @@ def test_a_fact_whose_output_lacks_a_final_newline_is_still_whole():
     values, errors = parse_host_output((facts.FACTS_BY_NAME["deploy_user"], facts.FACTS_BY_NAME["kernel"]), out)
     assert errors == {}
     assert values["deploy_user"]["authorized_keys"] == [key] and values["kernel"] == "6.1.0-28-amd64"
+
+
+def test_the_facts_command_imports_no_notebook_machinery(tmp_path):
+    """`runbook facts` starts fast: papermill, nbconvert, matplotlib (and fabric) stay out of its imports."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, lab_data, write_params
+
+    params = write_params(tmp_path, lab_data())  # its key file is missing: the command stops after its imports
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "runbooklib.cli", "facts", "--params", str(params), "--json"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0 and "ssh.key" in done.stderr, done.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert {"runbooklib.ssh", "paramiko", "runbooklib.vm.facts"} <= imported
+    heavy = {m for m in imported if m.split(".")[0] in ("papermill", "nbconvert", "matplotlib", "fabric", "nbformat", "ipykernel")}
+    assert heavy == set()

@@ -46,6 +46,11 @@ def fingerprint(fleet) -> dict:
 
 
 
+def logins(lab) -> dict[str, int]:
+    """Logins each VM's sshd has logged (its console is sshd's log): the connections paid so far."""
+    return {vm: (lab.vm_dir(vm) / "console.log").read_text(errors="replace").count("Accepted publickey") for vm in lab.vms()}
+
+
 def test_preflight_finds_the_failures_the_lab_really_has(lab, tmp_path):
     params = load_params(lab.params_file)
     with Fleet.from_params(params, progress=None) as fleet:
@@ -55,8 +60,10 @@ def test_preflight_finds_the_failures_the_lab_really_has(lab, tmp_path):
     for check in failures(checks.evaluate(params, gathered)):
         found.setdefault(check.host, set()).add(check.rule)
     assert found == FRESH_FAILURES
+    seen = logins(lab)
     done = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab.params_file))
     assert done.returncode == 4, done.stderr[-3000:]  # ran to its end; the verdict is "not ready"
+    assert {vm: n - seen[vm] for vm, n in logins(lab).items()} == {vm: 1 for vm in seen}  # the whole runbook: one handshake a host
     m = manifest(done.stdout)
     assert m["status"] == "succeeded" and m["changes"] == [] and m["simulated"] is True
     assert m["verdict"]["verdict"] == "not ready" and len(m["verdict"]["problems"]) == len(FRESH_FAILURES)
@@ -76,9 +83,12 @@ def test_plan_changes_nothing_then_apply_fixes_then_converges(lab, tmp_path):
         assert fingerprint(fleet) == before
         assert manifest(plan.stdout)["changes"] == [] and manifest(plan.stdout)["verdict"]["verdict"] == "planned"
 
+        seen = logins(lab)
         applied = runbook("--archive", str(tmp_path / "archive"), "run", "notebooks/02-vm-baseline.ipynb", "--params",
                           str(lab.params_file), "--apply")
         assert applied.returncode == 0, applied.stderr[-3000:]
+        # facts, plan, apply (each host's steps in one round trip) and the facts after: one handshake a host
+        assert {vm: n - seen[vm] for vm, n in logins(lab).items()} == {vm: 1 for vm in seen}
         assert manifest(applied.stdout)["verdict"] == {"verdict": "applied", "problems": [],
                                                         "at": manifest(applied.stdout)["verdict"]["at"]}
         changes = manifest(applied.stdout)["changes"]
@@ -149,6 +159,23 @@ def test_with_approvals_required_the_baseline_applies_only_once_a_second_key_sig
     d = json.loads(runbook("--archive", archive, "diff", manifest(converged.stdout)["run_id"], plan_id, "--json").stdout)
     assert d["steps_added"] and {s.split(":")[0] for s in d["steps_added"]} == {"w1"} and d["steps_removed"] == []
     assert runbook("--archive", archive, "verify").returncode == 0
+
+
+def test_batched_steps_over_ssh_stop_at_the_failing_one_on_the_one_connection(lab):
+    params = load_params(lab.params_file)
+    S = phase_steps.Step
+    with Fleet.from_params(params, progress=None) as fleet:
+        vm_facts.gather(params, fleet)
+        steps = [S("w1", "first", "write it", "rm -f /tmp/rb-batch-*; echo one > /tmp/rb-batch-1"),
+                 S("w1", "second", "fails", "echo 'no such thing' >&2; exit 7"),
+                 S("w1", "third", "never runs", "echo three > /tmp/rb-batch-3"),
+                 S("db1", "only", "write it", "echo db > /tmp/rb-batch-db")]
+        results = phase_steps.apply(fleet, steps)
+        assert [s.operation for s in results["w1"].applied] == ["first"] and results["db1"].ok
+        assert "second (fails) failed: 'echo' exited 7" in results["w1"].error and "no such thing" in results["w1"].error
+        check = fleet.run("cat /tmp/rb-batch-* 2>/dev/null; true", hosts=[params.host("w1"), params.host("db1")])
+        assert check["w1"].stdout == "one\n" and check["db1"].stdout == "db\n"
+        assert fleet.handshakes == len(params.hosts)  # facts, apply and the check on the connections of the first
 
 
 def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):

@@ -170,3 +170,77 @@ def test_apply_first_runs_one_host_then_the_others_and_nothing_on_them_when_it_f
     results = phase_steps.apply_first(FakeFleet(["db1", "db2", "db3"]), steps, "db1",
                                       execute=lambda h, s: execute(h, s, fail=("db1",)), role="primary", rest="replicas")
     assert ran == ["db1"] and results["db2"].error == "db2: not changed: the primary db1 failed first" and not results["db3"].ok
+
+
+class LocalShellFleet:
+    """A local stand-in for the fleet: ``run_on`` runs the command in this machine's bash (the real shell),
+    so the batched apply's script is executed, not inspected; ``round_trips`` counts commands sent."""
+
+    def __init__(self, names, tmp):
+        from runbooklib.schema import SSH
+
+        self.hosts = [type("H", (), {"name": n})() for n in names]
+        self.ssh = SSH(key="file:none", known_hosts="none")
+        self.tmp = tmp
+        self.round_trips = 0
+
+    def each(self, fn, hosts, desc=""):
+        return {h.name: fn(h) for h in hosts}
+
+    def run_on(self, host, command, timeout=None):
+        from runbooklib.ssh import HostResult
+
+        self.round_trips += 1
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=self.tmp, timeout=timeout)
+        return HostResult(host.name, done.returncode == 0, done.stdout, done.stderr, done.returncode,
+                          "" if done.returncode == 0 else f"exited {done.returncode}")
+
+
+def test_a_hosts_steps_go_in_one_round_trip_and_only_what_succeeded_is_recorded(tmp_path):
+    S = phase_steps.Step
+    steps = [S("a", "one", "write one", "printf partial > one"),  # output file without a final newline
+             S("a", "exit inside", "a step that exits 0 early", "exit 0; touch never"),
+             S("a", "two", "fails", "echo 'two went wrong' >&2; exit 3"),
+             S("a", "three", "never runs", "touch three"),
+             S("b", "b1", "write b", "echo b > b && cat b")]
+    fleet = LocalShellFleet(["a", "b"], tmp_path)
+    recorded = []
+    results = phase_steps.apply(fleet, steps, on_change=lambda s: recorded.append((s.host, s.operation)))
+    assert fleet.round_trips == 2  # one per host, not one per step
+    assert [s.operation for s in results["a"].applied] == ["one", "exit inside"]
+    assert results["a"].error.startswith("a: two (fails) failed: 'echo' exited 3") and "two went wrong" in results["a"].error
+    assert "never" not in results["a"].error and not (tmp_path / "three").exists() and not (tmp_path / "never").exists()
+    assert (tmp_path / "one").read_text() == "partial"
+    assert results["b"].ok and recorded == [("a", "one"), ("a", "exit inside"), ("b", "b1")]
+
+
+def test_a_batch_stops_before_a_blocked_step_and_an_unrecorded_step_names_the_ones_after_it(tmp_path):
+    S = phase_steps.Step
+    fleet = LocalShellFleet(["a"], tmp_path)
+    blocked = [S("a", "x", "touch x", "touch x"), S("a", "y", "needs a person", None, blocked="do it by hand"), S("a", "z", "z", "touch z")]
+    results = phase_steps.apply(fleet, blocked)
+    assert results["a"].error == "a: y: do it by hand" and [s.operation for s in results["a"].applied] == ["x"]
+    assert (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+    def on_change(step):
+        if step.operation == "p":
+            raise OSError("disk full")
+    three = [S("a", op, f"touch {op}", f"touch {op}") for op in ("p", "q", "r")]
+    results = phase_steps.apply(fleet, three, on_change=on_change)
+    err = results["a"].error
+    assert err.startswith("a: p (touch p) was applied but not recorded: disk full") and "q (touch q); r (touch r)" in err
+    assert [s.operation for s in results["a"].applied] == ["p", "q", "r"]
+
+
+def test_a_round_trip_cut_short_applies_only_the_steps_whose_exit_code_came_back():
+    from runbooklib.ssh import HostResult
+
+    S = phase_steps.Step
+    steps = [S("a", "one", "one", "true"), S("a", "two", "two", "sleep 100")]
+    script, token = phase_steps.batch_script(steps)
+    cut = HostResult("a", False, f"@@rb-{token} 0\n\n@@rb-{token}-rc 0 0\n@@rb-{token} 1\n", error="a: connection lost during the command")
+    done, (step, r) = phase_steps.batch_outcome(steps, cut, token)
+    assert done == steps[:1] and step is steps[1] and r.error == "a: connection lost during the command" and r.exit_code is None
+    forged = HostResult("a", True, "@@rb-000000000000-rc 1 0\n", exit_code=0)  # another token's markers are output, not codes
+    done, (step, r) = phase_steps.batch_outcome(steps, forged, token)
+    assert done == [] and step is steps[0]
