@@ -102,32 +102,6 @@ class _Transport(paramiko.Transport):
                           *(c for c in paramiko.Transport._preferred_ciphers if "gcm" not in c))
 
 
-class Connection:
-    """One open SSH connection to a host: commands go through :class:`Fleet`, files through ``sftp()``."""
-
-    def __init__(self, client: paramiko.SSHClient):
-        self.client = client
-        self._sftp: paramiko.SFTPClient | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def is_connected(self) -> bool:
-        transport = self.client.get_transport()
-        return transport is not None and transport.is_active()
-
-    def sftp(self) -> paramiko.SFTPClient:
-        """The connection's SFTP session, opened once and reused."""
-        with self._lock:
-            if self._sftp is None:
-                self._sftp = self.client.open_sftp()
-            return self._sftp
-
-    def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-        self.client.close()
-
-
 class Fleet:
     """Connections to a list of hosts with one set of SSH settings, opened lazily and reused."""
 
@@ -147,7 +121,7 @@ class Fleet:
         known = Path(ssh.known_hosts).expanduser()
         self.known_hosts = known if known.is_absolute() else base_dir / known
         self._progress = progress
-        self._conns: dict[str, Connection] = {}
+        self._conns: dict[str, object] = {}  # host name -> fabric Connection
         self._lock = threading.Lock()
         self.handshakes = 0  # connections opened (each a key exchange and an authentication): one per host per run
         ref = ssh.key
@@ -168,21 +142,32 @@ class Fleet:
         return cls(params.hosts, params.ssh, params.source_dir, progress)
 
     # -- single host -------------------------------------------------------------------------
-    def connection(self, host: Host) -> "Connection":
-        """The open connection to ``host`` (opened on first use, with the pinned key checked), reused by every
-        later command, copy and step of the run: a host pays one handshake per Fleet."""
+    def connection(self, host: Host):
+        """The open fabric ``Connection`` to ``host`` (opened on first use, with the pinned key checked), reused by
+        every later command, copy and step of the run: a host pays one handshake per Fleet. Commands go through
+        its paramiko client (:meth:`run_on`), files through its ``sftp()`` (opened once)."""
         with self._lock:
             conn = self._conns.get(host.name)
         if conn is not None and conn.is_connected:
             return conn
-        client = paramiko.SSHClient()
+        import fabric  # here, not at the top: fabric's few milliseconds are paid only by a command that connects
+
+        config = fabric.Config(ssh_config=paramiko.SSHConfig(), overrides={
+            "run": {"hide": True, "warn": True, "in_stream": False},
+            "timeouts": {"connect": self.ssh.connect_timeout},
+        })
+        conn = fabric.Connection(str(host.address), user=host.user, port=host.ssh_port, config=config,
+                                 connect_timeout=self.ssh.connect_timeout,
+                                 connect_kwargs={**self._connect_kwargs, "look_for_keys": False, "allow_agent": False,
+                                                 "banner_timeout": self.ssh.connect_timeout, "auth_timeout": self.ssh.connect_timeout,
+                                                 "transport_factory": _Transport})
+        client = paramiko.SSHClient()  # fabric's default client trusts unknown keys; ours never does
         client.load_host_keys(str(self.known_hosts))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())  # never trust on first use
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        conn.client = client
         try:
             try:
-                client.connect(str(host.address), port=host.ssh_port, username=host.user, timeout=self.ssh.connect_timeout,
-                               look_for_keys=False, allow_agent=False, banner_timeout=self.ssh.connect_timeout,
-                               auth_timeout=self.ssh.connect_timeout, transport_factory=_Transport, **self._connect_kwargs)
+                conn.open()
             except BaseException:
                 client.close()  # a half-open transport keeps a thread and a socket otherwise
                 raise
@@ -213,7 +198,6 @@ class Fleet:
             raise Unreachable(host.name, f"cannot reach {host.address}:{host.ssh_port}: {e.strerror or e}") from None
         # small request/response exchanges: without TCP_NODELAY each command waits on delayed ACKs
         client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(client)
         with self._lock:
             self._conns[host.name] = conn
             self.handshakes += 1

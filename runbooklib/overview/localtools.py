@@ -29,7 +29,7 @@ class Tool:
 TOOLS: tuple[Tool, ...] = (
     Tool("ssh", ("*",), "reach the hosts by hand when a step fails", "apt-get install openssh-client", ("-V",)),
     Tool("ssh-keygen", ("*",), "pin and check host keys", "apt-get install openssh-client", None),
-    Tool("paramiko", ("*",), "SSH from the runbooks", "pip install paramiko", python_module=True),
+    Tool("fabric", ("*",), "SSH from the runbooks (fabric over paramiko)", "pip install fabric", python_module=True),
     Tool("kubectl", ("kubernetes", "registry", "storage", "logging"), "talk to the cluster",
          "install kubectl matching the cluster's minor version", None, setting="kubectl"),
     Tool("kubernetes", ("kubernetes", "registry", "storage", "logging"), "the official Kubernetes client",

@@ -72,7 +72,7 @@ def test_a_fact_whose_output_lacks_a_final_newline_is_still_whole():
 
 
 def test_the_facts_command_imports_no_notebook_machinery(tmp_path):
-    """`runbook facts` starts fast: papermill, nbconvert, matplotlib (and fabric) stay out of its imports."""
+    """`runbook facts` starts fast: papermill, nbconvert, matplotlib stay out of its imports (fabric too, until a connection opens)."""
     import subprocess
     import sys
 
