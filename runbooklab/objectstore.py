@@ -134,15 +134,15 @@ class ObjectStore:
                 self.proc.wait(10)
         self.proc = None
 
-    def write_settings(self, directory: Path, url: str, *, country: str = "RU", mode: str = "governance", days: int = 1,
+    def write_settings(self, directory: Path, url: str | None, *, country: str = "RU", mode: str = "governance", days: int = 1,
                        lease_s: int = 300, name: str = "archive.yaml") -> Path:
-        """An archive settings file for ``url`` on this store, its credentials in files beside it."""
+        """An archive settings file for ``url`` (None: any archive) on this store, its credentials in files beside it."""
         directory.mkdir(parents=True, exist_ok=True)
         for fname, value in (("s3-access-key", self.access_key), ("s3-secret-key", self.secret_key)):
             (directory / fname).write_text(value + "\n")
             (directory / fname).chmod(0o600)
         path = directory / name
-        path.write_text(f"url: {url}\nendpoint: {self.endpoint}\nregion: {self.region}\ncountry: {country}\n"
+        path.write_text((f"url: {url}\n" if url else "") + f"endpoint: {self.endpoint}\nregion: {self.region}\ncountry: {country}\n"
                         f"access_key: file:s3-access-key\nsecret_key: file:s3-secret-key\n"
                         f"retention: {{mode: {mode}, days: {days}}}\nlock_lease_s: {lease_s}\n")
         return path
