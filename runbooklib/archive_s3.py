@@ -206,6 +206,7 @@ class S3Archive(Archive):
         self.bucket = self.settings.bucket
         self.prefix = self.settings.prefix
         self._client: S3Client | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def location(self) -> str:
@@ -684,11 +685,13 @@ class S3Archive(Archive):
         return report
 
     def _parallel(self, fn: Callable, items: Iterable) -> list:
+        """``fn`` over ``items`` on the archive's worker threads (kept: each keeps its connection to the store)."""
         items = list(items)
         if len(items) <= 1:
             return [fn(i) for i in items]
-        with ThreadPoolExecutor(min(WORKERS, len(items))) as pool:
-            return list(pool.map(fn, items))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="archive-s3")
+        return list(self._pool.map(fn, items))
 
     # -- migration -------------------------------------------------------------------------------
     def push(self, source: Archive, stream=sys.stdout) -> VerifyReport:

@@ -193,7 +193,7 @@ class S3Client:
         if if_none_match:
             headers["if-none-match"] = "*"
         if if_match:
-            headers["if-match"] = if_match
+            headers["if-match"] = if_match if if_match.startswith('"') else f'"{if_match}"'  # an ETag is quoted
         if retention:
             headers["x-amz-object-lock-mode"] = retention[0].upper()
             headers["x-amz-object-lock-retain-until-date"] = iso_z(retention[1])
