@@ -63,7 +63,7 @@ kube-parts:
 # the archive tests' S3 server with Object Lock: versitygw (Apache-2.0) built from its Go module into
 # ~/.cache/runbooklab/versitygw (about 3 minutes cold on 2 cores, nothing warm); see runbooklab/objectstore.py
 object-store:
-	@python3 -m runbooklab.objectstore --build >/dev/null
+	@python3 runbooklab/objectstore.py --build >/dev/null
 
 # regenerate the generated blocks of the runbooks' markdown (rollback tables) after changing operations
 notebooks: venv

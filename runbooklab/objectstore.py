@@ -1,7 +1,7 @@
 """The lab's object store: a real S3-compatible server with Object Lock, on loopback.
 
 versitygw (the Versity S3 Gateway, Apache-2.0), built from its Go module into a cache outside the
-checkout by ``make setup`` (``python3 -m runbooklab.objectstore --build``: about 3 minutes on 2
+checkout by ``make setup`` (``python3 runbooklab/objectstore.py --build``: about 3 minutes on 2
 cores the first time, nothing after), serving a folder through its posix backend with versioning.
 It is the store the archive's tests and benchmark use: Object Lock retention in governance and
 compliance mode (it refuses to overwrite or delete a locked version, and honours the governance
@@ -10,8 +10,8 @@ bypass), conditional writes (``If-None-Match: *``, ``If-Match``), version listin
 Why not MinIO: MinIO's server is AGPL-3.0, which this project's rules leave out; versitygw is
 Apache-2.0 and builds with a plain ``go install`` from the module proxy.
 
-    python3 -m runbooklab.objectstore --build    # build what is missing (prints the binary's path)
-    python3 -m runbooklab.objectstore --check    # exit 0 iff the binary is there
+    python3 runbooklab/objectstore.py --build    # build what is missing (prints the binary's path)
+    python3 runbooklab/objectstore.py --check    # exit 0 iff the binary is there
 
 Python 3.11, standard library only (it runs before the venv exists).
 """
@@ -155,7 +155,7 @@ class ObjectStore:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m runbooklab.objectstore", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python3 runbooklab/objectstore.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", action="store_true", help="build versitygw into the cache unless it is there")
     ap.add_argument("--check", action="store_true", help="exit 0 iff the binary is there")
     args = ap.parse_args(argv)
