@@ -6,9 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup system venv demo lab-down test bench notebooks kube-parts clean
+.PHONY: setup system venv demo lab-down test bench notebooks kube-parts object-store clean
 
-setup: system venv kube-parts
+setup: system venv kube-parts object-store
 
 system:
 	@scripts/ensure-debian-packages
@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python bench/runner_overhead.py
 	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/facts_vs_peers.py
+	$(BIN)/python bench/archive.py
 
 # the lab's real Kubernetes parts (kube-apiserver, controller-manager, scheduler, kubectl, etcd 3.6,
 # kwok, helm) built from their Go modules into ~/.cache/runbooklab/kbin; only what is missing is built
@@ -60,6 +61,11 @@ kube-parts:
 	@python3 runbooklab/kbin/build.py
 	@python3 -m runbooklab.rook --fetch
 	@python3 -m runbooklab.opensearch --fetch
+
+# the archive tests' S3 server with Object Lock: versitygw (Apache-2.0) built from its Go module into
+# ~/.cache/runbooklab/versitygw (about 3 minutes cold on 2 cores, nothing warm); see runbooklab/objectstore.py
+object-store:
+	@python3 runbooklab/objectstore.py --build >/dev/null
 
 # regenerate the generated blocks of the runbooks' markdown (rollback tables) after changing operations
 notebooks: venv

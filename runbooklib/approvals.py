@@ -192,14 +192,20 @@ def approval_records(archive, notebook: str, environment: str) -> list[dict]:
     out = []
     for entry in archive._ledger_entries():
         try:
-            m = json.loads((archive.root / entry["manifest"]).read_text())
-        except (OSError, ValueError):
+            m = archive.read_manifest(entry)
+        except (RunbookError, ValueError):
             continue
         if m.get("notebook") != notebook or (m.get("environment") or {}).get("name") != environment:
             continue
         if m.get("record") == RECORD or (m.get("approved_plans") and m.get("status") == "succeeded"
                                          and (m.get("verdict") or {}).get("verdict") not in (*BAD_VERDICTS, "failed")):
-            out.append(m | {"_root": str(archive.root)})
+            signature = None
+            if m.get("record") == RECORD:  # read where the archive keeps it (a folder or a bucket)
+                try:
+                    signature = archive.read_bytes(((m.get("files") or {}).get("signature") or {})["path"])
+                except (KeyError, RunbookError):
+                    pass
+            out.append(m | {"_signature": signature})
     return out
 
 
@@ -239,10 +245,8 @@ def granted(archive, params, notebook: str) -> list[Granted]:
 def _approval_problem(a: dict, g: Granted, signers: Path) -> str | None:
     if not g.plan_digest or a.get("plan_digest") != g.plan_digest:
         return "it signs a different plan than the plan run's record holds (the record or the approval was altered)"
-    sig_info = (a.get("files") or {}).get("signature") or {}
-    try:
-        signature = Path(a["_root"], sig_info["path"]).read_bytes()
-    except (KeyError, OSError):
+    signature = a.get("_signature")
+    if signature is None:
         return "its signature file is missing"
     message = signed_message(g.plan_run, g.plan_digest, a["notebook"], a["environment"]["name"])
     ok, why = verifies(message, signature, a["approver"], signers)

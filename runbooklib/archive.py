@@ -76,6 +76,26 @@ def default_root(option: str | Path | None = None) -> Path:
     return Path.cwd() / "outputs"
 
 
+def is_url(value: str | Path | None) -> bool:
+    """Whether an archive setting names object storage (``s3://bucket/prefix``) rather than a folder."""
+    return isinstance(value, str) and value.startswith("s3://")
+
+
+def open_archive(option: str | Path | None = None) -> Archive:
+    """The archive the option, else ``$RUNBOOK_ARCHIVE``, else the project's ``outputs/`` names.
+
+    ``s3://bucket/prefix`` opens the object-storage backend (:mod:`runbooklib.archive_s3`, its
+    endpoint, region, credentials, retention and country from the archive settings file); anything
+    else is a folder.
+    """
+    value = option or os.environ.get(ENV_VAR) or None
+    if is_url(str(value) if value else None):
+        from .archive_s3 import S3Archive
+
+        return S3Archive(str(value))
+    return Archive(default_root(option))
+
+
 def lock_dir() -> Path:
     """Where run locks live: ``$RUNBOOK_LOCK_DIR``, else ``/run/lock/runbook``, else a per-user folder.
 
@@ -157,6 +177,32 @@ class Archive:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        """Where the records are, as an operator would name it (a folder here; ``s3://...`` in the bucket)."""
+        return str(self.root)
+
+    def check_residency(self, environment, stream=None) -> None:
+        """Refuse records of ``environment`` if the archive is declared outside its data country.
+
+        A folder has no declared country: it is on the runner's machine, whose location the inventory
+        does not describe. The object-storage archive checks the ``country`` of its settings.
+        """
+
+    def read_bytes(self, rel: str) -> bytes:
+        """A file of a record, by its path relative to the archive (as manifests and the ledger name it)."""
+        path = self._inside(rel)
+        if path is None:
+            raise ArchiveError(f"{rel!r} points outside the archive at {self.root}")
+        try:
+            return path.read_bytes()
+        except OSError:
+            raise ArchiveError(f"{path} is missing; run `runbook verify`") from None
+
+    def read_manifest(self, entry: dict) -> dict:
+        """The manifest a ledger entry (``seq``, ``run_id``, ``manifest``, ``sha256``) names."""
+        return json.loads(self.read_bytes(entry["manifest"]))
 
     # -- locks -------------------------------------------------------------------------------
     def run_lock(self, environment: str, notebook: str, holder: dict) -> contextlib.AbstractContextManager[None]:

@@ -117,8 +117,8 @@ def approve(archive, run: str, key: Path, params=None, change: str = "", now: dt
 def _manifests(archive):
     for entry in archive._ledger_entries():
         try:
-            yield json.loads((archive.root / entry["manifest"]).read_text())
-        except (OSError, ValueError):
+            yield archive.read_manifest(entry)
+        except (ArchiveError, ValueError):
             continue
 
 

@@ -11,9 +11,9 @@ from .errors import RunbookError
 
 
 def _archive(args):
-    from .archive import Archive, default_root
+    from .archive import open_archive
 
-    return Archive(default_root(args.archive))
+    return open_archive(args.archive)
 
 
 def cmd_run(args) -> int:
@@ -98,7 +98,7 @@ def cmd_show(args) -> int:
         return 0
     from .record import describe
 
-    print(describe(manifest, archive.root))
+    print(describe(manifest, archive.location))
     if args.with_params:
         print("\nparameter file (secrets redacted):\n" + manifest["params"].get("content_redacted", ""))
     return 0
@@ -158,10 +158,10 @@ def cmd_verify(args) -> int:
         print(f"note: {warning}")
     if report.ok:
         witness = f", witness {args.head} found" if args.head else ""
-        print(f"archive {archive.root}: {report.records} records, chain and files intact{witness}; "
+        print(f"archive {archive.location}: {report.records} records, chain and files intact{witness}; "
               f"chain head {report.head or 'none (empty)'}")
         return 0
-    print(f"archive {archive.root}: {len(report.problems)} problem(s) in {report.records} records; first:")
+    print(f"archive {archive.location}: {len(report.problems)} problem(s) in {report.records} records; first:")
     for i, problem in enumerate(report.problems):
         print(("  " if i else "> ") + problem)
     return 1
@@ -175,6 +175,39 @@ def cmd_reindex(args) -> int:
               "compare the chain head with a witness (`runbook verify --head`)")
     print(f"index rebuilt from the ledger: {n} records")
     return 0
+
+
+def cmd_archive(args) -> int:
+    from .archive import Archive, default_root, is_url
+    from .archive_s3 import S3Archive
+
+    target = _archive(args)
+    if not isinstance(target, S3Archive):
+        raise RunbookError(f"`runbook archive {args.archive_command}` needs an object-storage archive: --archive "
+                           f"s3://bucket/prefix (or $RUNBOOK_ARCHIVE); {target.location} is a folder")
+    if args.archive_command == "init":
+        created = target.create_bucket()
+        print(f"bucket {target.bucket} {'created with' if created else 'already exists with'} Object Lock; records are kept "
+              f"{target.settings.retention_days} day(s) in {target.settings.retention_mode.lower()} mode, in "
+              f"{target.settings.country} ({target.settings.source})")
+        return 0
+    if is_url(str(args.source)):
+        raise RunbookError(f"archive push {args.source}: the source is a folder archive (the target is --archive)")
+    source = Archive(default_root(args.source))
+    if not source.root.is_dir():
+        raise RunbookError(f"archive push: {source.root} is not a folder archive")
+    target.check_ready()
+    report = target.push(source)
+    for warning in report.warnings:
+        print(f"note: {warning}")
+    if report.ok:
+        print(f"archive {target.location}: {report.records} records pushed from {source.location}; chain and files intact "
+              f"in the bucket, its head {report.head or 'none (empty)'} is the folder's")
+        return 0
+    print(f"archive {target.location}: {len(report.problems)} problem(s) after the push; first:")
+    for i, problem in enumerate(report.problems):
+        print(("  " if i else "> ") + problem)
+    return 1
 
 
 def cmd_lab(args) -> int:
@@ -236,8 +269,9 @@ def cmd_lab(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runbook", description=__doc__)
-    parser.add_argument("--archive", metavar="DIR",
-                        help="archive root (default: $RUNBOOK_ARCHIVE, else the project's outputs/)")
+    parser.add_argument("--archive", metavar="DIR|s3://BUCKET/PREFIX",
+                        help="archive: a folder, or object storage with Object Lock (settings: $RUNBOOK_ARCHIVE_SETTINGS); "
+                             "default $RUNBOOK_ARCHIVE, else the project's outputs/")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="execute a notebook headless and archive the record")
@@ -329,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reindex", help="rebuild the query index from the ledger")
     p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("archive", help="the team's archive in object storage (--archive s3://bucket/prefix)")
+    p.set_defaults(func=cmd_archive)
+    q = p.add_subparsers(dest="archive_command", required=True)
+    q.add_parser("init", help="create the bucket with Object Lock (if it is not there yet)")
+    r = q.add_parser("push", help="copy a folder archive into the bucket, chain and all, and verify it there")
+    r.add_argument("source", help="the folder archive to copy (e.g. outputs/)")
     return parser
 
 

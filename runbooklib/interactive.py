@@ -19,6 +19,7 @@ import atexit
 import copy
 import datetime as dt
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -154,15 +155,16 @@ class InteractiveRecord:
     """The archive side of a run driven by hand: its journal while it lives, its record when it ends."""
 
     def __init__(self, run) -> None:
-        from .archive import Archive, default_root
+        from .archive import open_archive
         from .references import require_references
         from .runner import _journal_info, change_id, operator, reason, recover_killed_runs, secret_redactor
 
         self.run = run
         require_references(run.params)  # as a headless run: no run starts with a reference that cannot be used
-        self.archive = Archive(default_root())
+        self.archive = open_archive()
         recover_killed_runs(self.archive, None)
         self.archive.check_ready()
+        self.archive.check_residency(run.params.environment, sys.stderr)
         self.started = dt.datetime.now(dt.timezone.utc)
         self.operator = operator()
         self.reason = reason()
@@ -183,12 +185,10 @@ class InteractiveRecord:
 
     def apply_lock(self):
         """The run lock a headless run of the same runbook on the same environment takes, held for an apply."""
-        from .archive import run_lock
-
         holder = {"operator": self.operator, "pid": os.getpid(), "run_id": self.run.run_id, "interactive": True,
                   "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  "archive": str(self.archive.root.resolve())}
-        return run_lock(self.run.params.environment.name, self.notebook.stem, holder)
+                  "archive": self.archive.location}
+        return self.archive.run_lock(self.run.params.environment.name, self.notebook.stem, holder)
 
     def approvals(self) -> dict | None:
         """The approved plans an apply from this kernel is checked against, read and verified now."""

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 import nbformat
 
 from . import __version__, record, safeyaml
-from .archive import Archive, default_root, run_lock, sha256_file
+from .archive import Archive, open_archive, sha256_file
 from .errors import ArchiveError, NotebookError, RunbookError
 from .notebook import BAD_VERDICTS, JOURNAL_ENV, utcnow
 from .params import Params, load_params
@@ -449,17 +449,18 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
         raise NotebookError(f"{notebook}: cannot be read as a Jupyter notebook ({e})") from None
     name = notebook.stem
     env = params.environment.name
-    archive = Archive(archive_root or default_root())
+    archive = open_archive(archive_root)
     recover_killed_runs(archive, stream)
     archive.check_ready()  # a run that could not be archived must not start (with --apply least of all)
+    archive.check_residency(params.environment, stream)  # nor one whose record would leave the data's country
     run_id = new_run_id()
     who = operator(operator_name)
     record_options = {"reason": reason(why), "no_input": no_input, "change": change_id(change)}
     started = dt.datetime.now(dt.timezone.utc)
     holder = {"operator": who, "pid": os.getpid(), "run_id": run_id, "since": started.isoformat(timespec="seconds"),
-              "archive": str(archive.root.resolve())}
+              "archive": archive.location}
 
-    with run_lock(env, name, holder):
+    with archive.run_lock(env, name, holder):
         # papermill (and jupyter_client) first, in this thread: the HTML warm-up thread imports
         # nbconvert, and two threads importing jupyter_client at once can meet a half-imported module
         _register_memory_io()
