@@ -60,7 +60,7 @@ bench: setup
 kube-parts:
 	@python3 runbooklab/kbin/build.py
 	@python3 -m runbooklab.rook --fetch
-	@python3 -m runbooklab.opensearch --fetch
+	@python3 runbooklab/opensearch.py --fetch
 
 # the archive tests' S3 server with Object Lock: versitygw (Apache-2.0) built from its Go module into
 # ~/.cache/runbooklab/versitygw (about 3 minutes cold on 2 cores, nothing warm); see runbooklab/objectstore.py
