@@ -329,11 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reindex", help="rebuild the query index from the ledger")
     p.set_defaults(func=cmd_reindex)
+
+    from . import report, suite  # commands that live in their own modules
+
+    suite.add_parser(sub)
+    report.add_parser(sub)
     return parser
 
 
 # Commands that read or write the archive first archive the journals of runs that were killed.
-_ARCHIVE_COMMANDS = ("run", "runs", "show", "verify", "reindex", "approve", "change", "diff")
+_ARCHIVE_COMMANDS = ("run", "runs", "show", "verify", "reindex", "approve", "change", "diff", "suite", "report")
 
 
 def _recover(args) -> None:
