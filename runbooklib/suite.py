@@ -267,7 +267,8 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
         out.flush()
         step_apply = apply and s.entry.apply
         suite_info = {"id": suite_id, "phase": s.phase, "step": s.name, "index": all_steps.index(s) + 1,
-                      "steps": len(all_steps), "mode": mode, "applies": step_apply, "params_sha256": params.sha256}
+                      "steps": len(all_steps), "mode": mode, "applies": step_apply,
+                      "allow_not_ready": s.entry.allow_not_ready, "params_sha256": params.sha256}
         result = run_notebook(folder / f"{s.entry.runbook}.ipynb", params_file, apply=step_apply, timeout=timeout,
                               archive_root=archive.root, stream=stream, summary_stream=stream, operator_name=operator_name,
                               why=why, change=change, key=key, suite=suite_info)
