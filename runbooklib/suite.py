@@ -27,7 +27,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 class SuiteError(RunbookError):
-    """The suite cannot start: an unknown phase or step, a dependency cycle, a missing notebook."""
+    """The suite cannot start: an unknown phase or step, a dependency cycle, a missing notebook (bad input: exit 2)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,6 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
     env = params.environment.name
     mode = "apply" if apply else "plan"
     resume = None if new else find_resumable(archive, env, mode, params.sha256, wanted)
-    asked = set(only) | ({start} if start else set())
     if resume:
         suite_id, done = resume.suite_id, resume.done
         print(f"suite {suite_id}: {resume.why}", file=out)
@@ -243,8 +244,8 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
             results.append(StepResult(s, "skipped", detail=s.skip))
             print(f"{label}: skipped ({s.skip})", file=out)
             continue
-        # a step done in this suite is skipped unless asked for by name (--from, --only)
-        if s.name in done and not (asked & {s.name, s.phase}):
+        # a step done in this suite is skipped unless asked for: --from runs its phase and what follows again
+        if s.name in done and not start:
             results.append(StepResult(s, "done before", done[s.name]["run_id"], "succeeded earlier in this suite"))
             print(f"{label}: done before in this suite (run {done[s.name]['run_id']}); skipped", file=out)
             continue
@@ -327,8 +328,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("suite", help="run the migration's runbooks in their declared order, resumable, under one suite id")
     p.add_argument("--params", required=True, type=Path, help="parameter file (params/<environment>.yaml)")
     p.add_argument("--apply", action="store_true", help="make changes (default: every step plans only)")
-    p.add_argument("--from", dest="start", metavar="PHASE", help="start at this phase (or step), running it even if done")
-    p.add_argument("--only", nargs="+", metavar="PHASE", help="run only these phases (or steps)")
+    p.add_argument("--from", dest="start", metavar="PHASE",
+                   help="start at this phase (or step), running it and the steps after it even if they are done")
+    p.add_argument("--only", nargs="+", metavar="PHASE", help="run only these phases (or steps); done ones are skipped")
     p.add_argument("--new", action="store_true", help="start a new suite instead of resuming an unfinished one")
     p.add_argument("--list", action="store_true", help="print the steps in order, with what each needs, and exit")
     p.add_argument("--notebooks", type=Path, metavar="DIR", help="where the runbooks are (default: the project's notebooks/)")
