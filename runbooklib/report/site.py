@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..changes import RunDiff, _manifests, diff, diff_html
+from ..changes import _manifests
 
 STATE = ".site-state.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -257,10 +257,10 @@ def _write_run(w: _Writer, archive, m: dict, prev: dict | None, problems: list[s
             f"<td>{_e(c.get('operation'))}</td><td>{_e(c.get('change'))}</td></tr>" for n, c in enumerate(changes, 1)])
     for n, c in enumerate(changes, 1):
         w.write(f"change/{rid}-{n}.html", _change_page(m, n, c))
-    if prev is not None and m.get("mode") == "apply":
-        d: RunDiff = diff(prev, m)
-        body += (f"<h2>Against the previous run of {_e(m.get('notebook'))} on {_e(env)}</h2>"
-                 f"<p>{_run_link(prev)}</p>" + diff_html(d))
+    if prev is not None:  # the difference itself is `runbook diff`'s (parsing both parameter files: too slow for every page)
+        body += (f"<h2>The previous run of {_e(m.get('notebook'))} on {_e(env)}</h2><p>{_run_link(prev)} "
+                 f"({_status(prev)}, {len(prev.get('changes') or [])} change(s)); what differs: "
+                 f"<code>runbook diff {_e(prev['run_id'])} {_e(m['run_id'])} --html FILE</code></p>")
     params_text = (m.get("params") or {}).get("content_redacted")
     if params_text:
         body += "<h2>Parameters (secrets redacted)</h2><pre>" + _e(params_text) + "</pre>"
