@@ -217,7 +217,7 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
 
     params = load_params(params_file)
     require_references(params)
-    folder = Path(notebooks) if notebooks else NOTEBOOKS
+    folder = Path(notebooks) if notebooks else (NOTEBOOKS if NOTEBOOKS.is_dir() else Path.cwd() / "notebooks")
     all_steps = steps(params)
     wanted = select(all_steps, start, only)
     for s in wanted:
