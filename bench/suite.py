@@ -75,12 +75,15 @@ def main() -> int:
             rows.append((m["suite"]["step"], m.get("duration_s") or 0.0, own, m.get("status")))
     own_total = sum(r[2] for r in rows)
     overhead = wall - own_total
+    in_runs = sum(r[1] - r[2] for r in rows)  # kernel start, papermill, the injected parameters, journal
     print(f"suite on the lab ({args.profile} profile, {len(rows)} runs, exit {result.exit_code}); lab up {lab_s:.1f} s (not counted)")
     print(f"{'step':34} {'run s':>8} {'cells s':>8} {'overhead s':>10}  status")
     for step, dur, own, status in rows:
         print(f"{step:34} {dur:8.1f} {own:8.1f} {dur - own:10.1f}  {status}")
     print(f"wall time of the suite:          {wall:8.1f} s")
     print(f"runbooks' own work (code cells): {own_total:8.1f} s")
+    print(f"  inside the runs' durations (kernel starts, papermill):               {in_runs:8.1f} s")
+    print(f"  between runs (checks before, scrubbing, rendering, archiving after): {wall - sum(r[1] for r in rows):8.1f} s")
     print(f"overhead (kernels, checks, scrubbing, rendering, archiving, suite): {overhead:.1f} s = "
           f"{100 * overhead / wall:.1f}% of the total (target < 10%)")
     return 0 if result.exit_code == 0 else 1
