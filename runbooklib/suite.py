@@ -133,14 +133,18 @@ def good(m: dict, allow_not_ready: bool = False) -> bool:
     return m.get("status") == "succeeded" and (allow_not_ready or verdict not in BAD_VERDICTS)
 
 
-def _suite_records(archive, environment: str) -> dict[str, list[dict]]:
+def env_manifests(archive, environment: str) -> list[dict]:
+    """The manifests of the runs on ``environment``, in the archive's order (read once per suite command)."""
     from .changes import _manifests  # the one reader of every manifest (through the Archive)
 
+    return [m for m in _manifests(archive) if m.get("record") == "runbook run" and (m.get("environment") or {}).get("name") == environment]
+
+
+def _suite_records(manifests: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    for m in _manifests(archive):
-        s = m.get("suite")
-        if s and (m.get("environment") or {}).get("name") == environment:
-            out.setdefault(s["id"], []).append(m)
+    for m in manifests:
+        if m.get("suite"):
+            out.setdefault(m["suite"]["id"], []).append(m)
     return out
 
 
@@ -151,9 +155,9 @@ class Resume:
     why: str
 
 
-def find_resumable(archive, environment: str, mode: str, params_sha256: str, wanted: list[Step]) -> Resume | None:
+def find_resumable(manifests: list[dict], mode: str, params_sha256: str, wanted: list[Step]) -> Resume | None:
     """The newest suite of this environment, mode and parameter file with a step of ``wanted`` not yet done."""
-    records = _suite_records(archive, environment)
+    records = _suite_records(manifests)
     for suite_id in sorted(records, key=lambda k: max(m.get("seq", 0) for m in records[k]), reverse=True):
         ms = records[suite_id]
         same = [m for m in ms if m["suite"].get("mode") == mode and m["suite"].get("params_sha256") == params_sha256]
@@ -169,17 +173,17 @@ def find_resumable(archive, environment: str, mode: str, params_sha256: str, wan
     return None
 
 
-def need_met(archive, environment: str, need: Step) -> dict | None:
-    """The newest good run of step ``need`` on ``environment`` (this suite or any before), or None.
+def need_met(manifests: list[dict], need: Step) -> dict | None:
+    """The newest good run of step ``need`` among ``manifests`` (this suite's, an earlier one's, or a run by hand), or None.
 
-    A step that changes things counts only when it ran with --apply: its plan is not its result.
+    A step that changes things counts only when it ran with --apply: its plan is not its result. A run made
+    outside a suite counts for a step that is its runbook under its own name.
     """
-    from .changes import _manifests
-
     best = None
-    for m in _manifests(archive):
+    for m in manifests:
         s = m.get("suite") or {}
-        if (m.get("environment") or {}).get("name") != environment or s.get("step") != need.name:
+        by_hand = not s and not need.entry.label and m.get("notebook") == need.entry.runbook.rsplit("/", 1)[-1]
+        if s.get("step") != need.name and not by_hand:
             continue
         if good(m, need.entry.allow_not_ready) and (m.get("mode") == "apply" or not need.entry.apply):
             best = m
@@ -228,7 +232,8 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
     archive.check_ready()
     env = params.environment.name
     mode = "apply" if apply else "plan"
-    resume = None if new else find_resumable(archive, env, mode, params.sha256, wanted)
+    known = env_manifests(archive, env)  # this environment's records; each new run is added as it ends
+    resume = None if new else find_resumable(known, mode, params.sha256, wanted)
     if resume:
         suite_id, done = resume.suite_id, resume.done
         print(f"suite {suite_id}: {resume.why}", file=out)
@@ -254,7 +259,7 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
             needed = next(x for x in all_steps if x.name == need)  # steps() checked that it exists, earlier
             if needed.skip:
                 continue  # not part of this site (its section is absent): nothing to need
-            if need_met(archive, env, needed) is None:
+            if need_met(known, needed) is None:
                 unmet.append(need)
         if unmet:
             detail = (f"{s.name} uses the result of {', '.join(unmet)}, and the archive holds no succeeded run of it on "
@@ -274,6 +279,7 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
                               archive_root=archive.root, stream=stream, summary_stream=stream, operator_name=operator_name,
                               why=why, change=change, key=key, suite=suite_info)
         m = result.manifest
+        known.append(m)
         verdict = result.verdict or ""
         if result.signal:
             results.append(StepResult(s, "interrupted", result.run_id, f"stopped by signal {result.signal}"))
