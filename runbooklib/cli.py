@@ -370,11 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_parser("init", help="create the bucket with Object Lock (if it is not there yet)")
     r = q.add_parser("push", help="copy a folder archive into the bucket, chain and all, and verify it there")
     r.add_argument("source", help="the folder archive to copy (e.g. outputs/)")
+
+    from . import report, suite  # commands that live in their own modules
+
+    suite.add_parser(sub)
+    report.add_parser(sub)
     return parser
 
 
 # Commands that read or write the archive first archive the journals of runs that were killed.
-_ARCHIVE_COMMANDS = ("run", "runs", "show", "verify", "reindex", "approve", "change", "diff")
+_ARCHIVE_COMMANDS = ("run", "runs", "show", "verify", "reindex", "approve", "change", "diff", "suite", "report")
 
 
 def _recover(args) -> None:

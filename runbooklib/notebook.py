@@ -35,7 +35,7 @@ from .secrets import Redactor, Secret
 
 JOURNAL_ENV = "RUNBOOK_JOURNAL"
 # verdicts that make `runbook run` exit 4: the notebook ran, but what it found is not good
-BAD_VERDICTS = ("not ready", "incomplete")
+BAD_VERDICTS = ("not ready", "incomplete", "not compliant")  # not compliant: 14-data-residency
 
 
 def _new_id() -> str:

@@ -12,7 +12,7 @@ from functools import cache
 from .phase import Phase
 
 PHASE_PACKAGES: tuple[str, ...] = (
-    "overview", "vm", "kubernetes", "registry", "database", "storage", "cache", "logging", "edge",
+    "overview", "vm", "kubernetes", "registry", "database", "storage", "cache", "logging", "edge", "foldin", "residency",
 )
 
 

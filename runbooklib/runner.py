@@ -431,7 +431,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                  stream: TextIO | None = sys.stderr, kernel_name: str | None = None,
                  summary_stream: TextIO | None = sys.stdout, operator_name: str | None = None,
                  why: str | None = None, no_input: bool = False, change: str | None = None,
-                 key: str | Path | None = None) -> RunResult:
+                 key: str | Path | None = None, suite: dict | None = None) -> RunResult:
     """Execute ``notebook`` against ``params_file`` and archive the record, whatever the outcome.
 
     SIGINT, SIGTERM and SIGHUP end the run the same way: the kernel is stopped, the partial record
@@ -455,7 +455,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
     archive.check_residency(params.environment, stream)  # nor one whose record would leave the data's country
     run_id = new_run_id()
     who = operator(operator_name)
-    record_options = {"reason": reason(why), "no_input": no_input, "change": change_id(change)}
+    record_options = {"reason": reason(why), "no_input": no_input, "change": change_id(change), "suite": suite}
     started = dt.datetime.now(dt.timezone.utc)
     holder = {"operator": who, "pid": os.getpid(), "run_id": run_id, "since": started.isoformat(timespec="seconds"),
               "archive": archive.location}
@@ -468,6 +468,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
         redactor, _ = secret_redactor(params)
         info = _journal_info(notebook, params, run_id, apply, who, started, redactor)
         info["change"] = record_options["change"]
+        if suite:  # `runbook suite`: the suite id and this run's step in it (runbooklib.suite)
+            info["suite"] = suite
         if apply:  # verified here, by the runner, before the notebook (and its confirmations) run
             info["approvals"] = approvals_for(archive, params, notebook, run_id, signing_key(key))
         with archive.journal(run_id, info) as folder, _signals_end_the_run() as signals:
@@ -627,6 +629,7 @@ def recover_killed_runs(archive: Archive, stream: TextIO | None = sys.stderr) ->
             "record": "runbook run", **{k: info.get(k) for k in ("run_id", "notebook", "notebook_source",
                                                                   "environment", "simulated", "mode", "params",
                                                                   "operator", "change", "git", "started_at")},
+            **({"suite": info["suite"]} if info.get("suite") else {}),
             "interactive": bool(info.get("interactive")),
             "versions": {"runbooklib": __version__, "kernel": {"python": kernel.get("python"),
                                                                "executable": kernel.get("executable"),
@@ -729,7 +732,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
 def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, apply: bool, who: str,
              started: dt.datetime, ended: dt.datetime, outcome: _Outcome, events: list[dict], redactor: Redactor,
              renderer: _HtmlRenderer, stream: TextIO | None, reason: str = "", no_input: bool = False,
-             interactive: bool = False, change: str = "") -> RunResult:
+             interactive: bool = False, change: str = "", suite: dict | None = None) -> RunResult:
     import papermill
 
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
@@ -750,6 +753,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
         "operator": who,
         "reason": reason,
         "change": change,
+        **({"suite": suite} if suite else {}),
         "git": git_state(notebook.resolve().parent),
         "versions": {
             "python": sys.version.split()[0],

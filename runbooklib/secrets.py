@@ -17,6 +17,7 @@ any of the three byte alignments).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import os
@@ -321,6 +322,13 @@ def _trie_pattern(words: Iterable[str]) -> str:
     return render(trie)
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(needles: frozenset[str]) -> re.Pattern[str]:
+    """The scrubbing regex of a set of needles, built once per process for the same secrets (a suite's runs
+    share one parameter file: building the trie of thousands of encoded forms takes seconds)."""
+    return re.compile(_trie_pattern(sorted(needles)))
+
+
 class Redactor:
     """Scrubs registered secret values, and their encoded forms, from text and structures."""
 
@@ -358,7 +366,7 @@ class Redactor:
 
     def _regex(self) -> re.Pattern[str] | None:
         if self._pattern is None and self._needles:
-            self._pattern = re.compile(_trie_pattern(self._needles))
+            self._pattern = _compiled(frozenset(self._needles))
         return self._pattern
 
     def scrub(self, text: str) -> str:

@@ -20,6 +20,16 @@ LAB_PARAMS = ROOT / "params" / "lab.yaml"
 RUNBOOK = [sys.executable, "-m", "runbooklib.cli"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """``slow`` drills run only when asked: ``RUNBOOK_SLOW=1`` or ``-m slow``."""
+    if os.environ.get("RUNBOOK_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="a slow drill: RUNBOOK_SLOW=1 or -m slow runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _own_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("RUNBOOK_ARCHIVE", str(tmp_path / "archive"))

@@ -11,8 +11,9 @@
 - ``helm.py``: the in-cluster variant's chart values and Secret.
 """
 
-from ..phase import Phase
+from ..phase import Phase, SuiteEntry
 from .settings import Cache, rules
 
 PHASE = Phase(name="cache", title="Session cache (Redis)", runbooks=("08-session-cache", "incident/redis-failover"),
-              section="cache", model=Cache, rules=rules, after=("vm",))
+              section="cache", model=Cache, rules=rules, after=("vm",),
+              suite=(SuiteEntry("08-session-cache", needs=("02-vm-baseline",)),))

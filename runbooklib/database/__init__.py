@@ -11,9 +11,10 @@
 - ``recovery.py`` and ``switchover.py``: the two incident runbooks' steps.
 """
 
-from ..phase import Phase
+from ..phase import Phase, SuiteEntry
 from .settings import Database, rules
 
 PHASE = Phase(name="database", title="Database with a delayed replica",
               runbooks=("05-database", "incident/db-point-in-time-recovery", "incident/db-switchover"),
-              section="database", model=Database, rules=rules, after=("vm",))
+              section="database", model=Database, rules=rules, after=("vm",),
+              suite=(SuiteEntry("05-database", needs=("02-vm-baseline",)),))

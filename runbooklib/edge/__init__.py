@@ -11,8 +11,9 @@
 - ``probe.py`` and ``load.py``: traffic through each edge node, and a bounded load with percentiles.
 """
 
-from ..phase import Phase
+from ..phase import Phase, SuiteEntry
 from .settings import Edge, rules
 
 PHASE = Phase(name="edge", title="Edge nodes and load balancing", runbooks=("09-edge-load-balancing", "incident/edge-node-failure"),
-              section="edge", model=Edge, rules=rules, after=("storage",))
+              section="edge", model=Edge, rules=rules, after=("storage",),
+              suite=(SuiteEntry("09-edge-load-balancing", needs=("06-cdn-storage",)),))

@@ -6,8 +6,9 @@ order), each with a reader that gives the spec back; ``lint.py`` lists everythin
 parameter file's cluster or a hand-written cluster.yml. ``settings.py`` is the ``kubernetes`` section.
 """
 
-from ..phase import Phase
+from ..phase import Phase, SuiteEntry
 from .settings import Kubernetes, rules
 
 PHASE = Phase(name="kubernetes", title="Kubernetes cluster", section="kubernetes", model=Kubernetes, rules=rules,
-              runbooks=("03-kubernetes-cluster", "10-capacity-fold-in", "11-upgrade", "incident/etcd-snapshot-restore"), after=("vm",))
+              runbooks=("03-kubernetes-cluster", "10-capacity-fold-in", "11-upgrade", "incident/etcd-snapshot-restore"), after=("vm",),
+              suite=(SuiteEntry("03-kubernetes-cluster", needs=("01-vm-preflight-after-baseline",)),))

@@ -10,8 +10,10 @@
 - ``sizing.py``: disk, heap and shards from the daily volume, retention and replicas.
 """
 
-from ..phase import Phase
+from ..phase import Phase, SuiteEntry
 from .settings import Logging, rules
 
 PHASE = Phase(name="logging", title="Logging and retention", runbooks=("12-logging", "13-log-retention"), section="logging",
-              model=Logging, rules=rules, after=("kubernetes",))
+              model=Logging, rules=rules, after=("kubernetes",),
+              suite=(SuiteEntry("12-logging", when="logging", needs=("03-kubernetes-cluster",)),
+                     SuiteEntry("13-log-retention", when="logging", needs=("12-logging",))))

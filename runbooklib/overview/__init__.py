@@ -4,6 +4,7 @@
 - ``localtools.py``: the command-line tools later phases need on the operator's machine.
 """
 
-from ..phase import Phase
+from ..phase import Phase, SuiteEntry
 
-PHASE = Phase(name="overview", title="Environment overview", runbooks=("00-environment-overview",))
+PHASE = Phase(name="overview", title="Environment overview", runbooks=("00-environment-overview",),
+              suite=(SuiteEntry("00-environment-overview", apply=False),))

@@ -18,7 +18,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Phase"]
+__all__ = ["Phase", "SuiteEntry"]
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """One run of a runbook in ``runbook suite`` (see :mod:`runbooklib.suite`).
+
+    A phase lists its entries in the order they run; the suite orders phases by :attr:`Phase.after`.
+    """
+
+    runbook: str  # notebook name under notebooks/ (without .ipynb)
+    label: str = ""  # the step's own name when a runbook runs twice in a phase (default: the runbook)
+    apply: bool = True  # runs with --apply when the suite applies (False: a report or gate that never changes anything)
+    allow_not_ready: bool = False  # a bad verdict is a finding, not a stop (the preflight before the baseline)
+    when: str = ""  # a parameter path (``storage.gluster``) that must be set, else the step is skipped, saying so
+    needs: tuple[str, ...] = ()  # steps whose applied result this one uses: checked in the archive before it runs
+
+    @property
+    def name(self) -> str:
+        return self.label or self.runbook
 
 
 @dataclass(frozen=True)
@@ -33,3 +52,4 @@ class Phase:
     required: bool = False  # True: the section always exists (its model's defaults fill it)
     rules: Callable[[Any], list] | None = None  # cross-field rules: rules(params) -> list[Problem]
     after: tuple[str, ...] = ()  # phases that must have run first
+    suite: tuple[SuiteEntry, ...] = ()  # what ``runbook suite`` runs of this phase, in order

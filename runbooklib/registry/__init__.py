@@ -5,8 +5,8 @@
 - ``access.py``: the cluster's and the nodes' state, the plan, the apply and the verification.
 """
 
-from ..phase import Phase
+from ..phase import Phase, SuiteEntry
 from .settings import Registry, rules
 
 PHASE = Phase(name="registry", title="Registry access", runbooks=("04-registry-access",), section="registry", model=Registry,
-              rules=rules, after=("kubernetes",))
+              rules=rules, after=("kubernetes",), suite=(SuiteEntry("04-registry-access", needs=("03-kubernetes-cluster",)),))

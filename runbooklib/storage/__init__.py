@@ -10,8 +10,10 @@
 The CDN volume needs only the VMs; block storage needs the cluster (hence ``after``).
 """
 
-from ..phase import Phase
+from ..phase import Phase, SuiteEntry
 from .settings import Storage, rules
 
 PHASE = Phase(name="storage", title="CDN and block storage", runbooks=("06-cdn-storage", "07-block-storage"), section="storage",
-              model=Storage, rules=rules, after=("vm", "kubernetes"))
+              model=Storage, rules=rules, after=("vm", "kubernetes"),
+              suite=(SuiteEntry("06-cdn-storage", when="storage.gluster", needs=("02-vm-baseline",)),
+                     SuiteEntry("07-block-storage", when="storage.ceph", needs=("03-kubernetes-cluster",))))

@@ -6,7 +6,7 @@
 - ``operations.py``: the baseline, one function per ensured state.
 """
 
-from ..phase import Phase
+from ..phase import Phase, SuiteEntry
 from .settings import VM
 
 PHASE = Phase(
@@ -17,4 +17,7 @@ PHASE = Phase(
     model=VM,
     required=True,
     after=("overview",),
+    # the preflight twice around the baseline: first a report of what the baseline must fix, then the gate
+    suite=(SuiteEntry("01-vm-preflight", apply=False, allow_not_ready=True), SuiteEntry("02-vm-baseline"),
+           SuiteEntry("01-vm-preflight", label="01-vm-preflight-after-baseline", apply=False, needs=("02-vm-baseline",))),
 )

@@ -1,0 +1,93 @@
+"""The whole migration suite on a fresh lab: wall time, and the share spent outside the runbooks' own work.
+
+    python bench/suite.py [--profile seed|small] [--archive DIR]
+
+Builds a lab of its own (prefix rbsb, subnet 10.107.0.0/24, or --name/--subnet; removed afterwards),
+runs ``runbook suite --apply`` in this process as the command line does, then reads the archived
+records. The runbooks' own work is the time the kernel spent executing their code cells (each cell's
+``execute_input`` to ``idle``, as the archived notebook records it); everything else in the suite's
+wall time is overhead: kernel starts, papermill, the runner's checks, scrubbing, rendering the HTML,
+archiving, and the suite's own bookkeeping. Target: overhead under 10% of the total. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runbooklab import Lab  # noqa: E402
+from runbooklib.suite import run_suite  # noqa: E402
+
+
+def _t(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def cell_seconds(nb: dict) -> float:
+    """Seconds the kernel spent executing the notebook's code cells."""
+    total = 0.0
+    for cell in nb.get("cells", []):
+        ex = (cell.get("metadata") or {}).get("execution") or {}
+        if "iopub.execute_input" in ex and "iopub.status.idle" in ex:
+            total += max(0.0, _t(ex["iopub.status.idle"]) - _t(ex["iopub.execute_input"]))
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="seed")
+    ap.add_argument("--name", default="rbsb")
+    ap.add_argument("--subnet", default="10.107.0.0/24")
+    ap.add_argument("--archive", type=Path, help="keep the records here (default: a temporary folder)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
+        work = Path(tmp)
+        archive = args.archive or work / "archive"
+        lab = Lab(work / "lab", name=args.name, subnet=args.subnet)
+        lab.down()
+        try:
+            t0 = time.perf_counter()
+            lab.up(profile=args.profile)
+            lab_s = time.perf_counter() - t0
+            import os
+
+            os.environ["RUNBOOK_LOCK_DIR"] = str(work / "locks")
+            log = io.StringIO()
+            t0 = time.perf_counter()
+            result = run_suite(lab.params_file, apply=True, archive_root=archive, stream=log, out=sys.stderr, why="bench/suite.py")
+            wall = time.perf_counter() - t0
+        finally:
+            lab.down()
+        rows = []
+        for m in (json.loads(p.read_text()) for p in sorted(archive.rglob("*.manifest.json"))):
+            if (m.get("suite") or {}).get("id") != result.suite_id:
+                continue
+            nb_file = (m.get("files") or {}).get("notebook")
+            own = cell_seconds(json.loads((archive / nb_file["path"]).read_text())) if nb_file else 0.0
+            rows.append((m["suite"]["step"], m.get("duration_s") or 0.0, own, m.get("status")))
+    own_total = sum(r[2] for r in rows)
+    overhead = wall - own_total
+    in_runs = sum(r[1] - r[2] for r in rows)  # kernel start, papermill, the injected parameters, journal
+    print(f"suite on the lab ({args.profile} profile, {len(rows)} runs, exit {result.exit_code}); lab up {lab_s:.1f} s (not counted)")
+    print(f"{'step':34} {'run s':>8} {'cells s':>8} {'overhead s':>10}  status")
+    for step, dur, own, status in rows:
+        print(f"{step:34} {dur:8.1f} {own:8.1f} {dur - own:10.1f}  {status}")
+    print(f"wall time of the suite:          {wall:8.1f} s")
+    print(f"runbooks' own work (code cells): {own_total:8.1f} s")
+    print(f"  inside the runs' durations (kernel starts, papermill):               {in_runs:8.1f} s")
+    print(f"  between runs (checks before, scrubbing, rendering, archiving after): {wall - sum(r[1] for r in rows):8.1f} s")
+    print(f"overhead (kernels, checks, scrubbing, rendering, archiving, suite): {overhead:.1f} s = "
+          f"{100 * overhead / wall:.1f}% of the total (target < 10%)")
+    return 0 if result.exit_code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
