@@ -200,3 +200,13 @@ def manifest(stdout: str) -> dict:
     """The manifest of the run whose summary ``stdout`` is (``runbook run`` prints its path)."""
     path = next(line.split("manifest:", 1)[1].strip() for line in stdout.splitlines() if "manifest:" in line)
     return json.loads(Path(path).read_text())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (long drills) run only with ``RUNBOOK_SLOW=1`` or when ``-m`` selects them."""
+    if os.environ.get("RUNBOOK_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with RUNBOOK_SLOW=1 (or -m slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
