@@ -207,7 +207,7 @@ def _signal(sig: signal.Signals):
         m = manifest(out.read_text())
         assert m["status"] == "interrupted" and sig.name in json.dumps(m["failure"]), (m["status"], m["failure"])
         assert m["changes"], "the changes applied before the signal are in the record"
-        with run_lock(m["environment"], Path(row.runbook).stem, holder):
+        with run_lock(m["environment"]["name"], Path(row.runbook).stem, holder):
             pass  # released: taking it again does not raise
         verify = runbook("verify")
         assert verify.returncode == 0, verify.stdout + verify.stderr
