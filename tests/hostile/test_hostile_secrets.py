@@ -1,4 +1,4 @@
-"""Secrets: runbooks run on the lab with a canary in every secret reference of their phase; afterwards no
+"""Secrets (and secrets as hostile values): runbooks run on the lab with a canary in every secret reference of their phase; afterwards no
 canary, in any form the scrubber knows (raw, base64 at every alignment and URL-safe, hex, URL-encoded,
 JSON-escaped, HTML-escaped, repr), is anywhere under the archive (records, journals, index, ledger), in
 the terminal output, or in what the run wrote on the hosts (every file in each VM's writable layer:
@@ -38,11 +38,15 @@ def forms(value: str) -> set[str]:
     return {f for f in out if len(f) >= 12}
 
 
+ESCAPED = "/var/tmp/runbook-hostile-escaped"  # what a password that broke out of its quoting would create
+
+
 @dataclass(frozen=True)
 class Row:
     runbook: str
     apply: bool
     slow: bool = True
+    codes: tuple[int, ...] = (0, 1, 4)  # success or failure: both must keep the secrets
 
     @property
     def id(self) -> str:
@@ -51,7 +55,7 @@ class Row:
 
 MATRIX = [
     Row("notebooks/05-database.ipynb", apply=False, slow=False),
-    Row("notebooks/05-database.ipynb", apply=True),
+    Row("notebooks/05-database.ipynb", apply=True, codes=(0,)),  # the passwords really set: root's and the replication user's
     Row("notebooks/02-vm-baseline.ipynb", apply=True),
     Row("notebooks/04-registry-access.ipynb", apply=False),  # fails: the small lab has no cluster yet
     Row("notebooks/00-environment-overview.ipynb", apply=False),
@@ -79,7 +83,9 @@ def canary_params(lab, folder: Path) -> tuple[Path, dict[str, str]]:
         return f"file:{path}"
 
     for field in ("root_password", "replication_password"):
-        data["database"][field] = canary(f"database.{field}", f"Cn{secrets.token_hex(10)}&/+=%<>'\"")
+        # a canary that also tries to break out of a SQL string and of a shell word (see ESCAPED)
+        token = secrets.token_hex(10)
+        data["database"][field] = canary(f"database.{field}", f"Cn{token}'); CREATE DATABASE pwn_{token}; -- \"$(touch {ESCAPED})`touch {ESCAPED}`&/+=%<>")
     made = lab_key_material(folder / "registry")  # a fresh service-account key: its private key is the canary
     data["registry"]["json_key"] = canary("registry.json_key", made["registry"].read_text().strip())
     values["ssh.key"] = (lab.root / "ssh" / "id_ed25519").read_text()  # the lab's private key: it must not leak either
@@ -113,7 +119,7 @@ def test_no_canary_anywhere_after_a_run(row, lab, tmp_path):
     params, values = canary_params(lab, tmp_path / "canaries")
     before = {p: p.stat().st_mtime_ns for vm in lab.vms() for p in (lab.vm_dir(vm) / "upper").rglob("*") if p.is_file()}
     done = runbook("run", row.runbook, "--params", str(params), *(["--apply"] if row.apply else []), "--allow-not-ready")
-    assert done.returncode in (0, 1, 4), done.stderr[-3000:]  # success or failure: both must keep the secrets
+    assert done.returncode in row.codes, done.stderr[-3000:]
     found = needles(values)
     assert found and all(len(f) >= 12 for f in found)
     # the terminal
@@ -129,6 +135,12 @@ def test_no_canary_anywhere_after_a_run(row, lab, tmp_path):
                if p.is_file() and not p.is_symlink() and before.get(p) != p.stat().st_mtime_ns and p.stat().st_size < 50 << 20]
     for p in written:
         assert not leaks(p.read_bytes(), found), f"{p}: {leaks(p.read_bytes(), found)}"
+    # nothing broke out: no marker file on any VM, no database created by a password's SQL
+    for vm in lab.vms():
+        upper = lab.vm_dir(vm) / "upper"
+        assert not (upper / ESCAPED.lstrip("/")).exists(), f"{vm}: a secret's value ran as a command"
+        assert not [p for p in upper.rglob("pwn_*")], f"{vm}: a secret's value ran as SQL"
+    assert not Path(ESCAPED).exists(), "a secret's value ran as a command on the runbook's machine"
     # the check is not blind: the canaries are where they belong, and a form is found when present
     assert leaks(Path(params).read_bytes() + (tmp_path / "canaries" / "database-root_password").read_bytes(), found) == {"database.root_password"}
     assert leaks(base64.b64encode(b"header:" + values["database.replication_password"].encode()), found) == {"database.replication_password"}
