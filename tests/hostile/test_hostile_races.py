@@ -56,6 +56,7 @@ def test_the_second_operator_is_refused_and_told_who_holds_it(lab_params, tmp_pa
 
 
 @pytest.mark.hostile("races: two environments at once", OVERVIEW)
+@pytest.mark.slow
 def test_two_environments_run_at_once_without_interfering(lab_params, tmp_path):
     data = yaml.safe_load(lab_params.read_text())
     data["environment"]["name"] = "lab-other"
