@@ -306,6 +306,10 @@ _PATTERN_HINTS = {
     r"^v1\.\d+\.\d+$": "a Kubernetes version such as v1.32.5",
     r"^https?://": "a URL starting with http:// or https://",
     r"^[a-z_][a-z0-9_-]*$": "a Unix user name",
+    r"^([A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$": "a host name or an IP address",
+    r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$": "a Kubernetes object name: lower-case letters, digits, dashes and dots",
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$": "a Kubernetes label key such as example.org/tier",
+    r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$": "a Kubernetes label value: up to 63 letters, digits, '-', '_' or '.'",
 }
 
 

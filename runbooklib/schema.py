@@ -93,6 +93,11 @@ class Environment(Section):
     approvals: Optional[Approvals] = None
 
 
+# Kubernetes label syntax: they become node labels (RKE2's node-label "key=value", RKE1's cluster.yml)
+LabelKey = Annotated[str, Field(pattern=r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")]
+LabelValue = Annotated[str, Field(pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")]
+
+
 class Location(Section):
     country: Country
     site: str = ""
@@ -104,7 +109,7 @@ class Host(Section):
     ssh_port: Port = 22
     user: UserName = "root"
     roles: Annotated[list[Role], Field(min_length=1)]
-    labels: dict[str, str] = {}
+    labels: dict[LabelKey, LabelValue] = {}
     # Kubernetes taints of the host's node, each key=value:Effect (only for hosts in the cluster)
     taints: list[Taint] = []
     location: Location

@@ -62,7 +62,8 @@ class Ceph(Section):
     pool: Name = "replicapool"
     pool_size: Annotated[int, Field(ge=1, le=7)] = 3
     failure_domain: Literal["host", "osd", "rack", "zone"] = "host"
-    storage_class: str = "ceph-block"
+    # a Kubernetes object name (DNS subdomain): it is written into objects and commands
+    storage_class: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")] = "ceph-block"
     default_storage_class: bool = False
     # enforce: a failing prerequisite on a storage node blocks the apply; report: shown, not blocking
     # (a rehearsal site whose VMs have no raw disks)

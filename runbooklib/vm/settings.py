@@ -33,6 +33,10 @@ class DeployUser(Section):
         return self.authorized_key.strip()
 
 
+# a host name or an IP address: the value becomes a line of chrony's configuration, so no spaces or newlines
+NtpServer = Annotated[str, Field(pattern=r"^([A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$")]
+
+
 class VM(Section):
     """Thresholds and settings of the VM phase (preflight and baseline)."""
 
@@ -40,7 +44,7 @@ class VM(Section):
     min_free_gb: Annotated[float, Field(ge=0)] = 10
     min_cpus: dict[RoleOrDefault, Annotated[int, Field(ge=1)]] = {"default": 2}
     min_memory_gb: dict[RoleOrDefault, Annotated[float, Field(ge=0)]] = {"default": 2, "controlplane": 4}
-    ntp_servers: list[str] = []
+    ntp_servers: list[NtpServer] = []
     # False where the kernel clock is shared with other systems (containers, the lab): chronyd runs with -x
     time_sync_controls_clock: bool = True
     deploy_user: Optional[DeployUser] = None
