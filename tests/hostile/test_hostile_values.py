@@ -38,7 +38,9 @@ if os.environ.get("RUNBOOK_SLOW") != "1":
 FREE_TEXT = {"environment.description", "inventory.hosts[].location.site", "ssh.key", "ssh.known_hosts", "vm.deploy_user.authorized_key",
              "kubernetes.state_dir", "kubernetes.rke", "kubernetes.kubectl", "kubernetes.helm", "kubernetes.etcd_backup.path",
              "registry.json_key", "database.root_password", "database.replication_password", "storage.ceph.install.location",
-             "logging.user", "logging.password", "cache.password"}
+             "logging.user", "logging.password", "cache.password",
+             # descriptions in the residency report: shown only, through html.escape (display tables, the report site)
+             "residency.endpoints[].site", "residency.endpoints[].what", "residency.runbook_host.site"}
 
 
 def generic(path: str) -> str:
