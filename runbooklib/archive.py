@@ -457,6 +457,17 @@ class Archive:
             if own:
                 db.close()
 
+    def _index_or_moved_aside(self) -> sqlite3.Connection:
+        """The index database, opened; a damaged one is moved aside first (``self.moved_aside`` says where)."""
+        try:
+            db = self._open_db()
+            db.execute("SELECT count(*) FROM runs").fetchone()
+            return db
+        except sqlite3.DatabaseError:
+            self.moved_aside = self.root / f"{INDEX}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(self.root / INDEX, self.moved_aside)
+            return self._db()
+
     def reindex(self) -> int:
         """Rebuild the query index from the ledger and manifests (keeps the remembered head).
 
@@ -465,13 +476,7 @@ class Archive:
         """
         entries = self._ledger_entries()
         self.moved_aside: Path | None = None
-        try:
-            db = self._open_db()
-            db.execute("SELECT count(*) FROM runs").fetchone()
-        except sqlite3.DatabaseError:
-            self.moved_aside = self.root / f"{INDEX}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
-            os.replace(self.root / INDEX, self.moved_aside)
-            db = self._db()
+        db = self._index_or_moved_aside()
         try:
             db.execute("DELETE FROM runs")
             for line in entries:

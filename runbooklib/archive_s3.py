@@ -525,13 +525,7 @@ class S3Archive(Archive):
     def reindex(self) -> int:
         """Rebuild the index cache from the bucket: every ledger line and manifest read again."""
         self.moved_aside = None
-        try:
-            db = self._open_db()
-            db.execute("SELECT count(*) FROM runs").fetchone()
-        except sqlite3.DatabaseError:
-            self.moved_aside = self.root / f"{INDEX}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
-            os.replace(self.root / INDEX, self.moved_aside)
-            db = self._db()
+        db = self._index_or_moved_aside()
         try:
             db.execute("DELETE FROM runs")
             db.execute("DELETE FROM ledger_cache")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
+from ..phase.steps import Part
 from .settings import CASTS, endpoint_parts
 
 NAME = "fluentd"
@@ -246,15 +246,6 @@ def _sha256(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Part:
-    """One object the runbook applies, as the rollback table shows it (``{ns}``: ``logging.namespace``)."""
-
-    name: str
-    touches: str
-    undo: str
 
 
 OPERATIONS = (

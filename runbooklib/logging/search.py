@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..phase.steps import Step
+from ..phase.steps import Part, Step
 from .settings import MAPPING
 
 ISM_PLUGIN = "opensearch-index-management"
@@ -35,13 +35,6 @@ ISM_PATH = "/_plugins/_ism/policies/"
 
 class EngineError(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class Part:
-    name: str
-    touches: str
-    undo: str
 
 
 OPERATIONS = (

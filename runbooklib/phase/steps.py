@@ -49,6 +49,16 @@ class Operation:
         return self.ensure(params, host, facts)
 
 
+@dataclass(frozen=True)
+class Part:
+    """Something a runbook changes that is not an :class:`Operation` (a Kubernetes object, a search engine's
+    template), as its rollback table shows it: what it touches and how it is undone."""
+
+    name: str
+    touches: str
+    undo: str
+
+
 def operation(name: str, *, touches: str, undo: str):
     """Declare an operation: ``@operation("swap disabled", touches="/etc/fstab", undo="swapon -a")``.
 
