@@ -36,7 +36,7 @@ from typing import Any
 
 from .errors import RunbookError
 
-BAD_VERDICTS = ("not ready", "incomplete")  # as runbooklib.notebook says (not imported: it pulls the display stack)
+BAD_VERDICTS = ("not ready", "incomplete", "not compliant")  # as runbooklib.notebook says (not imported: it pulls the display stack)
 
 NAMESPACE = "runbooklib-plan-approval@v1"  # signatures made for another purpose never verify here
 RECORD = "plan approval"

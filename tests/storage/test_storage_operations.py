@@ -130,32 +130,44 @@ def test_a_brick_host_mounts_from_itself_first_and_names_the_others_as_backups(t
 
 
 class RecordingFleet:
-    """A stand-in for :class:`runbooklib.ssh.Fleet` that runs nothing: it records commands and fails the ones it is told to."""
+    """A stand-in for :class:`runbooklib.ssh.Fleet` that changes nothing: a host's batched steps (one script, as
+    :func:`runbooklib.phase.steps.batch_script` writes it) run in the real bash with each step's command replaced
+    by ``true``, or ``false`` for the ones it is told to fail; it records the step commands bash reached."""
 
-    def __init__(self, p, failing: str = ""):
-        self.hosts, self.ran, self.failing = list(p.hosts), [], failing
+    def __init__(self, p, steps, failing: str = ""):
+        self.hosts, self.ssh, self.steps, self.ran, self.failing = list(p.hosts), p.ssh, steps, [], failing
 
     def each(self, fn, hosts=None, desc=""):
         return {h.name: fn(h) for h in (hosts if hosts is not None else self.hosts)}
 
-    def run_on(self, host, command):
+    def run_on(self, host, command, timeout=None):
+        import subprocess
+
         from runbooklib.ssh import HostResult
 
-        self.ran.append((host.name, command))
-        ok = not (self.failing and self.failing in command)
-        return HostResult(host.name, ok, "", "" if ok else "failed on purpose", 0 if ok else 1, "" if ok else "exit code 1")
+        mine = sorted({s.command for s in self.steps if s.host == host.name and s.command and s.command in command}, key=command.index)
+        script = command
+        for c in mine:
+            script = script.replace(c, "false" if self.failing and self.failing in c else "true", 1)
+        for c in mine:
+            self.ran.append((host.name, c))
+            if self.failing and self.failing in c:
+                break
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=timeout)
+        return HostResult(host.name, done.returncode == 0, done.stdout, done.stderr, done.returncode,
+                          "" if done.returncode == 0 else f"exit code {done.returncode}")
 
 
 def test_the_apply_runs_stage_by_stage_and_a_failed_stage_stops_the_later_ones(tmp_path):
     case = {"params": {"storage.gluster.mount_on": ["edge1", "w1"]}, "site": "fresh"}
     p = params_for(tmp_path, case)
     steps = ops.plan(p, site_facts(p, case))
-    fleet = RecordingFleet(p)
+    fleet = RecordingFleet(p, steps)
     results = ops.apply(p, fleet, steps)
     stages = [ops.STAGE_OF[next(s.operation for s in steps if s.host == h and s.command == c)] for h, c in fleet.ran]
     assert stages == sorted(stages, key=ops.STAGES.index) and all(r.ok for r in results.values())  # hosts, then volume, then mounts
 
-    fleet = RecordingFleet(p, failing="volume create")
+    fleet = RecordingFleet(p, steps, failing="volume create")
     results = ops.apply(p, fleet, steps)
     assert not results["edge1"].ok and "volume created" in results["edge1"].error
     assert results["w1"].error == "w1: mounts not changed: an earlier stage failed on edge1" and results["w1"].applied == []
