@@ -370,6 +370,17 @@ class Archive:
                 os.close(fd)
 
     # -- before a run ------------------------------------------------------------------------
+    def _unwritable(self) -> OSError | None:
+        """Why the archive's folder (the bucket archive's cache) cannot be written, or None."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            return e
+        return None
+
     def check_ready(self) -> None:
         """Refuse, before anything runs, unless this archive can take a record.
 
@@ -378,13 +389,9 @@ class Archive:
         index opens.
         """
         where = f"the archive at {self.root} cannot take a record, so nothing was run"
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-probe.{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise ArchiveNotReady(f"{where}: {e.strerror} ({e.filename}); pass a writable folder with --archive") from None
+        e = self._unwritable()
+        if e is not None:
+            raise ArchiveNotReady(f"{where}: {e.strerror} ({e.filename}); pass a writable folder with --archive")
         _, damaged = self._ledger_lines()
         if damaged:
             n, why = damaged[0]

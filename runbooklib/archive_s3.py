@@ -269,14 +269,10 @@ class S3Archive(Archive):
     # -- before a run --------------------------------------------------------------------------
     def check_ready(self) -> None:
         where = f"the archive at {self.url} cannot take a record, so nothing was run"
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-probe.{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
+        e = self._unwritable()
+        if e is not None:
             raise ArchiveNotReady(f"{where}: its cache folder {self.root} is not writable ({e.strerror}); set "
-                                  f"${CACHE_ENV} to a writable folder") from None
+                                  f"${CACHE_ENV} to a writable folder")
         try:
             locked = self.s3.object_lock_enabled(self.bucket)
         except S3Error as e:
@@ -306,10 +302,6 @@ class S3Archive(Archive):
         what = (f"the archive {self.url} keeps its records in {country} ({self.settings.source}: country), but environment "
                 f"{environment.name} requires its data in {wanted} (environment.data_country): records describe its "
                 "personal-data systems")
-        if environment.kind == "lab":
-            if stream is not None:
-                print(f"runbook: note: {what}; allowed for the lab only", file=stream)
-            return
         raise ArchiveNotReady(f"{what}. Nothing was run: use an archive in {wanted}")
 
     def create_bucket(self) -> bool:
@@ -693,7 +685,7 @@ class S3Archive(Archive):
 
         The folder must verify first. The bucket must be empty or hold a beginning of the same chain
         (a push that stopped half-way is simply run again). Records of environments whose data
-        country is not the archive's are refused, unless they are the lab's.
+        country is not the archive's are refused, whatever the environment (a rehearsal's records too).
         """
         checked = source.verify()
         if not checked.ok:
@@ -703,7 +695,7 @@ class S3Archive(Archive):
         manifests = [source.read_manifest(e) for e in entries]
         for m in manifests:
             env = m.get("environment") or {}
-            if env.get("data_country") and env["data_country"] != self.settings.country and not m.get("simulated"):
+            if env.get("data_country") and env["data_country"] != self.settings.country:
                 raise ArchiveNotReady(f"run {m.get('run_id')} of environment {env.get('name')} must stay in "
                                       f"{env['data_country']}, but {self.url} keeps records in {self.settings.country} "
                                       f"({self.settings.source}: country); nothing was pushed")

@@ -319,10 +319,13 @@ def test_a_run_is_refused_before_it_starts_when_the_archive_is_outside_the_data_
     assert done.returncode == 2
     assert "keeps its records in DE" in done.stderr and "requires its data in RU (environment.data_country)" in done.stderr
     assert open_archive().runs() == []
-    set_path(data, "environment.kind", "lab")  # the lab rehearses anywhere, and says so
+    set_path(data, "environment.kind", "lab")  # no exception for a rehearsal: the product judges the lab as any site
     done = runbook("run", str(nb), "--params", str(write_params(tmp_path, data, "lab.yaml")), env=password)
-    assert done.returncode == 0, done.stderr
-    assert "allowed for the lab only" in done.stderr and len(open_archive().runs()) == 1
+    assert done.returncode == 2 and "keeps its records in DE" in done.stderr and open_archive().runs() == []
+    monkeypatch.setenv("RUNBOOK_ARCHIVE_SETTINGS", str(store.write_settings(tmp_path / "ru", bucket_url, country="RU")))
+    done = runbook("run", str(nb), "--params", str(staging), env=password)  # the archive declared where the data must stay
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(open_archive().runs()) == 1
 
 
 def test_secret_canary_finds_nothing_in_any_object(tmp_path, bucket_url, store):
