@@ -227,6 +227,20 @@ class Dialect:
         auto-positioning already sends ``gtid_executed``)."""
         return []
 
+    reset_binlog = "RESET MASTER"  # MySQL 8.4: RESET BINARY LOGS AND GTIDS
+
+    def stop_receiver(self) -> str:
+        """Stop fetching from the source (the applier goes on with what was received): a failover's first move."""
+        return f"STOP {self.replica_word} IO_THREAD"
+
+    def start_receiver(self) -> str:
+        return f"START {self.replica_word} IO_THREAD"
+
+    def restart_from(self, position: str) -> list[str]:
+        """A former primary whose own extra transactions were counted and found to hold no data: its binlog history
+        is dropped and it continues from ``position`` (what the new primary had when it was promoted)."""
+        return [self.stop_replica(), self.reset_binlog, f"SET GLOBAL gtid_purged = {sql_string(position)}"]
+
     def promote(self) -> list[str]:
         """Make a replica a primary: forget its source, accept writes."""
         return [self.stop_replica(), f"RESET {self.replica_word} ALL", *self.read_only(False)]

@@ -143,6 +143,9 @@ class MariaDB(Dialect):
         # BINLOG_GTID_POS: the GTID position of the binlog at that offset, i.e. everything before it, every domain
         return f"SELECT BINLOG_GTID_POS({sql_string(log_file)}, {int(log_pos)}) AS position"
 
+    def restart_from(self, position: str) -> list[str]:
+        return [self.stop_replica(), self.reset_binlog, f"SET GLOBAL gtid_slave_pos = {sql_string(position)}"]
+
     def adopt_own_position(self) -> list[str]:
         # a former primary's gtid_slave_pos is empty: with MASTER_USE_GTID = slave_pos it would ask for everything again
         return ["SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_binlog_pos"]
