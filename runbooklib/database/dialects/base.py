@@ -317,6 +317,11 @@ class Dialect:
         """What a replica has applied from its source."""
         return GtidSet.parse(status["executed"] if status else variables.get("gtid_executed", ""))
 
+    def own_transactions(self, variables: dict[str, str]) -> str:
+        """The GTIDs this server committed itself, as far as its variables tell (a replica built by 05 has none:
+        it commits only what it replicates); "" when none or unknown (MySQL would need ``server_uuid``)."""
+        return ""
+
     def parse_position(self, text: str | None) -> GtidSet | GtidPosition:
         return GtidSet.parse(text)
 

@@ -123,6 +123,14 @@ class MariaDB(Dialect):
     def applied_position(self, variables: dict[str, str], status: ReplicaStatus | None) -> GtidPosition:
         return GtidPosition.parse(variables.get("gtid_slave_pos" if status else "gtid_binlog_pos", ""))
 
+    def own_transactions(self, variables: dict[str, str]) -> str:
+        try:
+            pos = GtidPosition.parse(variables.get("gtid_binlog_pos", ""))
+        except ValueError:
+            return ""
+        own = variables.get("server_id", "")
+        return ",".join(str(g) for g in pos.last.values() if own.isdigit() and g.server == int(own))
+
     def parse_position(self, text: str | None) -> GtidPosition:
         return GtidPosition.parse(text)
 
