@@ -19,6 +19,7 @@ The database case runs by default; the others are ``slow`` (``RUNBOOK_SLOW=1``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 import sys
 import threading
@@ -49,18 +50,36 @@ def _problems(r) -> list[str]:
     return manifest(r.stdout)["verdict"]["problems"]
 
 
-@pytest.mark.hostile("database primary stopped", ["05-database", "db-switchover"])
-def test_database_primary_stopped_status_names_it_and_the_failover_loses_no_committed_row(tmp_path):
+class Timer:
+    """How long each step of a drill took, printed at the end (the figures of the report)."""
+
+    def __init__(self):
+        self.t0 = self.last = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+
+    def __call__(self, what: str) -> None:
+        now = time.monotonic()
+        self.steps.append((what, now - self.last))
+        self.last = now
+
+    def show(self, title: str) -> None:
+        print(f"{title}: {time.monotonic() - self.t0:.0f} s in all; " + ", ".join(f"{w} {s:.1f} s" for w, s in self.steps))
+
+
+@contextlib.contextmanager
+def _db_site(tmp_path: Path, timer: Timer):
+    """A database lab built by 05 (primary, real-time replica, delayed replica 600 s); afterwards no password in the archive."""
     dblab = _dblab()
-    t_start = time.monotonic()
     archive = tmp_path / "archive"
     with running_lab(tmp_path / "lab", "rbsvdb", "10.93.0.0/24", profile=str(DB_PROFILE)) as lab:
+        timer("lab up")
         params = dblab.write_db_params(lab, "db.yaml", delay_seconds=DELAY)
         up = _run(archive, "notebooks/05-database.ipynb", params, "--apply")
         assert up.returncode == 0, up.stderr[-3000:]
+        timer("05 --apply")
         sql = dblab.Sql(params)
         try:
-            _primary_stopped(lab, sql, dblab, archive, params)
+            yield lab, sql, dblab, archive, params
         finally:
             sql.close()
     files = [p for p in archive.rglob("*") if p.is_file()]
@@ -68,10 +87,10 @@ def test_database_primary_stopped_status_names_it_and_the_failover_loses_no_comm
     for value in dblab.CANARIES.values():
         for needle in (value.encode(), base64.b64encode(value.encode()).rstrip(b"=")):
             assert not [p for p in files if needle in p.read_bytes()], "a database password reached the archive"
-    print(f"database primary stopped: {time.monotonic() - t_start:.0f} s in all")
 
 
-def _primary_stopped(lab, sql, dblab, archive: Path, params: Path) -> None:
+def _written_then_stopped(lab, sql) -> list[str]:
+    """An application commits rows on db1 (it knows which); once they reached the real-time replica, db1's VM stops."""
     app_password = "app-" + secrets.token_hex(6)
     sql.run("db1", "CREATE DATABASE IF NOT EXISTS drill",
             "CREATE TABLE IF NOT EXISTS drill.writes (id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6) NOT NULL)",
@@ -79,7 +98,7 @@ def _primary_stopped(lab, sql, dblab, archive: Path, params: Path) -> None:
     committed: list[str] = []
     stop = threading.Event()
 
-    def writer():  # an application: it knows which rows it committed
+    def writer():
         while not stop.is_set():
             r = sql.fleet.run_on(sql.host("db1"), f"mariadb -u app -p{app_password} -N -e "
                                  "\"INSERT INTO drill.writes (at) VALUES (NOW(6)); SELECT LAST_INSERT_ID()\"")
@@ -96,32 +115,15 @@ def _primary_stopped(lab, sql, dblab, archive: Path, params: Path) -> None:
         thread.join(30)
     wait_for(lambda: set(committed) <= {r["id"] for r in sql.rows("db2", "SELECT id FROM drill.writes")}, 30,
              "the committed rows on the real-time replica")
-
     assert lab.stop("db1")
     sql.fleet.close()
+    return committed
 
-    # the status names the stopped primary: a verdict, not a crash
-    status = _run(archive, "notebooks/05-database.ipynb", params)
-    assert status.returncode == 4, status.stderr[-3000:]
-    assert "Traceback" not in status.stderr
-    m = manifest(status.stdout)
-    assert m["verdict"]["verdict"] == "incomplete" and m["changes"] == []
-    assert any(p.startswith("db1: unreachable") for p in m["verdict"]["problems"]), m["verdict"]
 
-    # a planned switchover cannot freeze it: refused, saying how to fail over
-    planned = _run(archive, "notebooks/incident/db-switchover.ipynb", dblab.write_db_params(lab, "db-switch.yaml", delay_seconds=DELAY,
-                                                                                             switchover={}), "--apply")
-    assert planned.returncode == 4 and manifest(planned.stdout)["changes"] == [], planned.stderr[-3000:]
-    assert any("database.switchover.failover: true" in p for p in _problems(planned)), _problems(planned)
-
+def _fail_over(lab, sql, dblab, archive: Path, committed: list[str]) -> Path:
+    """The failover with --apply: db2 promoted, no committed row lost, it takes writes, db3 follows it with its delay."""
     failover = dblab.write_db_params(lab, "db-failover.yaml", delay_seconds=DELAY, switchover={"failover": True})
-    plan = _run(archive, "notebooks/incident/db-switchover.ipynb", failover)
-    assert plan.returncode == 0 and manifest(plan.stdout)["verdict"]["verdict"] == "planned", plan.stderr[-3000:]
-    assert manifest(plan.stdout)["changes"] == []
-
-    t0 = time.monotonic()
     done = _run(archive, "notebooks/incident/db-switchover.ipynb", failover, "--apply")
-    took = time.monotonic() - t0
     assert done.returncode == 0, done.stderr[-5000:]
     m = manifest(done.stdout)
     assert m["verdict"]["verdict"] == "failed over", m["verdict"]
@@ -129,9 +131,7 @@ def _primary_stopped(lab, sql, dblab, archive: Path, params: Path) -> None:
                                                                    ("db2", "mark promotion"), ("db3", "re-point"), ("db2", "drop-in")]
     assert "transactions lost at promotion (received elsewhere, not by db2): 0" in done.stderr
     assert "PENDING: db1 is down" in done.stderr
-    print(f"failover --apply with db1 stopped: {took:.1f} s")
 
-    # no committed row lost; the new primary takes writes; the delayed replica follows it, its delay kept
     ids = {r["id"] for r in sql.rows("db2", "SELECT id FROM drill.writes")}
     assert set(committed) <= ids, f"committed rows missing on the new primary: {sorted(set(committed) - ids)[:10]}"
     assert sql.rows("db2", "SHOW SLAVE STATUS") == [] and sql.value("db2", "SELECT @@read_only") == "0"
@@ -139,37 +139,83 @@ def _primary_stopped(lab, sql, dblab, archive: Path, params: Path) -> None:
     delayed = sql.rows("db3", "SHOW SLAVE STATUS")[0]
     assert delayed["Master_Host"] == str(sql.host("db2").address) and delayed["SQL_Delay"] == str(DELAY), delayed
     wait_for(lambda: sql.rows("db3", "SHOW SLAVE STATUS")[0]["Slave_IO_Running"] == "Yes", 30, "the delayed replica receiving from db2")
+    return failover
 
-    # while db1 is down, a run has nothing to do and says what is pending
-    waiting = _run(archive, "notebooks/incident/db-switchover.ipynb", failover, "--apply")
-    assert waiting.returncode == 0 and manifest(waiting.stdout)["changes"] == [], waiting.stderr[-3000:]
-    assert "PENDING: db1 is down" in waiting.stderr
 
-    # the VM comes back: its server boots writable (the drop-in it had); the run fences, counts and rejoins it
-    assert lab.start("db1")
-    wait_for(lambda: sql.shell("db1", "systemctl is-active mariadb").stdout.strip() == "active", 60, "mariadb on db1 after boot")
-    wait_for(lambda: sql.value("db1", "SELECT 1") == "1", 60, "db1 answering")
-    assert sql.value("db1", "SELECT @@read_only") == "0"  # what the fence is for
-    rejoin = _run(archive, "notebooks/incident/db-switchover.ipynb", failover, "--apply")
-    assert rejoin.returncode == 0, rejoin.stderr[-5000:]
-    m = manifest(rejoin.stdout)
-    assert m["verdict"]["verdict"] == "rejoined", m["verdict"]
-    assert [(c["host"], c["operation"]) for c in m["changes"]] == [("db1", "fence"), ("db1", "count"), ("db1", "rejoin"), ("db1", "drop-in")]
-    assert "db1's own transactions past the promotion: 0 with data (0 rows)" in rejoin.stderr, rejoin.stderr[-3000:]
-    assert sql.value("db1", "SELECT @@read_only") == "1"
-    wait_for(lambda: (sql.rows("db1", "SHOW SLAVE STATUS") or [{}])[0].get("Slave_SQL_Running") == "Yes", 30, "db1 replicating from db2")
-    assert sql.rows("db1", "SHOW SLAVE STATUS")[0]["Master_Host"] == str(sql.host("db2").address)
-    mark = sql.value("db2", "SELECT MAX(id) FROM drill.writes")
-    wait_for(lambda: sql.value("db1", f"SELECT COUNT(*) FROM drill.writes WHERE id = {mark}") == "1", 30, "the new primary's write on db1")
+@pytest.mark.hostile("database primary stopped", ["05-database", "db-switchover"])
+def test_database_primary_stopped_status_names_it_and_the_failover_loses_no_committed_row(tmp_path):
+    timer = Timer()
+    with _db_site(tmp_path, timer) as (lab, sql, dblab, archive, params):
+        committed = _written_then_stopped(lab, sql)
+        timer("writes, stop")
+        # the status names the stopped primary: a verdict, not a crash
+        status = _run(archive, "notebooks/05-database.ipynb", params)
+        assert status.returncode == 4 and "Traceback" not in status.stderr, status.stderr[-3000:]
+        m = manifest(status.stdout)
+        assert m["verdict"]["verdict"] == "incomplete" and m["changes"] == []
+        assert any(p.startswith("db1: unreachable") for p in m["verdict"]["problems"]), m["verdict"]
+        timer("05 status")
+        _fail_over(lab, sql, dblab, archive, committed)
+        timer("failover --apply")
+    timer.show("database primary stopped")
 
-    again = _run(archive, "notebooks/incident/db-switchover.ipynb", failover, "--apply")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert manifest(again.stdout)["changes"] == [] and manifest(again.stdout)["verdict"]["verdict"] == "nothing to do"
-    # and 05 with the roles swapped agrees
-    after = _run(archive, "notebooks/05-database.ipynb", dblab.write_db_params(lab, "db-after.yaml", delay_seconds=DELAY, primary="db2",
-                                                                              replica="db1"), "--apply")
-    assert after.returncode == 0, after.stderr[-3000:]
-    assert manifest(after.stdout)["changes"] == [] and manifest(after.stdout)["verdict"]["verdict"] == "nothing to do"
+
+@pytest.mark.slow
+@pytest.mark.hostile("database primary stopped", ["db-switchover", "05-database"])
+def test_database_primary_stopped_then_back_is_fenced_counted_and_rejoined(tmp_path):
+    timer = Timer()
+    with _db_site(tmp_path, timer) as (lab, sql, dblab, archive, params):
+        committed = _written_then_stopped(lab, sql)
+        # a planned switchover cannot freeze it: refused, saying how to fail over
+        planned = _run(archive, "notebooks/incident/db-switchover.ipynb", dblab.write_db_params(lab, "db-switch.yaml", delay_seconds=DELAY,
+                                                                                                 switchover={}), "--apply")
+        assert planned.returncode == 4 and manifest(planned.stdout)["changes"] == [], planned.stderr[-3000:]
+        assert any("database.switchover.failover: true" in p for p in _problems(planned)), _problems(planned)
+        timer("switchover refused")
+        failover = _fail_over(lab, sql, dblab, archive, committed)
+        timer("failover --apply")
+
+        # while db1 is down, a run has nothing to do and says what is pending
+        waiting = _run(archive, "notebooks/incident/db-switchover.ipynb", failover, "--apply")
+        assert waiting.returncode == 0 and manifest(waiting.stdout)["changes"] == [], waiting.stderr[-3000:]
+        assert manifest(waiting.stdout)["verdict"]["verdict"] == "failed over" and "PENDING: db1 is down" in waiting.stderr
+        timer("run while down")
+
+        # the VM comes back: its server boots writable (the drop-in it had); the run fences, counts and rejoins it
+        assert lab.start("db1")
+        wait_for(lambda: sql.shell("db1", "systemctl is-active mariadb").stdout.strip() == "active", 60, "mariadb on db1 after boot")
+        wait_for(lambda: sql.value("db1", "SELECT 1") == "1", 60, "db1 answering")
+        assert sql.value("db1", "SELECT @@read_only") == "0"  # what the fence is for
+        # 05 with the roles swapped will not point a former primary at the new one
+        early = _run(archive, "notebooks/05-database.ipynb", dblab.write_db_params(lab, "db-after.yaml", delay_seconds=DELAY, primary="db2",
+                                                                                  replica="db1"))
+        assert "it was a primary" in early.stderr and "db1 replicates from nothing" in early.stderr, early.stderr[-3000:]
+        timer("boot, 05 refuses")
+        rejoin = _run(archive, "notebooks/incident/db-switchover.ipynb", failover, "--apply")
+        assert rejoin.returncode == 0, rejoin.stderr[-5000:]
+        m = manifest(rejoin.stdout)
+        assert m["verdict"]["verdict"] == "rejoined", m["verdict"]
+        assert [(c["host"], c["operation"]) for c in m["changes"]] == [("db1", "fence"), ("db1", "count"), ("db1", "rejoin"), ("db1", "drop-in")]
+        assert "db1's own transactions past the promotion: 0 with data (0 rows)" in rejoin.stderr, rejoin.stderr[-3000:]
+        assert sql.value("db1", "SELECT @@read_only") == "1"
+        wait_for(lambda: (sql.rows("db1", "SHOW SLAVE STATUS") or [{}])[0].get("Slave_SQL_Running") == "Yes", 30, "db1 replicating from db2")
+        assert sql.rows("db1", "SHOW SLAVE STATUS")[0]["Master_Host"] == str(sql.host("db2").address)
+        mark = sql.value("db2", "SELECT MAX(id) FROM drill.writes")
+        wait_for(lambda: sql.value("db1", f"SELECT COUNT(*) FROM drill.writes WHERE id = {mark}") == "1", 30, "the new primary's write on db1")
+        ids = {r["id"] for r in sql.rows("db1", "SELECT id FROM drill.writes")}
+        assert set(committed) <= ids
+        timer("fence, count, rejoin")
+
+        again = _run(archive, "notebooks/incident/db-switchover.ipynb", failover, "--apply")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert manifest(again.stdout)["changes"] == [] and manifest(again.stdout)["verdict"]["verdict"] == "nothing to do"
+        timer("second run")
+        after = _run(archive, "notebooks/05-database.ipynb", dblab.write_db_params(lab, "db-after.yaml", delay_seconds=DELAY, primary="db2",
+                                                                                  replica="db1"), "--apply")
+        assert after.returncode == 0, after.stderr[-3000:]
+        assert manifest(after.stdout)["changes"] == [] and manifest(after.stdout)["verdict"]["verdict"] == "nothing to do"
+        timer("05 agrees")
+    timer.show("database primary stopped, then back")
 
 
 # -- an edge node stopped -----------------------------------------------------------------------------
