@@ -372,7 +372,7 @@ def test_etcd_member_stopped_is_named_and_the_api_keeps_its_quorum(k8s):
         assert any(x.startswith("etcd member healthy cp2") for x in problems), problems
         assert not [x for x in problems if "cp1" in x or "cp3" in x], problems
         _api_available(lab, "written-without-cp2-etcd")
-        print(f"03 plan with cp2's etcd stopped: {took:.1f} s")
+        print(f"03 plan with cp2's etcd stopped: {took:.1f} s; its problems: {problems}")
     finally:
         lab.exec_in("cp2", "systemctl start rke-etcd")
     print(f"converged after cp2's etcd started again: {_converges(lab, 'cp2 etcd back'):.0f} s")
@@ -392,7 +392,7 @@ def test_control_plane_node_stopped_is_named_and_the_api_keeps_its_quorum(k8s):
         assert any("cp3" in x for x in problems), problems
         assert not [x for x in problems if "cp1" in x or "cp2" in x], problems
         _api_available(lab, "written-without-cp3")
-        print(f"03 plan with cp3 stopped: {took:.1f} s")
+        print(f"03 plan with cp3 stopped: {took:.1f} s; verdict {m['verdict']['verdict']}, problems: {problems}")
     finally:
         lab.start("cp3")
     print(f"converged after cp3 booted: {_converges(lab, 'cp3 back'):.0f} s")
