@@ -9,9 +9,11 @@ While the old primary is down, **fail over**:
 1. **stop receiving** on the candidate (its receiver would reconnect to the old primary if it came back);
 2. **apply received**: wait until the candidate has applied everything its receiver got
    (``switchover.catch_up_timeout_seconds``; if not, its receiver starts again and nothing else changed);
-3. **promote** it (as a switchover does) and **mark** it: a file on it names the primary it replaced
-   and the position it had then (``FAILOVER_MARKER``);
-4. **re-point** the delayed replica at it, its delay kept, and write the candidate's drop-in.
+3. **mark** it: a file on it names the primary it replaced and the position it has applied
+   (``FAILOVER_MARKER``), then **promote** it (as a switchover does): a run stopped between the two finds
+   a replica still, and fails over again;
+4. **re-point** the delayed replica at it, its delay kept, and write the candidate's drop-in (a later
+   run does either again if an earlier one stopped short of it).
 
 Transactions another replica received from the old primary but the candidate never did are counted
 then (lost at promotion) and make the verdict ``incomplete``.
@@ -185,7 +187,7 @@ def rejoin(p, h, f, position: str = "", source: Source | None = None) -> list[St
                      "rebuild it from the new primary")]
 
 
-OPERATIONS: tuple[Operation, ...] = (stop_receiving, apply_received, switchover.promote, mark, switchover.repoint, fence, count, rejoin,
+OPERATIONS: tuple[Operation, ...] = (stop_receiving, apply_received, mark, switchover.promote, switchover.repoint, fence, count, rejoin,
                                      switchover.drop_in)
 _ALL = types.SimpleNamespace(since=None, until=None, gtid=None)  # a binlog read without a window
 
@@ -197,20 +199,24 @@ def plan(p, gathered, mode: str) -> list[Step]:
     ho, hc = p.host(old), p.host(candidate)
     fc = gathered.facts[candidate]
     new_source = Source(str(hc.address), db.port, db.replication_user, 0)
+    delayed = []  # the delayed replica follows the new primary, its delay kept (again, if an earlier run stopped short)
+    if db.delayed_replica and db.delayed_replica in gathered.facts:
+        fd = gathered.facts[db.delayed_replica]
+        if mode == FAILOVER or (fd["replica"] or {}).get("source_host") != new_source.host:
+            delayed = switchover.repoint.ensure(p, p.host(db.delayed_replica), fd, source=dataclasses.replace(new_source, delay=db.delay_seconds))
     if mode == FAILOVER:
-        steps = stop_receiving.ensure(p, hc, fc) + apply_received.ensure(p, hc, fc) + switchover.promote.ensure(p, hc, fc)
-        steps += mark.ensure(p, hc, fc)
-        if db.delayed_replica and db.delayed_replica in gathered.facts:
-            hd = p.host(db.delayed_replica)
-            steps += switchover.repoint.ensure(p, hd, gathered.facts[db.delayed_replica],
-                                               source=dataclasses.replace(new_source, delay=db.delay_seconds))
-        return steps + switchover.drop_in.ensure(p, hc, fc)
+        # marked before the promotion: a run stopped between the two finds a replica still, and fails over again
+        steps = stop_receiving.ensure(p, hc, fc) + apply_received.ensure(p, hc, fc) + mark.ensure(p, hc, fc)
+        return steps + switchover.promote.ensure(p, hc, fc) + delayed + switchover.drop_in.ensure(p, hc, fc)
+    if mode not in (WAITING, REJOIN, DONE):
+        return []
+    steps = delayed + switchover.drop_in.ensure(p, hc, fc)
     if mode == REJOIN:
         fo = gathered.facts[old]
         position = parse_marker(fc.get("failover_marker"))["position"]
-        return (fence.ensure(p, ho, fo) + count.ensure(p, ho, fo, position=position)
-                + rejoin.ensure(p, ho, fo, position=position, source=new_source) + switchover.drop_in.ensure(p, ho, fo))
-    return []
+        steps += (fence.ensure(p, ho, fo) + count.ensure(p, ho, fo, position=position)
+                  + rejoin.ensure(p, ho, fo, position=position, source=new_source) + switchover.drop_in.ensure(p, ho, fo))
+    return steps
 
 
 # -- counting what the old primary holds -----------------------------------------------------------

@@ -9,6 +9,7 @@ from test_database_operations import converged, params_for
 
 from runbooklib.database import failover, recovery, switchover
 from runbooklib.database.dialects import dialect
+from runbooklib.database.operations import desired_config
 from runbooklib.phase.facts import Gathered
 
 BINLOGS = Path(__file__).resolve().parents[1] / "data" / "database" / "binlog"
@@ -26,6 +27,7 @@ def failed_over(p, facts):
     facts["db2"]["replica"] = None
     facts["db2"]["sql"]["variables"]["read_only"] = "OFF"
     facts["db2"]["failover_marker"] = PROMOTED_MARKER
+    facts["db2"]["config"] = desired_config(switchover.swapped(p), p.host("db2"))
     facts["db3"]["replica"] = {**facts["db3"]["replica"], "source_host": str(p.host("db2").address)}
     return facts
 
@@ -61,8 +63,8 @@ def test_the_failover_plan_stops_receiving_applies_what_was_received_promotes_ma
     p, facts = topology(tmp_path)
     del facts["db1"]
     steps = failover.plan(p, Gathered(facts, {"db1": "down"}, {}), failover.FAILOVER)
-    assert [(s.host, s.operation) for s in steps] == [("db2", "stop receiving"), ("db2", "apply received"), ("db2", "promote"),
-                                                      ("db2", "mark promotion"), ("db3", "re-point"), ("db2", "drop-in")]
+    assert [(s.host, s.operation) for s in steps] == [("db2", "stop receiving"), ("db2", "apply received"), ("db2", "mark promotion"),
+                                                      ("db2", "promote"), ("db3", "re-point"), ("db2", "drop-in")]
     assert steps[0].statements == ("STOP SLAVE IO_THREAD",) and steps[0].undo == "START SLAVE IO_THREAD"
     assert "MASTER_HOST = '10.77.0.32'" in steps[4].statements[1] and "MASTER_DELAY = 2592000" in steps[4].statements[1]
     assert "+read_only = OFF\n" in steps[5].diff
@@ -74,6 +76,11 @@ def test_while_the_old_primary_is_down_a_run_waits_and_once_back_it_is_fenced_co
     facts = failed_over(p, facts)
     down = {k: v for k, v in facts.items() if k != "db1"}
     assert failover.situation(p, Gathered(down, {"db1": "down"}, {})) == (failover.WAITING, [])
+    assert failover.plan(p, Gathered(down, {"db1": "down"}, {}), failover.WAITING) == []  # converged while db1 is down
+    # a failover that stopped before the delayed replica was re-pointed: the next run does it
+    stale = {**down, "db3": {**down["db3"], "replica": {**down["db3"]["replica"], "source_host": str(p.host("db1").address)}}}
+    steps = failover.plan(p, Gathered(stale, {"db1": "down"}, {}), failover.WAITING)
+    assert [(s.host, s.operation) for s in steps] == [("db3", "re-point")] and "MASTER_DELAY = 2592000" in steps[0].statements[1]
     assert failover.verdict(failover.WAITING, "empty", None, []) == "failed over"
     assert "boots WRITABLE" in failover.pending(failover.WAITING, None, p)
 

@@ -127,8 +127,8 @@ def _fail_over(lab, sql, dblab, archive: Path, committed: list[str]) -> Path:
     assert done.returncode == 0, done.stderr[-5000:]
     m = manifest(done.stdout)
     assert m["verdict"]["verdict"] == "failed over", m["verdict"]
-    assert [(c["host"], c["operation"]) for c in m["changes"]] == [("db2", "stop receiving"), ("db2", "apply received"), ("db2", "promote"),
-                                                                   ("db2", "mark promotion"), ("db3", "re-point"), ("db2", "drop-in")]
+    assert [(c["host"], c["operation"]) for c in m["changes"]] == [("db2", "stop receiving"), ("db2", "apply received"), ("db2", "mark promotion"),
+                                                                   ("db2", "promote"), ("db3", "re-point"), ("db2", "drop-in")]
     assert "transactions lost at promotion (received elsewhere, not by db2): 0" in done.stderr
     assert "PENDING: db1 is down" in done.stderr
 
