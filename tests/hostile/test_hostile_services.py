@@ -197,6 +197,7 @@ def test_database_primary_stopped_then_back_is_fenced_counted_and_rejoined(tmp_p
         assert m["verdict"]["verdict"] == "rejoined", m["verdict"]
         assert [(c["host"], c["operation"]) for c in m["changes"]] == [("db1", "fence"), ("db1", "count"), ("db1", "rejoin"), ("db1", "drop-in")]
         assert "db1's own transactions past the promotion: 0 with data (0 rows)" in rejoin.stderr, rejoin.stderr[-3000:]
+        print(next(line.strip(" |") for line in rejoin.stderr.splitlines() if "own transactions past the promotion" in line))
         assert sql.value("db1", "SELECT @@read_only") == "1"
         wait_for(lambda: (sql.rows("db1", "SHOW SLAVE STATUS") or [{}])[0].get("Slave_SQL_Running") == "Yes", 30, "db1 replicating from db2")
         assert sql.rows("db1", "SHOW SLAVE STATUS")[0]["Master_Host"] == str(sql.host("db2").address)
