@@ -19,6 +19,9 @@ from .dialects import Dialect, ReplicaStatus
 
 # a point-in-time recovery in progress on this host: 05-database leaves its replication alone
 RECOVERY_MARKER = "/etc/mysql/runbooklib-recovery-in-progress"
+# a failover promoted this server: which primary it replaced, and the position it had then (the old primary's
+# own transactions past it, when it comes back, are what the site lost)
+FAILOVER_MARKER = "/etc/mysql/runbooklib-promoted-by-failover"
 
 
 class Server(TypedDict):
@@ -57,6 +60,7 @@ class HostFacts(TypedDict):
     heartbeat: Heartbeat
     loads: Optional[list[str]]  # sha256 of the dumps loaded by the runbook; None: unknown
     recovery_marker: Optional[str]  # the marker's content when a recovery is in progress
+    failover_marker: Optional[str]  # the marker's content when a failover promoted this server
 
 
 # -- parsers -----------------------------------------------------------------------------------
@@ -175,6 +179,7 @@ def facts(d: Dialect, datadir: str, replication_user: str) -> tuple[Fact, ...]:
         Fact("loads", "dumps the runbook loaded (their sha256)", _q("SELECT dump_sha256 FROM runbooklib.loads"),
              parse_loads, None),
         Fact("recovery_marker", "a point-in-time recovery in progress", _file(RECOVERY_MARKER), parse_marker, None),
+        Fact("failover_marker", "a failover promoted this server", _file(FAILOVER_MARKER), parse_marker, None),
     )
 
 

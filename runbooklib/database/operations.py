@@ -265,6 +265,13 @@ def replication(p, h, f) -> list[Step]:
     undo = "; ".join([d.stop_replica(), f"RESET {d.replica_word} ALL"])
     primary = p.database.primary
     delay = f"{want.delay} s delay" if want.delay else "no delay"
+    own = d.own_transactions(f["sql"]["variables"]) if st is None and f["sql"]["answering"] else ""
+    if own:
+        return [Step(h.name, "replication", "replication as the parameters say", None,
+                     blocked=(f"{h.name} replicates from nothing and its binlog holds transactions it committed itself ({own}): it was "
+                              f"a primary. Pointing it at {primary} could replicate onto rows {primary} never had. If a failover "
+                              "replaced it, run incident/db-switchover with database.switchover.failover: true: it fences this "
+                              "server, counts what it holds and rejoins it; otherwise rebuild it from the primary"))]
     if st is None:
         return [sql_step(h, "replication", f"replicate from {primary} ({want.host}:{want.port}) with GTIDs, {delay}",
                          d.configure_replica(want), undo)]

@@ -159,10 +159,10 @@ def binlog_script(d, rec) -> str:
             f"TZ=UTC {d.binlog_tool} --base64-output=decode-rows -vv{window} \"$dir/$f\"; done")
 
 
-def read_binlogs(p, client) -> list[Transaction]:
-    """Every transaction of the primary's binlogs in the recovery's window (or all, for a GTID)."""
-    host = client.host(p.database.primary)
-    r = client.shell(host, binlog_script(client.dialect, p.database.recovery), timeout=max(600.0, client.fleet.ssh.command_timeout))
+def read_binlogs(p, client, host_name: str | None = None, window=None) -> list[Transaction]:
+    """Every transaction of a server's binlogs (the primary's by default) in the recovery's window (or all, for a GTID)."""
+    host = client.host(host_name or p.database.primary)
+    r = client.shell(host, binlog_script(client.dialect, window or p.database.recovery), timeout=max(600.0, client.fleet.ssh.command_timeout))
     if not r.ok:
         raise HostError(host.name, f"cannot read the binlogs with {client.dialect.binlog_tool}: {r.error}")
     out, name, chunk = [], None, []

@@ -77,10 +77,13 @@ class Recovery(Section):
 
 
 class Switchover(Section):
-    """A planned switchover to the real-time replica. Set it for that run only."""
+    """A planned switchover to the real-time replica (or, with ``failover``, a failover from a lost primary). Set it for that run only."""
 
     candidate: Optional[Name] = None  # default: database.replica
     catch_up_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    # the primary is lost (its VM down, its server not answering): promote the candidate without it, and
+    # fence the old primary when it is back (a run with the same parameters). Refused while the primary answers.
+    failover: bool = False
 
 
 class InitialLoad(Section):

@@ -56,11 +56,13 @@ def preflight(p, d, gathered) -> list[str]:
     for name in (old, candidate):
         if name in gathered.errors:
             out.append(f"{name}: unreachable: {gathered.errors[name]}")
+    if old in gathered.errors:
+        out.append(_lost_hint(old))
     if out:
         return out
     fo, fc = gathered.facts[old], gathered.facts[candidate]
     if not fo["sql"]["answering"]:
-        out.append(f"{old}: the server does not answer: {fo['sql']['error'][:200]}")
+        out += [f"{old}: the server does not answer: {fo['sql']['error'][:200]}", _lost_hint(old)]
     elif fo["replica"] is not None:
         out.append(f"{old}: it replicates from {fo['replica']['source_host']}: it is not the primary (a switchover already made?)")
     elif fo["sql"]["variables"].get("read_only") == "ON":
@@ -81,6 +83,12 @@ def preflight(p, d, gathered) -> list[str]:
         if f.get("recovery_marker") is not None:
             out.append(f"{name}: a point-in-time recovery is in progress; finish it first")
     return out
+
+
+def _lost_hint(old: str) -> str:
+    return (f"{old}: a planned switchover cannot freeze a primary that does not answer; if {old} is lost, set "
+            "database.switchover.failover: true to fail over to the candidate (what it never received is counted when "
+            f"{old} is back)")
 
 
 # -- the steps -------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ def converged(p, host: str) -> dict:
         "heartbeat": {"event": "ENABLED" if role == "primary" else "SLAVESIDE_DISABLED", "lag_seconds": 0.5, "newest": ""},
         "loads": [],
         "recovery_marker": None,
+        "failover_marker": None,
     }
 
 

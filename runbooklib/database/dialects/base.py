@@ -227,6 +227,20 @@ class Dialect:
         auto-positioning already sends ``gtid_executed``)."""
         return []
 
+    reset_binlog = "RESET MASTER"  # MySQL 8.4: RESET BINARY LOGS AND GTIDS
+
+    def stop_receiver(self) -> str:
+        """Stop fetching from the source (the applier goes on with what was received): a failover's first move."""
+        return f"STOP {self.replica_word} IO_THREAD"
+
+    def start_receiver(self) -> str:
+        return f"START {self.replica_word} IO_THREAD"
+
+    def restart_from(self, position: str) -> list[str]:
+        """A former primary whose own extra transactions were counted and found to hold no data: its binlog history
+        is dropped and it continues from ``position`` (what the new primary had when it was promoted)."""
+        return [self.stop_replica(), self.reset_binlog, f"SET GLOBAL gtid_purged = {sql_string(position)}"]
+
     def promote(self) -> list[str]:
         """Make a replica a primary: forget its source, accept writes."""
         return [self.stop_replica(), f"RESET {self.replica_word} ALL", *self.read_only(False)]
@@ -302,6 +316,11 @@ class Dialect:
     def applied_position(self, variables: dict[str, str], status: ReplicaStatus | None) -> GtidSet:
         """What a replica has applied from its source."""
         return GtidSet.parse(status["executed"] if status else variables.get("gtid_executed", ""))
+
+    def own_transactions(self, variables: dict[str, str]) -> str:
+        """The GTIDs this server committed itself, as far as its variables tell (a replica built by 05 has none:
+        it commits only what it replicates); "" when none or unknown (MySQL would need ``server_uuid``)."""
+        return ""
 
     def parse_position(self, text: str | None) -> GtidSet | GtidPosition:
         return GtidSet.parse(text)

@@ -123,6 +123,14 @@ class MariaDB(Dialect):
     def applied_position(self, variables: dict[str, str], status: ReplicaStatus | None) -> GtidPosition:
         return GtidPosition.parse(variables.get("gtid_slave_pos" if status else "gtid_binlog_pos", ""))
 
+    def own_transactions(self, variables: dict[str, str]) -> str:
+        try:
+            pos = GtidPosition.parse(variables.get("gtid_binlog_pos", ""))
+        except ValueError:
+            return ""
+        own = variables.get("server_id", "")
+        return ",".join(str(g) for g in pos.last.values() if own.isdigit() and g.server == int(own))
+
     def parse_position(self, text: str | None) -> GtidPosition:
         return GtidPosition.parse(text)
 
@@ -142,6 +150,9 @@ class MariaDB(Dialect):
     def position_before_query(self, log_file: str, log_pos: int) -> str:
         # BINLOG_GTID_POS: the GTID position of the binlog at that offset, i.e. everything before it, every domain
         return f"SELECT BINLOG_GTID_POS({sql_string(log_file)}, {int(log_pos)}) AS position"
+
+    def restart_from(self, position: str) -> list[str]:
+        return [self.stop_replica(), self.reset_binlog, f"SET GLOBAL gtid_slave_pos = {sql_string(position)}"]
 
     def adopt_own_position(self) -> list[str]:
         # a former primary's gtid_slave_pos is empty: with MASTER_USE_GTID = slave_pos it would ask for everything again

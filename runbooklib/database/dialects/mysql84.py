@@ -16,6 +16,7 @@ class MySQL84(MySQL80):
     title = "MySQL 8.4"
     status_fields = STATUS_FIELDS
     end_of_life = ""
+    reset_binlog = "RESET BINARY LOGS AND GTIDS"
 
 
 DIALECT = MySQL84()
