@@ -267,7 +267,10 @@ class Fleet:
                 if not transport.is_active():
                     raise paramiko.SSHException("the transport closed")
                 select.select([chan], [], [], min(left, 0.05 if exited_at else 0.5))
-            return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
+            code = chan.recv_exit_status()
+            if code == -1 and not transport.is_active():  # paramiko's -1: no exit status came, the connection died under the command
+                raise paramiko.SSHException("the connection closed without an exit status: the host or its SSH server went away")
+            return code, out.decode(errors="replace"), err.decode(errors="replace")
         finally:
             chan.close()
 

@@ -155,6 +155,26 @@ def test_stopped_vm_fails_alone_with_a_clear_error(lab, fleet):
     assert fleet.run_on(host(fleet, "edge1"), "true").ok
 
 
+def test_a_vm_stopped_under_a_command_is_a_lost_connection_not_an_exit_code(lab, fleet):
+    """The host dies mid-command: there is no exit status (paramiko's -1), so the error says the connection was lost."""
+    import threading
+
+    result = {}
+    running = threading.Thread(target=lambda: result.update(r=fleet.run_on(host(fleet, "db1"), "sleep 30")))
+    running.start()
+    try:
+        time.sleep(1.5)  # the command has started
+        lab.stop("db1")
+        running.join(timeout=30)
+        assert not running.is_alive(), "the command outlived its VM"
+    finally:
+        assert lab.start("db1") is True
+    r = result["r"]
+    assert not r.ok and r.exit_code is None, (r.exit_code, r.error)
+    assert r.error.startswith("db1: connection lost during the command") and "exited -1" not in r.error, r.error
+    assert fleet.run_on(host(fleet, "db1"), "true").ok  # the dead connection was dropped: the next command reconnects
+
+
 def test_cut_link_times_out_and_heal_restores(lab, fleet):
     lab.cut("cp1")
     try:
