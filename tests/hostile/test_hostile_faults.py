@@ -32,6 +32,7 @@ import yaml
 
 from conftest import ROOT, RUNBOOK, manifest, require_lab, runbook, running_lab
 from runbooklib.archive import run_lock
+from runbooklib.notebook import BAD_VERDICTS
 
 require_lab()
 
@@ -120,8 +121,8 @@ def converges(lab, row: Row, first: dict) -> float:
     m = manifest(again.stdout)
     twice = changes(m) & changes(first)
     assert not twice, f"applied twice: {sorted(twice)}"
-    if row.apply:
-        assert m["verdict"]["verdict"] in ("applied", "nothing to do"), m["verdict"]
+    if row.apply:  # a good verdict: each runbook names its own (applied, done, nothing to do ...), never a bad one or a plan
+        assert m["verdict"]["verdict"] not in (*BAD_VERDICTS, "planned", "failed"), m["verdict"]
     verify = runbook("verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     return took
