@@ -26,13 +26,15 @@ representative subset; the rest is ``slow`` (``RUNBOOK_SLOW=1``).
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import require_lab, runbook, running_lab
+from conftest import ROOT, require_lab, runbook, running_lab
 from hostile.test_hostile_faults import COMMAND_TIMEOUT, CONNECT_TIMEOUT, FAULTS
 from hostile.test_hostile_secrets import canary_params, check_no_canary, vm_files
 
@@ -42,11 +44,24 @@ HERE = Path(__file__).resolve().parent
 CACHE_PASSWORD = "RB_HOSTILE_CACHE_PASSWORD"
 
 
+def block_profile(directory: Path) -> str:
+    """The seed's RKE1 site cut to a control plane and the three storage nodes (as tests/storage does: Rook 1.18 needs v1.32)."""
+    data = yaml.safe_load((ROOT / "params" / "lab.yaml").read_text())
+    data["environment"]["name"] = "lab-block"
+    data["inventory"]["hosts"] = [h for h in data["inventory"]["hosts"] if h["name"] in ("cp1", "w1", "w2", "w3")]
+    for section in ("database", "edge", "logging"):
+        data.pop(section, None)
+    data["storage"].pop("gluster", None)
+    path = directory / "block-lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # the lab's name (moved aside by RUNBOOK_TEST_LAB_TAG)
     subnet: str
-    profile: str
+    profile: str | Callable[[Path], str]  # a profile, or what writes one in a folder
     only: tuple[str, ...]  # `runbook suite --apply --only ...`: the phases the stage is brought to
 
     def after(self, lab) -> None:
@@ -59,6 +74,8 @@ STAGES = {
     "cluster": Stage("rbhcl", "10.109.0.0/24", "small", ("vm", "kubernetes", "registry")),
     # the CDN volume, the edge and the session cache on six VMs: 06, 08, 09, the edge-failure drill
     "services": Stage("rbhsv", "10.110.0.0/24", str(HERE / "lab-services.yaml"), ("vm", "storage", "cache", "edge")),
+    # an RKE1 cluster at v1.32.2 with Rook's objects (no Ceph daemon runs in the lab): 07
+    "block": Stage("rbhbl", "10.111.0.0/24", block_profile, ("vm", "kubernetes", "storage")),
 }
 
 # drift that gives a converged stage something to apply on a host, so that a fault can strike mid-apply
@@ -67,11 +84,14 @@ REGISTRIES_GONE = "rm -f /etc/rancher/rke2/registries.yaml"  # 04: the node file
 UNMOUNTED = r"umount /cdn-data; sed -i '\#/cdn-data#d' /etc/fstab"  # 06: the fstab line and the mount
 REDIS_EDITED = "echo '# edited by hand' >> /etc/redis/runbooklib.conf"  # 08: the drop-in (checked, then a restart)
 NGINX_EDITED = "echo '# edited by hand' >> /etc/nginx/conf.d/runbooklib-edge.conf"  # 09: the configuration (nginx -t, reload)
+# 07: an object deleted by hand in the cluster (run on the runbook's machine, in the lab's folder, with the cluster's kubeconfig)
+CLASS_GONE = ("local", "bin/kubectl --kubeconfig kubernetes/kube_config_cluster.yml delete storageclass ceph-block")
 
 K8S, REG, RES, SNAP = ("notebooks/03-kubernetes-cluster.ipynb", "notebooks/04-registry-access.ipynb", "notebooks/14-data-residency.ipynb",
                        "notebooks/incident/etcd-snapshot-restore.ipynb")
 CDN, CACHE, EDGE, DRILL = ("notebooks/06-cdn-storage.ipynb", "notebooks/08-session-cache.ipynb", "notebooks/09-edge-load-balancing.ipynb",
                            "notebooks/incident/edge-node-failure.ipynb")
+BLOCK = "notebooks/07-block-storage.ipynb"
 DRILL_PARAMS = (("edge.failure", {"node": "edge1", "mode": "drill"}),)
 
 
@@ -119,6 +139,10 @@ MATRIX = [
     Row("services", EDGE, "host key changed", "edge2"),
     Row("services", EDGE, "SIGTERM mid-phase", "edge1", perturb=(("edge1", NGINX_EDITED), ("edge2", NGINX_EDITED))),
     Row("services", DRILL, "host key changed", "edge1", params=DRILL_PARAMS),
+    Row("block", BLOCK, "vm stopped before", "w2"),
+    Row("block", BLOCK, "host key changed", "w1"),
+    Row("block", BLOCK, "link cut mid-command", "w3", apply=False),
+    Row("block", BLOCK, "SIGINT mid-phase", "cp1", perturb=(CLASS_GONE,)),
 ]
 
 
@@ -155,11 +179,14 @@ CANARIES = [
     CanaryRow("services", CDN, apply=True, perturb=(("w1", UNMOUNTED),)),
     CanaryRow("services", EDGE, apply=True, perturb=(("edge1", NGINX_EDITED),)),
     CanaryRow("services", DRILL, apply=True, params=DRILL_PARAMS),
+    CanaryRow("block", BLOCK, apply=False),
+    CanaryRow("block", BLOCK, apply=True, perturb=(CLASS_GONE,)),
 ]
 
 
 def sh(lab, vm: str, command: str) -> str:
-    r = lab.exec_in(vm, command)
+    """A command in a VM, or with vm ``local`` on the runbook's machine in the lab's folder."""
+    r = subprocess.run(command, shell=True, cwd=lab.root, capture_output=True, text=True) if vm == "local" else lab.exec_in(vm, command)
     assert r.returncode == 0, f"{vm}: {command}: {r.stderr.strip()}"
     return r.stdout
 
@@ -172,8 +199,9 @@ def stage(request, tmp_path_factory):
     saved = os.environ.get(CACHE_PASSWORD)
     os.environ[CACHE_PASSWORD] = "hostile-stage-cache-password"  # the stage's own; canary rows replace the reference
     try:
-        with running_lab(root / "lab", st.name, st.subnet, profile=st.profile) as lab:
-            lab.hostile_profile = st.profile
+        profile = st.profile if isinstance(st.profile, str) else st.profile(root)
+        with running_lab(root / "lab", st.name, st.subnet, profile=profile) as lab:
+            lab.hostile_profile = profile
             env = {"RUNBOOK_ARCHIVE": str(root / "archive"), "RUNBOOK_LOCK_DIR": str(root / "locks")}
             built = runbook("suite", "--params", str(lab.params_file), "--apply", "--only", *st.only, env=env, timeout=3000)
             assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-3000:]
