@@ -91,7 +91,7 @@ K8S, REG, RES, SNAP = ("notebooks/03-kubernetes-cluster.ipynb", "notebooks/04-re
                        "notebooks/incident/etcd-snapshot-restore.ipynb")
 CDN, CACHE, EDGE, DRILL = ("notebooks/06-cdn-storage.ipynb", "notebooks/08-session-cache.ipynb", "notebooks/09-edge-load-balancing.ipynb",
                            "notebooks/incident/edge-node-failure.ipynb")
-BLOCK = "notebooks/07-block-storage.ipynb"
+BLOCK, FAILOVER = "notebooks/07-block-storage.ipynb", "notebooks/incident/redis-failover.ipynb"
 DRILL_PARAMS = (("edge.failure", {"node": "edge1", "mode": "drill"}),)
 
 
@@ -179,6 +179,7 @@ CANARIES = [
     CanaryRow("services", CDN, apply=True, perturb=(("w1", UNMOUNTED),)),
     CanaryRow("services", EDGE, apply=True, perturb=(("edge1", NGINX_EDITED),)),
     CanaryRow("services", DRILL, apply=True, params=DRILL_PARAMS),
+    CanaryRow("services", FAILOVER, apply=False, params=(("cache.failover", {}),)),  # its plan only: an apply would switch the stage's pair
     CanaryRow("block", BLOCK, apply=False),
     CanaryRow("block", BLOCK, apply=True, perturb=(CLASS_GONE,)),
 ]
