@@ -319,6 +319,38 @@ def test_a_link_cut_mid_command_is_bounded_by_command_timeout_and_names_the_host
         fleet.close()
 
 
+def test_a_copy_over_a_cut_link_fails_within_command_timeout_naming_the_host(lab, tmp_path):
+    """SFTP was unbounded: a file copied to a host whose link went down held the run until TCP gave up (a cache apply hung)."""
+    from runbooklib.errors import HostError
+
+    params = load_params(lab.params_file)
+    fleet = Fleet(params.hosts, params.ssh.model_copy(update={"command_timeout": 5.0}), params.source_dir, progress=None)
+    local = tmp_path / "payload"
+    local.write_text("payload\n")
+    try:
+        fleet.put(host(fleet, "edge1"), local, "/tmp/payload-1")  # the SFTP session is open before the cut
+        lab.cut("edge1")
+        t0 = time.monotonic()
+        with pytest.raises(HostError) as caught:
+            fleet.put(host(fleet, "edge1"), local, "/tmp/payload-2")
+        elapsed = time.monotonic() - t0
+        assert elapsed < 15, elapsed
+        assert str(caught.value).startswith("edge1") and "cannot copy" in str(caught.value), caught.value
+        # a fresh connection's SFTP session, opened before the cut, is bounded the same way
+        fresh = Fleet(params.hosts, params.ssh.model_copy(update={"command_timeout": 5.0}), params.source_dir, progress=None)
+        lab.heal("edge1")
+        fresh.put(host(fresh, "edge1"), local, "/tmp/payload-3")
+        lab.cut("edge1")
+        t0 = time.monotonic()
+        with pytest.raises(HostError):
+            fresh.put(host(fresh, "edge1"), local, "/tmp/payload-4")
+        assert time.monotonic() - t0 < 15
+        fresh.close()
+    finally:
+        lab.heal("edge1")
+        fleet.close()
+
+
 def test_the_lab_provides_every_reference_its_parameters_make(lab):
     """`lab up` writes what the lab's parameter files point at (keys, pins, a lab registry key of the real shape)."""
     from conftest import runbook
