@@ -167,7 +167,7 @@ REG_KEPT = (("registry.json_key", ("/etc/rancher/rke2/registries.yaml", "/var/li
 REDIS_KEPT = (("cache.password", ("/etc/redis/runbooklib.conf",)),)  # Redis reads its password from its configuration
 CANARIES = [
     CanaryRow("cluster", REG, apply=False),
-    CanaryRow("cluster", REG, apply=True, perturb=(("w1", REGISTRIES_GONE),), belongs=REG_KEPT, slow=False),
+    CanaryRow("cluster", REG, apply=True, perturb=(("w1", REGISTRIES_GONE),), belongs=REG_KEPT),
     CanaryRow("cluster", REG, apply=True, codes=(1, 4), stop="w1", perturb=(("cp1", REGISTRIES_GONE),), belongs=REG_KEPT),
     CanaryRow("cluster", K8S, apply=False),
     CanaryRow("cluster", K8S, apply=True, perturb=(("w1", AGENT_GONE),)),
