@@ -101,6 +101,16 @@ class _Transport(paramiko.Transport):
     _preferred_ciphers = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
                           *(c for c in paramiko.Transport._preferred_ciphers if "gcm" not in c))
 
+    sftp_timeout: float | None = None  # ssh.command_timeout, set by Fleet.connection: every SFTP request's deadline
+
+    def open_sftp_client(self):
+        """The SFTP session, each of its requests bounded: on a link that went down a copy fails after
+        ``sftp_timeout`` (socket.timeout, an OSError) instead of waiting for TCP to give up."""
+        client = super().open_sftp_client()
+        if client is not None and self.sftp_timeout:
+            client.get_channel().settimeout(self.sftp_timeout)
+        return client
+
 
 class Fleet:
     """Connections to a list of hosts with one set of SSH settings, opened lazily and reused."""
@@ -198,6 +208,8 @@ class Fleet:
             raise Unreachable(host.name, f"cannot reach {host.address}:{host.ssh_port}: {e.strerror or e}") from None
         # small request/response exchanges: without TCP_NODELAY each command waits on delayed ACKs
         client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # no wait on this host unbounded: opening a channel (paramiko's default is an hour) and each SFTP request
+        client.get_transport().channel_timeout = client.get_transport().sftp_timeout = self.ssh.command_timeout
         with self._lock:
             self._conns[host.name] = conn
             self.handshakes += 1
@@ -267,7 +279,10 @@ class Fleet:
                 if not transport.is_active():
                     raise paramiko.SSHException("the transport closed")
                 select.select([chan], [], [], min(left, 0.05 if exited_at else 0.5))
-            return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
+            code = chan.recv_exit_status()
+            if code == -1 and not transport.is_active():  # paramiko's -1: no exit status came, the connection died under the command
+                raise paramiko.SSHException("the connection closed without an exit status: the host or its SSH server went away")
+            return code, out.decode(errors="replace"), err.decode(errors="replace")
         finally:
             chan.close()
 

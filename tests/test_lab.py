@@ -155,6 +155,26 @@ def test_stopped_vm_fails_alone_with_a_clear_error(lab, fleet):
     assert fleet.run_on(host(fleet, "edge1"), "true").ok
 
 
+def test_a_vm_stopped_under_a_command_is_a_lost_connection_not_an_exit_code(lab, fleet):
+    """The host dies mid-command: there is no exit status (paramiko's -1), so the error says the connection was lost."""
+    import threading
+
+    result = {}
+    running = threading.Thread(target=lambda: result.update(r=fleet.run_on(host(fleet, "db1"), "sleep 30")))
+    running.start()
+    try:
+        time.sleep(1.5)  # the command has started
+        lab.stop("db1")
+        running.join(timeout=30)
+        assert not running.is_alive(), "the command outlived its VM"
+    finally:
+        assert lab.start("db1") is True
+    r = result["r"]
+    assert not r.ok and r.exit_code is None, (r.exit_code, r.error)
+    assert r.error.startswith("db1: connection lost during the command") and "exited -1" not in r.error, r.error
+    assert fleet.run_on(host(fleet, "db1"), "true").ok  # the dead connection was dropped: the next command reconnects
+
+
 def test_cut_link_times_out_and_heal_restores(lab, fleet):
     lab.cut("cp1")
     try:
@@ -296,6 +316,38 @@ def test_a_link_cut_mid_command_is_bounded_by_command_timeout_and_names_the_host
         assert all(r.ok for h, r in idle.items() if h != "w1")
     finally:
         lab.heal("w1")
+        fleet.close()
+
+
+def test_a_copy_over_a_cut_link_fails_within_command_timeout_naming_the_host(lab, tmp_path):
+    """SFTP was unbounded: a file copied to a host whose link went down held the run until TCP gave up (a cache apply hung)."""
+    from runbooklib.errors import HostError
+
+    params = load_params(lab.params_file)
+    fleet = Fleet(params.hosts, params.ssh.model_copy(update={"command_timeout": 5.0}), params.source_dir, progress=None)
+    local = tmp_path / "payload"
+    local.write_text("payload\n")
+    try:
+        fleet.put(host(fleet, "edge1"), local, "/tmp/payload-1")  # the SFTP session is open before the cut
+        lab.cut("edge1")
+        t0 = time.monotonic()
+        with pytest.raises(HostError) as caught:
+            fleet.put(host(fleet, "edge1"), local, "/tmp/payload-2")
+        elapsed = time.monotonic() - t0
+        assert elapsed < 15, elapsed
+        assert str(caught.value).startswith("edge1") and "cannot copy" in str(caught.value), caught.value
+        # a fresh connection's SFTP session, opened before the cut, is bounded the same way
+        fresh = Fleet(params.hosts, params.ssh.model_copy(update={"command_timeout": 5.0}), params.source_dir, progress=None)
+        lab.heal("edge1")
+        fresh.put(host(fresh, "edge1"), local, "/tmp/payload-3")
+        lab.cut("edge1")
+        t0 = time.monotonic()
+        with pytest.raises(HostError):
+            fresh.put(host(fresh, "edge1"), local, "/tmp/payload-4")
+        assert time.monotonic() - t0 < 15
+        fresh.close()
+    finally:
+        lab.heal("edge1")
         fleet.close()
 
 

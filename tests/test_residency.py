@@ -89,6 +89,11 @@ def test_live_facts_name_what_the_parameters_do_not():
     assert "flow DNS queries w1 -> 8.8.8.8" in got
     assert "flow database replication source db3 <- 10.9.9.9" in got
     assert got["store database replica db2"].startswith("cannot judge: connection refused")
+    # a host with no store on it (a worker) that did not answer is not judged either: its DNS flows are unknown
+    live["unreachable"]["w4"] = "host key does not match"
+    got = failed(assess.assess(params_of(lab_data()), live))
+    assert got["flow DNS queries w4"].startswith("cannot judge: host key does not match")
+    assert "flow DNS queries db2" not in got  # said once per host: db2 fails as a store already
 
 
 def test_no_declared_archive_location_fails():

@@ -281,11 +281,16 @@ def wait_for_node(fleet, host, first: bool, timeout: float) -> HostResult:
     service = "rke2-server" if first or "controlplane" in host.roles or "etcd" in host.roles else "rke2-agent"
     deadline = time.monotonic() + timeout
     last = ""
+    lost = 0  # exchanges in a row that got no answer from the host at all (no exit code: unreachable, cut, timed out)
     while time.monotonic() < deadline:
         r = fleet.run_on(host, f"systemctl is-active -q {service} && {check}")
         if r.ok:
             return r
         last = r.error or r.stderr.strip()
+        lost = lost + 1 if r.exit_code is None else 0
+        if lost >= 2:  # a service still starting answers "inactive"; a host that stopped answering is not waited on for minutes
+            return HostResult(host.name, False, error=f"{host.name} stopped answering while waiting for {service} ({last}); "
+                                                      "check the host and its link, then run again")
         time.sleep(2)
     return HostResult(host.name, False, exit_code=1, error=f"{service} on {host.name} not up within {timeout:g} s ({last}); "
                                                            f"see `systemctl status {service}` there")

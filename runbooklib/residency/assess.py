@@ -205,6 +205,10 @@ def assess(params, live: dict | None = None) -> list[Item]:
     for ns, who in resolvers.items():
         flow("DNS queries", ", ".join(who[:4]) + (f" and {len(who) - 4} more" if len(who) > 4 else ""), ns, False,
              "live: /etc/resolv.conf" if any(w in hosts_live for w in who) else "from the parameters")
+    judged = {i.where for i in items if i.evidence.startswith("cannot judge")}
+    for name, why in unreachable.items():  # a host whose resolvers could not be read is not judged: it fails, even with no store on it
+        if name not in judged and any(h.name == name for h in params.hosts):
+            items.append(Item("flow", "DNS queries", name, None, False, "fail", f"cannot judge: {why} (its /etc/resolv.conf is the evidence)"))
     return items
 
 

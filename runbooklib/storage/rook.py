@@ -332,10 +332,13 @@ def prerequisite_rows(p, fleet, kubernetes_version: str | None) -> list[dict]:
 
 
 def blocking(p, rows: Sequence[dict]) -> list[str]:
-    """The failing prerequisites that block the apply (none when ``prerequisites: report``)."""
+    """The failing prerequisites that block the apply. With ``prerequisites: report`` a failing prerequisite is only
+    shown, but a storage node that did not answer still blocks: it was not judged at all, and a run that could not
+    see a node must not end as if all were well."""
+    failing = [r for r in rows if r["status"] == "fail"]
     if p.storage.ceph.prerequisites == "report":
-        return []
-    return [f"{r['check']} {r['target']}: {r['detail']}" for r in rows if r["status"] == "fail"]
+        failing = [r for r in failing if r["check"] == "reachable"]
+    return [f"{r['check']} {r['target']}: {r['detail']}" for r in failing]
 
 
 # -- verification ------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ redactor, so a gap in the redactor's needles cannot hide a leak.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import html
 import json
 import os
 import secrets
+import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import lab_key_material, require_lab, runbook, running_lab
+from conftest import lab_key_material, require_lab, runbook, running_lab, set_path
 
 require_lab()
 
@@ -69,9 +71,13 @@ def lab(tmp_path_factory):
         yield lab
 
 
-def canary_params(lab, folder: Path) -> tuple[Path, dict[str, str]]:
-    """The lab's parameters with every secret reference pointing at a fresh canary; returns their values."""
-    data = yaml.safe_load(lab.params_file.read_text())
+def canary_params(lab, folder: Path, source: Path | None = None) -> tuple[Path, dict[str, str]]:
+    """The lab's parameters (or ``source``, a file beside them) with every secret reference of the file pointing at a
+    fresh canary; returns their values. The SSH key stays the lab's (it must log in): its value is a needle all the same."""
+    from runbooklib.params import load_params
+
+    source = source or lab.params_file
+    data = yaml.safe_load(source.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     values: dict[str, str] = {}
 
@@ -82,14 +88,20 @@ def canary_params(lab, folder: Path) -> tuple[Path, dict[str, str]]:
         values[field] = value
         return f"file:{path}"
 
-    for field in ("root_password", "replication_password"):
-        # a canary that also tries to break out of a SQL string and of a shell word (see ESCAPED)
+    for field, _ in load_params(source).secret_refs():
+        if field == "ssh.key":
+            values["ssh.key"] = (lab.root / "ssh" / "id_ed25519").read_text()  # the lab's private key: it must not leak either
+            continue
         token = secrets.token_hex(10)
-        data["database"][field] = canary(f"database.{field}", f"Cn{token}'); CREATE DATABASE pwn_{token}; -- \"$(touch {ESCAPED})`touch {ESCAPED}`&/+=%<>")
-    made = lab_key_material(folder / "registry")  # a fresh service-account key: its private key is the canary
-    data["registry"]["json_key"] = canary("registry.json_key", made["registry"].read_text().strip())
-    values["ssh.key"] = (lab.root / "ssh" / "id_ed25519").read_text()  # the lab's private key: it must not leak either
-    path = lab.root / f"canary-{folder.name}.yaml"
+        if field == "registry.json_key":  # a fresh service-account key: its private key is the canary
+            value = lab_key_material(folder / "registry")["registry"].read_text().strip()
+        elif field.startswith("database."):
+            # a canary that also tries to break out of a SQL string and of a shell word (see ESCAPED)
+            value = f"Cn{token}'); CREATE DATABASE pwn_{token}; -- \"$(touch {ESCAPED})`touch {ESCAPED}`&/+=%<>"
+        else:
+            value = f"Cn{token}{secrets.token_hex(6)}"
+        set_path(data, field, canary(field, value))
+    path = source.with_name(f"canary-{folder.parent.name}-{folder.name}.yaml")  # beside the source: its references resolve
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path, values
 
@@ -113,13 +125,20 @@ def leaks(data: bytes, found: dict[str, str]) -> set[str]:
     return {field for form, field in found.items() if form in text}
 
 
-@pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=[pytest.mark.hostile("secrets: canaries", r.runbook),
-                                                                   *([pytest.mark.slow] if r.slow else [])]) for r in MATRIX])
-def test_no_canary_anywhere_after_a_run(row, lab, tmp_path):
-    params, values = canary_params(lab, tmp_path / "canaries")
-    before = {p: p.stat().st_mtime_ns for vm in lab.vms() for p in (lab.vm_dir(vm) / "upper").rglob("*") if p.is_file()}
-    done = runbook("run", row.runbook, "--params", str(params), *(["--apply"] if row.apply else []), "--allow-not-ready")
-    assert done.returncode in row.codes, done.stderr[-3000:]
+def vm_files(lab) -> dict[Path, int]:
+    """Every file in each VM's writable layer, with its modification time (what a run writes is what changes)."""
+    return {p: p.stat().st_mtime_ns for vm in lab.vms() for p in (lab.vm_dir(vm) / "upper").rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def check_no_canary(lab, done: subprocess.CompletedProcess, values: dict[str, str], before: dict[Path, int],
+                    belongs: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[str]]:
+    """No canary in the terminal, the archive, the report site or what the run wrote on the VMs.
+
+    ``belongs``: per field, the VM paths (globs, as on the VM) where the value is kept by design (a Redis
+    password in Redis's own configuration, a pull key in RKE2's registries.yaml or in etcd, which stores the
+    cluster's Secrets); a canary there is where it belongs, anywhere else (a log, a backup, a script) a leak.
+    Returns the files where a canary was found where it belongs (so a caller can show the check is not blind).
+    """
     found = needles(values)
     assert found and all(len(f) >= 12 for f in found)
     # the terminal
@@ -130,11 +149,26 @@ def test_no_canary_anywhere_after_a_run(row, lab, tmp_path):
     assert scanned, "nothing archived"
     for p in scanned:
         assert not leaks(p.read_bytes(), found), f"{p}: {leaks(p.read_bytes(), found)}"
-    # what the run wrote on the hosts: every file of each VM's writable layer it created or changed
-    written = [p for vm in lab.vms() for p in (lab.vm_dir(vm) / "upper").rglob("*")
-               if p.is_file() and not p.is_symlink() and before.get(p) != p.stat().st_mtime_ns and p.stat().st_size < 50 << 20]
-    for p in written:
+    # the report site of that archive (`runbook report`): every page, the host and change pages included
+    site = archive.with_name(archive.name + "-hostile-site")
+    report = runbook("report", "--out", str(site), timeout=600)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert not leaks((report.stdout + report.stderr).encode(), found)
+    pages = [p for p in site.rglob("*") if p.is_file()]
+    assert len(pages) > 3, "the report wrote no site"
+    for p in pages:
         assert not leaks(p.read_bytes(), found), f"{p}: {leaks(p.read_bytes(), found)}"
+    # what the run wrote on the hosts: every file of each VM's writable layer it created or changed
+    kept: dict[str, list[str]] = {}
+    for p, mtime in vm_files(lab).items():
+        if before.get(p) == mtime or p.stat().st_size >= 50 << 20:
+            continue
+        hit = leaks(p.read_bytes(), found)
+        vm = p.relative_to(lab.root / "vms").parts[0] if (lab.root / "vms") in p.parents else "?"
+        on_vm = "/" + str(p.relative_to(lab.vm_dir(vm) / "upper")) if vm != "?" else str(p)
+        for field in hit:
+            assert any(fnmatch.fnmatch(on_vm, g) for g in (belongs or {}).get(field, ())), f"{vm}:{on_vm}: {field}"
+            kept.setdefault(field, []).append(f"{vm}:{on_vm}")
     # nothing broke out: no marker file on any VM, no database created by a password's SQL
     for vm in lab.vms():
         upper = lab.vm_dir(vm) / "upper"
@@ -142,5 +176,18 @@ def test_no_canary_anywhere_after_a_run(row, lab, tmp_path):
         assert not [p for p in upper.rglob("pwn_*")], f"{vm}: a secret's value ran as SQL"
     assert not Path(ESCAPED).exists(), "a secret's value ran as a command on the runbook's machine"
     # the check is not blind: the canaries are where they belong, and a form is found when present
-    assert leaks(Path(params).read_bytes() + (tmp_path / "canaries" / "database-root_password").read_bytes(), found) == {"database.root_password"}
-    assert leaks(base64.b64encode(b"header:" + values["database.replication_password"].encode()), found) == {"database.replication_password"}
+    field = next(f for f in values if f != "ssh.key")
+    assert leaks(values[field].encode(), found) == {field}
+    assert leaks(base64.b64encode(b"header:" + values[field].encode()), found) == {field}
+    return kept
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=[pytest.mark.hostile("secrets: canaries", r.runbook),
+                                                                   *([pytest.mark.slow] if r.slow else [])]) for r in MATRIX])
+def test_no_canary_anywhere_after_a_run(row, lab, tmp_path):
+    params, values = canary_params(lab, tmp_path / "canaries")
+    before = vm_files(lab)
+    done = runbook("run", row.runbook, "--params", str(params), *(["--apply"] if row.apply else []), "--allow-not-ready")
+    assert done.returncode in row.codes, done.stderr[-3000:]
+    check_no_canary(lab, done, values, before)
+    assert leaks((tmp_path / "canaries" / "database-root_password").read_bytes(), needles(values)) == {"database.root_password"}

@@ -80,3 +80,31 @@ def test_a_changed_config_is_shown_as_a_diff_against_the_nodes_file(params):
     step = next(s for s in install_rke2.plan_rke2(params, facts, {}, artifacts) if s.host == "w1" and s.operation == "rke2 config")
     changed = [line for line in step.diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
     assert changed == ["-node-ip: 10.77.0.99", "+node-ip: 10.77.0.21"]
+
+
+class _Answers:
+    """A fleet whose host answers ``run_on`` with the given results in turn (what a VM or a cut link would say)."""
+
+    def __init__(self, *results):
+        self.results, self.asked = list(results), 0
+
+    def run_on(self, host, command, timeout=None):
+        self.asked += 1
+        return self.results.pop(0)
+
+
+def test_waiting_for_a_node_stops_when_the_host_stops_answering_not_after_the_whole_wait(tmp_path):
+    from runbooklib.ssh import HostResult
+
+    host = next(h for h in load_params(write_params(tmp_path, resolvable_lab_data(tmp_path))).hosts if h.name == "w1")
+    inactive = HostResult("w1", False, stderr="", exit_code=3, error="'systemctl' exited 3: ")
+    cut = HostResult("w1", False, error="w1: command did not finish within 20 s (ssh.command_timeout); the host stopped answering")
+    up = HostResult("w1", True, exit_code=0)
+    # a service still starting ("inactive", an exit code) is waited for; one lost exchange is forgiven
+    fleet = _Answers(inactive, cut, inactive, up)
+    assert install_rke2.wait_for_node(fleet, host, False, timeout=60).ok and fleet.asked == 4
+    # two exchanges in a row without an answer: the host is named at once, not after the 60 s wait
+    fleet = _Answers(inactive, cut, cut, up)
+    r = install_rke2.wait_for_node(fleet, host, False, timeout=60)
+    assert not r.ok and fleet.asked == 3
+    assert r.error.startswith("w1 stopped answering while waiting for rke2-agent (w1: command did not finish within 20 s")

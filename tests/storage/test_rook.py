@@ -135,6 +135,12 @@ def test_failure_domains_by_zone_need_labels_and_three_distinct_zones(tmp_path):
     too_new = next(r for r in rook.prerequisite_rows(p, NoFleet(), "v1.36.3") if r["check"] == "Rook and Kubernetes")
     assert too_new["status"] == "fail" and "supports v1.29 to v1.34" in too_new["detail"]
     assert rook.blocking(p, rows)  # enforce (the default): a failing prerequisite blocks
+    # report: failing prerequisites are shown, not blocking; but a node that did not answer was not judged, and blocks
+    set_path(data, "storage.ceph.prerequisites", "report")
+    report = load_params(write_params(tmp_path, data, "report.yaml"))
+    assert rook.blocking(report, rows) == [f"reachable {h}: unreachable: not asked" for h in ("w1", "w2", "w3")]
+    answered = [r for r in rows if r["check"] != "reachable"]
+    assert not rook.blocking(report, answered) and rook.blocking(p, answered)
 
 
 class FakeTools(rook.Tools):

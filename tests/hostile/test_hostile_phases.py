@@ -1,0 +1,281 @@
+"""The fault and canary matrices for the runbooks that need a lab brought to a phase first (a cluster, the CDN volume ...).
+
+Runbooks 00-05 run on a fresh small lab (``test_hostile_faults.py``, ``test_hostile_secrets.py``); the later ones
+need what earlier phases built. Building that per row would cost minutes each, so a *stage* is one lab brought to
+the right phases once with ``runbook suite --apply --only ...`` (the product's own way), and its rows run on it in
+sequence. The promise allows the sharing because every row starts from the stage's converged state and ends there:
+
+- before a row, every VM is started, every link healed and every host key re-pinned (``lab up``), so a row that
+  failed cannot hand its fault to the next;
+- a row that needs work pending when its fault strikes (a VM stopped *during* an apply, a cut mid-command, a
+  signal mid-phase) first undoes a little of the stage's state on the hosts (``perturb``: a service disabled, a
+  mount removed, a configuration file edited), the drift an operator meets in real life;
+- each row's promise is checked by the same functions as the fresh-lab rows (``FAULTS``: fails naming the host,
+  record lists what was applied, re-run converges with nothing applied twice, no login through a changed host
+  key, a signal's interrupted record with the lock released and ``runbook verify`` passing), and each row is
+  its own test case, reported as such in the summary table;
+- the canary rows (plan and apply, succeeding and failing) check the terminal, the archive, the report site
+  and what the run wrote on the VMs (``check_no_canary``); a secret kept on a host by design (Redis's password
+  in its configuration, the pull key in RKE2's ``registries.yaml`` and in etcd, which stores the Secret) is
+  allowed there only, and the row checks it is there (so the canary really was used).
+
+Pytest runs the rows of one stage together (the stage is a module-scoped parameter). The default suite runs a
+representative subset; the rest is ``slow`` (``RUNBOOK_SLOW=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, require_lab, runbook, running_lab
+from hostile.test_hostile_faults import COMMAND_TIMEOUT, CONNECT_TIMEOUT, FAULTS
+from hostile.test_hostile_secrets import canary_params, check_no_canary, vm_files
+
+require_lab()
+
+HERE = Path(__file__).resolve().parent
+CACHE_PASSWORD = "RB_HOSTILE_CACHE_PASSWORD"
+
+
+def block_profile(directory: Path) -> str:
+    """The seed's RKE1 site cut to a control plane and the three storage nodes (as tests/storage does: Rook 1.18 needs v1.32)."""
+    data = yaml.safe_load((ROOT / "params" / "lab.yaml").read_text())
+    data["environment"]["name"] = "lab-block"
+    data["inventory"]["hosts"] = [h for h in data["inventory"]["hosts"] if h["name"] in ("cp1", "w1", "w2", "w3")]
+    for section in ("database", "edge", "logging"):
+        data.pop(section, None)
+    data["storage"].pop("gluster", None)
+    path = directory / "block-lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the lab's name (moved aside by RUNBOOK_TEST_LAB_TAG)
+    subnet: str
+    profile: str | Callable[[Path], str]  # a profile, or what writes one in a folder
+    only: tuple[str, ...]  # `runbook suite --apply --only ...`: the phases the stage is brought to
+
+    def after(self, lab) -> None:
+        if "edge" in self.only:  # what 09 serves from the CDN volume (as tests/edge does)
+            sh(lab, "w1", "echo 'cdn probe written by the hostile suite' > /cdn-data/probe.txt && chmod 644 /cdn-data/probe.txt")
+
+
+STAGES = {
+    # the small lab with its RKE2 cluster and registry access: 03, 04, 14, the etcd snapshot
+    "cluster": Stage("rbhcl", "10.109.0.0/24", "small", ("vm", "kubernetes", "registry")),
+    # the CDN volume, the edge and the session cache on six VMs: 06, 08, 09, the edge-failure drill
+    "services": Stage("rbhsv", "10.110.0.0/24", str(HERE / "lab-services.yaml"), ("vm", "storage", "cache", "edge")),
+    # an RKE1 cluster at v1.32.2 with Rook's objects (no Ceph daemon runs in the lab): 07
+    "block": Stage("rbhbl", "10.111.0.0/24", block_profile, ("vm", "kubernetes", "storage")),
+}
+
+# drift that gives a converged stage something to apply on a host, so that a fault can strike mid-apply
+AGENT_GONE = "systemctl disable --now rke2-agent && rm -f /etc/rancher/rke2/join-token"  # 03: the join token and the service
+REGISTRIES_GONE = "rm -f /etc/rancher/rke2/registries.yaml"  # 04: the node file and the node's restart
+UNMOUNTED = r"umount /cdn-data; sed -i '\#/cdn-data#d' /etc/fstab"  # 06: the fstab line and the mount
+REDIS_EDITED = "echo '# edited by hand' >> /etc/redis/runbooklib.conf"  # 08: the drop-in (checked, then a restart)
+NGINX_EDITED = "echo '# edited by hand' >> /etc/nginx/conf.d/runbooklib-edge.conf"  # 09: the configuration (nginx -t, reload)
+# 07: an object deleted by hand in the cluster (run on the runbook's machine, in the lab's folder, with the cluster's kubeconfig)
+CLASS_GONE = ("local", "bin/kubectl --kubeconfig kubernetes/kube_config_cluster.yml delete storageclass ceph-block")
+
+K8S, REG, RES, SNAP = ("notebooks/03-kubernetes-cluster.ipynb", "notebooks/04-registry-access.ipynb", "notebooks/14-data-residency.ipynb",
+                       "notebooks/incident/etcd-snapshot-restore.ipynb")
+CDN, CACHE, EDGE, DRILL = ("notebooks/06-cdn-storage.ipynb", "notebooks/08-session-cache.ipynb", "notebooks/09-edge-load-balancing.ipynb",
+                           "notebooks/incident/edge-node-failure.ipynb")
+BLOCK, FAILOVER = "notebooks/07-block-storage.ipynb", "notebooks/incident/redis-failover.ipynb"
+DRILL_PARAMS = (("edge.failure", {"node": "edge1", "mode": "drill"}),)
+
+
+@dataclass(frozen=True)
+class Row:
+    stage: str  # a key of STAGES
+    runbook: str
+    fault: str  # a key of FAULTS
+    host: str
+    perturb: tuple[tuple[str, str], ...] = ()  # (vm, shell command) run before the fault
+    params: tuple[tuple[str, object], ...] = ()  # (dotted field, value) set in the row's parameter file
+    apply: bool = True
+    slow: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}-{Path(self.runbook).stem}-{self.fault.replace(' ', '-')}-{self.host}"
+
+
+MATRIX = [
+    Row("cluster", K8S, "vm stopped during", "w1", perturb=(("w1", AGENT_GONE),), slow=False),
+    Row("cluster", K8S, "link cut mid-command", "w1", perturb=(("w1", AGENT_GONE),)),
+    Row("cluster", K8S, "host key changed", "w1"),
+    Row("cluster", K8S, "SIGTERM mid-phase", "w1", perturb=(("w1", AGENT_GONE),)),
+    Row("cluster", REG, "vm stopped during", "w1", perturb=(("w1", REGISTRIES_GONE), ("cp1", REGISTRIES_GONE))),
+    Row("cluster", REG, "link cut mid-command", "w1", perturb=(("w1", REGISTRIES_GONE), ("cp1", REGISTRIES_GONE))),
+    Row("cluster", REG, "host key changed", "cp1"),
+    Row("cluster", REG, "SIGINT mid-phase", "cp1", perturb=(("w1", REGISTRIES_GONE), ("cp1", REGISTRIES_GONE))),
+    Row("cluster", RES, "vm stopped before", "db1", apply=False),
+    Row("cluster", RES, "link cut mid-command", "w1", apply=False),
+    Row("cluster", RES, "host key changed", "edge1", apply=False),
+    Row("cluster", SNAP, "vm stopped before", "cp1"),
+    Row("cluster", SNAP, "host key changed", "cp1"),
+    Row("cluster", SNAP, "SIGHUP mid-phase", "cp1"),
+    Row("services", CDN, "vm stopped during", "w2", perturb=(("w1", UNMOUNTED), ("w2", UNMOUNTED))),
+    Row("services", CDN, "link cut mid-command", "w1", perturb=(("w1", UNMOUNTED), ("w2", UNMOUNTED))),
+    Row("services", CDN, "host key changed", "edge2"),
+    Row("services", CDN, "SIGHUP mid-phase", "w1", perturb=(("w1", UNMOUNTED), ("w2", UNMOUNTED))),
+    Row("services", CACHE, "vm stopped during", "cache2", perturb=(("cache1", REDIS_EDITED), ("cache2", REDIS_EDITED))),
+    Row("services", CACHE, "link cut mid-command", "cache2", perturb=(("cache1", REDIS_EDITED), ("cache2", REDIS_EDITED))),
+    Row("services", CACHE, "host key changed", "cache1"),
+    Row("services", CACHE, "SIGINT mid-phase", "cache1", perturb=(("cache1", REDIS_EDITED), ("cache2", REDIS_EDITED))),
+    Row("services", EDGE, "vm stopped during", "edge2", perturb=(("edge1", NGINX_EDITED), ("edge2", NGINX_EDITED))),
+    Row("services", EDGE, "link cut mid-command", "edge1", perturb=(("edge1", NGINX_EDITED), ("edge2", NGINX_EDITED))),
+    Row("services", EDGE, "host key changed", "edge2"),
+    Row("services", EDGE, "SIGTERM mid-phase", "edge1", perturb=(("edge1", NGINX_EDITED), ("edge2", NGINX_EDITED))),
+    Row("services", DRILL, "host key changed", "edge1", params=DRILL_PARAMS),
+    Row("block", BLOCK, "vm stopped before", "w2"),
+    Row("block", BLOCK, "host key changed", "w1"),
+    Row("block", BLOCK, "link cut mid-command", "w3", apply=False),
+    Row("block", BLOCK, "SIGINT mid-phase", "cp1", perturb=(CLASS_GONE,)),
+]
+
+
+@dataclass(frozen=True)
+class CanaryRow:
+    stage: str
+    runbook: str
+    apply: bool
+    codes: tuple[int, ...] = (0,)  # success (0) or failure (1, 4): both must keep the secrets
+    stop: str | None = None  # a VM stopped for the run: the failing case
+    perturb: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, object], ...] = ()
+    belongs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # field -> VM paths where the value is kept by design
+    slow: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}-{Path(self.runbook).stem}-{'apply' if self.apply else 'plan'}" + (f"-{self.stop}-stopped" if self.stop else "")
+
+
+REG_KEPT = (("registry.json_key", ("/etc/rancher/rke2/registries.yaml", "/var/lib/rancher/rke2/server/db/*")),)  # the node file; etcd's data
+REDIS_KEPT = (("cache.password", ("/etc/redis/runbooklib.conf",)),)  # Redis reads its password from its configuration
+CANARIES = [
+    CanaryRow("cluster", REG, apply=False),
+    CanaryRow("cluster", REG, apply=True, perturb=(("w1", REGISTRIES_GONE),), belongs=REG_KEPT),
+    CanaryRow("cluster", REG, apply=True, codes=(1, 4), stop="w1", perturb=(("cp1", REGISTRIES_GONE),), belongs=REG_KEPT),
+    CanaryRow("cluster", K8S, apply=False),
+    CanaryRow("cluster", K8S, apply=True, perturb=(("w1", AGENT_GONE),)),
+    CanaryRow("cluster", RES, apply=False),
+    CanaryRow("cluster", SNAP, apply=True),
+    CanaryRow("services", CACHE, apply=False),
+    CanaryRow("services", CACHE, apply=True, perturb=(("cache1", REDIS_EDITED), ("cache2", REDIS_EDITED)), belongs=REDIS_KEPT),
+    CanaryRow("services", CACHE, apply=True, codes=(1, 4), stop="cache2", perturb=(("cache1", REDIS_EDITED),), belongs=REDIS_KEPT),
+    CanaryRow("services", CDN, apply=True, perturb=(("w1", UNMOUNTED),)),
+    CanaryRow("services", EDGE, apply=True, perturb=(("edge1", NGINX_EDITED),)),
+    CanaryRow("services", DRILL, apply=True, params=DRILL_PARAMS),
+    CanaryRow("services", FAILOVER, apply=False, params=(("cache.failover", {}),)),  # its plan only: an apply would switch the stage's pair
+    CanaryRow("block", BLOCK, apply=False),
+    CanaryRow("block", BLOCK, apply=True, perturb=(CLASS_GONE,)),
+]
+
+
+def sh(lab, vm: str, command: str) -> str:
+    """A command in a VM, or with vm ``local`` on the runbook's machine in the lab's folder."""
+    r = subprocess.run(command, shell=True, cwd=lab.root, capture_output=True, text=True) if vm == "local" else lab.exec_in(vm, command)
+    assert r.returncode == 0, f"{vm}: {command}: {r.stderr.strip()}"
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def stage(request, tmp_path_factory):
+    """A lab brought to the stage's phases by the suite, shared by the stage's rows."""
+    st = STAGES[request.param]
+    root = tmp_path_factory.mktemp(f"stage-{request.param}")
+    saved = os.environ.get(CACHE_PASSWORD)
+    os.environ[CACHE_PASSWORD] = "hostile-stage-cache-password"  # the stage's own; canary rows replace the reference
+    try:
+        profile = st.profile if isinstance(st.profile, str) else st.profile(root)
+        with running_lab(root / "lab", st.name, st.subnet, profile=profile) as lab:
+            lab.hostile_profile = profile
+            env = {"RUNBOOK_ARCHIVE": str(root / "archive"), "RUNBOOK_LOCK_DIR": str(root / "locks")}
+            built = runbook("suite", "--params", str(lab.params_file), "--apply", "--only", *st.only, env=env, timeout=3000)
+            assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-3000:]
+            st.after(lab)
+            yield lab
+    finally:
+        if saved is None:
+            os.environ.pop(CACHE_PASSWORD, None)
+        else:
+            os.environ[CACHE_PASSWORD] = saved
+
+
+def restore(lab) -> None:
+    """The stage as built: every link up, every VM running, every key pinned (what a failed row may have left)."""
+    for vm in lab.vms():
+        lab.heal(vm)
+    lab.up(profile=lab.hostile_profile)
+
+
+def row_params(lab, row, name: str) -> Path:
+    """The stage's parameters with the fault timeouts and the row's fields, beside the lab's own (its references resolve)."""
+    from conftest import set_path
+
+    data = yaml.safe_load(lab.params_file.read_text())
+    data["ssh"]["command_timeout"] = COMMAND_TIMEOUT
+    data["ssh"]["connect_timeout"] = CONNECT_TIMEOUT
+    for field, value in row.params:
+        set_path(data, field, value)
+    path = lab.params_file.with_name(f"{name}.yaml")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _marks(row, cls: str):
+    return [pytest.mark.hostile(cls, row.runbook), *([pytest.mark.slow] if row.slow else [])]
+
+
+@pytest.mark.parametrize(("stage", "row"), [pytest.param(r.stage, r, id=r.id, marks=_marks(r, f"fault: {r.fault}")) for r in MATRIX],
+                         indirect=["stage"], scope="module")
+def test_fault_on_a_staged_lab(stage, row, tmp_path):
+    restore(stage)
+    stage.fault_params = row_params(stage, row, f"fault-{row.id}")
+    for vm, command in row.perturb:
+        sh(stage, vm, command)
+    FAULTS[row.fault](stage, row, tmp_path)
+
+
+@pytest.mark.parametrize(("stage", "row"), [pytest.param(r.stage, r, id=r.id, marks=_marks(r, "secrets: canaries")) for r in CANARIES],
+                         indirect=["stage"], scope="module")
+def test_no_canary_after_a_run_on_a_staged_lab(stage, row, tmp_path):
+    restore(stage)
+    source = row_params(stage, row, f"canary-source-{row.id}")
+    params, values = canary_params(stage, tmp_path / "canaries", source)
+    for vm, command in row.perturb:
+        sh(stage, vm, command)
+    before = vm_files(stage)
+    if row.stop:
+        stage.stop(row.stop)
+    try:
+        done = runbook("run", row.runbook, "--params", str(params), *(["--apply"] if row.apply else []),
+                       *([] if row.stop else ["--allow-not-ready"]), timeout=900)  # a stopped VM's bad verdict is a failure (exit 4)
+    finally:
+        if row.stop:
+            stage.start(row.stop)
+    assert done.returncode in row.codes, done.stdout[-2000:] + done.stderr[-3000:]
+    if row.stop:
+        assert row.stop in done.stdout + done.stderr, "the failing run names the stopped VM"
+    kept = check_no_canary(stage, done, values, before, dict(row.belongs))
+    if row.apply and row.belongs and not row.stop:
+        # the canary was really used: it is where it belongs on the hosts, and nowhere else
+        assert set(kept) == {field for field, _ in row.belongs}, kept
+    if row.apply and row.runbook not in (SNAP, DRILL):
+        # put back what the row changed (the canary secrets set, what perturb took away) with the stage's own: the next row starts converged
+        again = runbook("run", row.runbook, "--params", str(row_params(stage, CanaryRow(row.stage, row.runbook, True), "converge")),
+                        "--apply", "--allow-not-ready", timeout=900)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
