@@ -41,6 +41,29 @@ from .secrets import Redactor
 
 MEMORY_SCHEME = "runbook-memory://"
 
+# Where a run's time goes, stage by stage: None (the default) records nothing; a list (bench/suite.py sets
+# one) gets a dict per run, stage name -> seconds. A clock read per stage; never in a record.
+STAGE_LOG: list[dict[str, float]] | None = None
+
+
+def _new_stage_run() -> None:
+    if STAGE_LOG is not None:
+        STAGE_LOG.append({})
+
+
+def _add_stage(name: str, seconds: float) -> None:
+    if STAGE_LOG is not None and STAGE_LOG:
+        STAGE_LOG[-1][name] = STAGE_LOG[-1].get(name, 0.0) + seconds
+
+
+@contextlib.contextmanager
+def _stage(name: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _add_stage(name, time.perf_counter() - t0)
+
 
 class _MemoryIO:
     """papermill I/O handler that keeps written notebooks in memory, keyed by path."""
@@ -84,6 +107,28 @@ def _register_engine() -> None:
         return
 
     class Client(PapermillNotebookClient):
+        def __init__(self, nb_man, **kw):
+            super().__init__(nb_man, **kw)
+            save = nb_man.save
+
+            def timed_save(**kwargs):
+                with _stage("papermill saves"):
+                    return save(**kwargs)
+
+            nb_man.save = timed_save
+
+        def start_new_kernel(self, **kwargs):
+            with _stage("kernel start"):
+                return super().start_new_kernel(**kwargs)
+
+        def start_new_kernel_client(self):
+            with _stage("kernel start"):
+                return super().start_new_kernel_client()
+
+        def _cleanup_kernel(self):
+            with _stage("kernel stop"):
+                return super()._cleanup_kernel()
+
         def log_output_message(self, output):
             if output.output_type != "stream" and self.log_output and "text/plain" in output.get("data", {}):
                 self.log.info("".join(output.data["text/plain"]) + "\n")
@@ -176,6 +221,11 @@ def approvals_for(archive: Archive, params: Params, notebook: Path, run_id: str,
 
 def git_state(where: Path) -> dict:
     """Commit and dirtiness of the checkout holding ``where`` (None outside git)."""
+    with _stage("git state"):
+        return _git_state(where)
+
+
+def _git_state(where: Path) -> dict:
     try:
         commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)
@@ -438,6 +488,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
     is archived as ``interrupted`` (naming the signal) and the lock released; ``RunResult.signal``
     then holds the signal number (the command line exits 128 + that number).
     """
+    _new_stage_run()
+    t_checks = time.perf_counter()
     params = load_params(params_file)  # bad input stops here, before anything else happens
     require_references(params)  # so does a secret, key or known-hosts file that cannot be used
     notebook = Path(notebook)
@@ -461,6 +513,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
               "archive": archive.location}
 
     with archive.run_lock(env, name, holder):
+        _add_stage("checks", time.perf_counter() - t_checks)
+        t_prepare = time.perf_counter()
         # papermill (and jupyter_client) first, in this thread: the HTML warm-up thread imports
         # nbconvert, and two threads importing jupyter_client at once can meet a half-imported module
         _register_memory_io()
@@ -475,6 +529,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
         with archive.journal(run_id, info) as folder, _signals_end_the_run() as signals:
             journal = folder / "journal.jsonl"
             signals.armed = True
+            _add_stage("prepare", time.perf_counter() - t_prepare)
             outcome = None
             try:
                 outcome = _execute(notebook, params, run_id, apply, timeout, journal, redactor, stream, kernel_name)
@@ -483,6 +538,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                     outcome = _Outcome(nbformat.read(notebook, as_version=4), "interrupted", None, kernel_name)
             finally:
                 signals.armed = False  # from here on a signal waits for the record
+            t_after = time.perf_counter()
             events = _read_journal(journal)
             _stop_kernel(events)
             if signals.interrupted:
@@ -502,6 +558,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                 (folder / "not-archived").write_text(f"{type(e).__name__}: {redactor.scrub(str(e))}\n")
                 raise
             archive.close_journal(run_id)
+            _add_stage("after (all)", time.perf_counter() - t_after)
             result.signal = signals.caught[0] if signals.caught else None
             return result
 
@@ -690,7 +747,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
     os.environ[JOURNAL_ENV] = str(journal)
     status, failure = "succeeded", None
     try:
-        with _scrubbed_fds(redactor):
+        with _scrubbed_fds(redactor), _stage("papermill"):
             pm.execute_notebook(
                 str(notebook), out_key,
                 parameters={"params_file": str(Path(params.source).resolve()), "run_id": run_id, "apply": bool(apply)},
@@ -778,9 +835,13 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
     manifest["plan_digest"] = manifest_plan_digest(manifest)
     manifest = redactor.scrub_obj(manifest)
     # the record stands alone: a header from the manifest, injected parameters on top, no bar residue
-    nb = record.arrange(nbformat.from_dict(redactor.scrub_obj(_merge_streams(outcome.nb))), manifest)
-    nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
-    html_bytes = redactor.scrub(renderer.render(nb, record.title(manifest), no_input)).encode()
+    with _stage("scrub"):
+        nb = record.arrange(nbformat.from_dict(redactor.scrub_obj(_merge_streams(outcome.nb))), manifest)
+        nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
+    with _stage("render html"):
+        html = renderer.render(nb, record.title(manifest), no_input)
+    with _stage("scrub"):
+        html_bytes = redactor.scrub(html).encode()
     base = archive.record_base(params.environment.name, started.strftime("%Y-%m-%d"), run_id, notebook.stem)
     files = {"notebook": (base.with_name(base.name + ".ipynb"), nb_bytes),
              "html": (base.with_name(base.name + ".html"), html_bytes)}
@@ -789,11 +850,13 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
     from .archive import manifest_bytes
 
     for role, data in (("notebook", nb_bytes), ("html", html_bytes), ("manifest", manifest_bytes(manifest))):
-        leaked = redactor.leaks(data)
+        with _stage("leak check"):
+            leaked = redactor.leaks(data)
         if leaked:
             raise ArchiveError(f"run {run_id}: the {role} still holds secret {', '.join(leaked)} after scrubbing; "
                                "nothing was archived. This is a runbooklib bug: please report it")
-    mpath = archive.commit(manifest, files)
+    with _stage("archive commit"):
+        mpath = archive.commit(manifest, files)
     manifest = json.loads(mpath.read_bytes())  # with the seq and chain link commit added
     result = RunResult(run_id, outcome.status, mpath, files["notebook"][0], files["html"][0], manifest,
                        chain_head=sha256_file(mpath))
