@@ -66,9 +66,13 @@ def _stage(name: str):
 
 
 class _MemoryIO:
-    """papermill I/O handler that keeps written notebooks in memory, keyed by path."""
+    """papermill I/O handler that keeps written notebooks in memory, keyed by path.
 
-    store: dict[str, str] = {}
+    During the run the store holds papermill's live notebook itself (see ``Manager.save`` in
+    :func:`_register_engine`); papermill's final write leaves its text.
+    """
+
+    store: dict[str, Any] = {}
 
     def read(self, path):
         raise RunbookError(f"{path}: the in-memory handler only receives notebooks")
@@ -92,6 +96,27 @@ def _register_memory_io() -> None:
 
 ENGINE = "runbook"
 
+# kernels asked to shut down after their last cell: they exit while the run is archived (_finish_kernel_stops)
+_KERNELS_STOPPING: list = []
+
+
+def _finish_kernel_stops() -> None:
+    """Wait for the kernels asked to stop to exit (jupyter_client terminates, then kills, one that lingers), and clean up."""
+    if not _KERNELS_STOPPING:
+        return
+    from nbclient.util import ensure_async, run_sync
+
+    async def finish(km):
+        try:
+            await ensure_async(km.finish_shutdown())
+        finally:
+            await ensure_async(km.cleanup_resources())
+
+    while _KERNELS_STOPPING:
+        km = _KERNELS_STOPPING.pop()
+        with _stage("kernel stop (wait)"), contextlib.suppress(Exception):
+            run_sync(finish)(km)
+
 
 def _register_engine() -> None:
     """papermill's nbclient engine, except that a rich output's text ends its line in the log.
@@ -100,22 +125,30 @@ def _register_engine() -> None:
     line back (a secret may be split across two stream chunks) and so glued the next output onto the
     display's last line. A display is always whole, so its line is ended here, where it is known to be one.
     """
+    from nbclient.util import ensure_async, run_sync
     from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
 
     if ENGINE in papermill_engines._engines:
         return
 
+    class Manager(NotebookExecutionManager):
+        def save(self, **kwargs):
+            """Hand the live notebook over instead of writing all of it out again after every cell.
+
+            papermill serializes (and validates) the whole notebook at each cell's start and end; the
+            runner only ever reads it after the kernel stops, so the store keeps a reference to the
+            notebook papermill updates in place. A signal at any moment still finds every output so far.
+            """
+            with _stage("papermill saves"):
+                if self.output_path:
+                    _MemoryIO.store[self.output_path] = self.nb
+                self.last_save_time = self.now()
+
     class Client(PapermillNotebookClient):
-        def __init__(self, nb_man, **kw):
-            super().__init__(nb_man, **kw)
-            save = nb_man.save
-
-            def timed_save(**kwargs):
-                with _stage("papermill saves"):
-                    return save(**kwargs)
-
-            nb_man.save = timed_save
+        def papermill_execute_cells(self):
+            super().papermill_execute_cells()
+            self.cells_done = True  # every cell ran, or one failed and the rest were skipped: the kernel is idle
 
         def start_new_kernel(self, **kwargs):
             with _stage("kernel start"):
@@ -126,8 +159,24 @@ def _register_engine() -> None:
                 return super().start_new_kernel_client()
 
         def _cleanup_kernel(self):
-            with _stage("kernel stop"):
+            if getattr(self, "cells_done", False) and self.km is not None:
+                with _stage("kernel stop"):
+                    return run_sync(self._async_request_stop)()
+            with _stage("kernel stop"):  # interrupted, timed out, dead: stopped now, before the record is read
                 return super()._cleanup_kernel()
+
+        async def _async_request_stop(self):
+            """Ask the idle kernel to shut down and let it exit (its connections close) while the record is written."""
+            km, self.km = self.km, None
+            try:
+                km.shutting_down = True
+                km.stop_restarter()
+                await ensure_async(km.request_shutdown())
+            finally:
+                if self.kc is not None:
+                    await ensure_async(self.kc.stop_channels())
+                    self.kc = None
+                _KERNELS_STOPPING.append(km)
 
         def log_output_message(self, output):
             if output.output_type != "stream" and self.log_output and "text/plain" in output.get("data", {}):
@@ -136,6 +185,20 @@ def _register_engine() -> None:
             super().log_output_message(output)
 
     class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, **kwargs):
+            # papermill's Engine.execute_notebook, with the Manager above
+            nb_man = Manager(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                             autosave_cell_every=autosave_cell_every)
+            nb_man.notebook_start()
+            try:
+                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+            return nb_man.nb
+
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
                                      start_timeout=60, execution_timeout=None, **kwargs):
@@ -447,13 +510,18 @@ class _HtmlRenderer:
     """nbconvert's HTML exporter, warmed in a background thread while the kernel runs.
 
     Loading the templates costs about as much as rendering; the runner is idle while the kernel
-    executes, so it pays that cost then instead of after the run.
+    executes, so it pays that cost then instead of after the run. The warmed exporter is kept for
+    the next run of this process (a suite's): it loads the templates once.
     """
+
+    _warmed = None  # the exporter a previous run of this process warmed
+    _lock = threading.Lock()  # one render at a time through the shared exporter
 
     def __init__(self, background: bool = True) -> None:
         """``background=False`` loads the templates when rendering (at interpreter exit no thread may start)."""
-        self._exporter = None
-        self._thread = threading.Thread(target=self._warm, name="runbook-html-warmup", daemon=True) if background else None
+        self._exporter = _HtmlRenderer._warmed
+        start = background and self._exporter is None
+        self._thread = threading.Thread(target=self._warm, name="runbook-html-warmup", daemon=True) if start else None
         if self._thread is not None:
             self._thread.start()
 
@@ -462,7 +530,7 @@ class _HtmlRenderer:
 
         exporter = HTMLExporter(template_name="lab")
         exporter.from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm-up")]))
-        self._exporter = exporter
+        self._exporter = _HtmlRenderer._warmed = exporter
 
     def render(self, nb: nbformat.NotebookNode, title: str = "", no_input: bool = False) -> str:
         """The notebook as one HTML page named ``title``; ``no_input`` leaves the code out (for reviewers)."""
@@ -470,9 +538,10 @@ class _HtmlRenderer:
             self._thread.join()
         if self._exporter is None:  # the warm-up failed (or never ran); render the slow way and let errors surface
             self._warm()
-        self._exporter.exclude_input = no_input
-        self._exporter.exclude_input_prompt = no_input
-        body, _ = self._exporter.from_notebook_node(nb, resources={"metadata": {"name": title or "runbook record"}})
+        with _HtmlRenderer._lock:
+            self._exporter.exclude_input = no_input
+            self._exporter.exclude_input_prompt = no_input
+            body, _ = self._exporter.from_notebook_node(nb, resources={"metadata": {"name": title or "runbook record"}})
         return body
 
 
@@ -540,7 +609,10 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                 signals.armed = False  # from here on a signal waits for the record
             t_after = time.perf_counter()
             events = _read_journal(journal)
-            _stop_kernel(events)
+            if signals.interrupted or outcome.status == "interrupted":
+                _finish_kernel_stops()
+                _stop_kernel(events)
+            # else the kernel ran every cell and is shutting down: it exits while the record is written (below)
             if signals.interrupted:
                 name = signal.Signals(signals.caught[0]).name
                 outcome.status = "interrupted"
@@ -552,11 +624,14 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
             redactor.merge(secret_redactor(params)[0])
             try:
                 result = _archive(archive, notebook, params, run_id, apply, who, started, ended, outcome, events,
-                                  redactor, renderer, summary_stream, **record_options)
+                                  redactor, renderer, summary_stream, git=info["git"], **record_options)
             except BaseException as e:
                 # the journal stays; the next command archives what it holds, saying why
                 (folder / "not-archived").write_text(f"{type(e).__name__}: {redactor.scrub(str(e))}\n")
                 raise
+            finally:  # the kernel is gone before the lock is released
+                _finish_kernel_stops()
+                _stop_kernel(events)
             archive.close_journal(run_id)
             _add_stage("after (all)", time.perf_counter() - t_after)
             result.signal = signals.caught[0] if signals.caught else None
@@ -775,7 +850,10 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
                 _write_stream(stream, "\n".join("  | " + ln for ln in redactor.scrub(held).splitlines()))
             logger.removeHandler(handler)
     buf = _MemoryIO.store.pop(out_key, None)
-    nb = nbformat.reads(buf, as_version=4) if buf else nbformat.read(notebook, as_version=4)
+    if isinstance(buf, str):
+        nb = nbformat.reads(buf, as_version=4)
+    else:  # the live notebook (an interrupted run), or nothing if papermill never started it
+        nb = buf if buf is not None else nbformat.read(notebook, as_version=4)
     used = nb.metadata.get("kernelspec", {}).get("name") or kernel_name
     if failure and failure.get("cell_index") is not None:
         # papermill's index counts its injected-parameters cell; engineers read the committed notebook
@@ -789,7 +867,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
 def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, apply: bool, who: str,
              started: dt.datetime, ended: dt.datetime, outcome: _Outcome, events: list[dict], redactor: Redactor,
              renderer: _HtmlRenderer, stream: TextIO | None, reason: str = "", no_input: bool = False,
-             interactive: bool = False, change: str = "", suite: dict | None = None) -> RunResult:
+             interactive: bool = False, change: str = "", suite: dict | None = None, git: dict | None = None) -> RunResult:
     import papermill
 
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
@@ -811,7 +889,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
         "reason": reason,
         "change": change,
         **({"suite": suite} if suite else {}),
-        "git": git_state(notebook.resolve().parent),
+        "git": git if git is not None else git_state(notebook.resolve().parent),  # the runner's: as the run started
         "versions": {
             "python": sys.version.split()[0],
             "papermill": papermill.__version__,
