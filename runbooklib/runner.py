@@ -96,13 +96,15 @@ def _register_memory_io() -> None:
 
 ENGINE = "runbook"
 
-# kernels asked to shut down after their last cell: they exit while the run is archived (_finish_kernel_stops)
+# kernels asked to shut down after their last cell: they exit while the run is archived (_finish_kernel_stops),
+# and the relays scrubbing their output (_scrubbed_fds) end when they have
 _KERNELS_STOPPING: list = []
+_RELAYS_DRAINING: list[threading.Thread] = []
 
 
 def _finish_kernel_stops() -> None:
     """Wait for the kernels asked to stop to exit (jupyter_client terminates, then kills, one that lingers), and clean up."""
-    if not _KERNELS_STOPPING:
+    if not _KERNELS_STOPPING and not _RELAYS_DRAINING:
         return
     from nbclient.util import ensure_async, run_sync
 
@@ -116,6 +118,9 @@ def _finish_kernel_stops() -> None:
         km = _KERNELS_STOPPING.pop()
         with _stage("kernel stop (wait)"), contextlib.suppress(Exception):
             run_sync(finish)(km)
+    with _stage("kernel stop (wait)"):
+        while _RELAYS_DRAINING:
+            _RELAYS_DRAINING.pop().join(timeout=10)
 
 
 def _register_engine() -> None:
@@ -459,8 +464,12 @@ def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
         sys.stderr.flush()
         for fd, saved, _ in relays:
             os.dup2(saved, fd)  # our end of the pipe closes; the relay drains what the kernel wrote
-        for _, _, thread in relays:
-            thread.join(timeout=10)
+        with _stage("output relay drain"):
+            for _, _, thread in relays:
+                if _KERNELS_STOPPING:  # a kernel still exiting holds the pipe: the relay drains it while the record is written
+                    _RELAYS_DRAINING.append(thread)
+                else:
+                    thread.join(timeout=10)
 
 
 def _write_stream(stream: TextIO | None, text: str) -> None:
