@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -108,9 +109,9 @@ def lock_dir() -> Path:
     return Path.home() / ".cache" / "runbook" / "locks"
 
 
-def _read_holder(fd: int) -> dict:
+def _read_holder(fd: int, wait: bool = True) -> dict:
     # the holder writes its name right after taking the lock; give it a moment before saying "unknown"
-    for _ in range(20):
+    for _ in range(20 if wait else 1):
         raw = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         if raw:
             try:
@@ -121,20 +122,131 @@ def _read_holder(fd: int) -> dict:
     return {}
 
 
-@contextlib.contextmanager
-def run_lock(environment: str, notebook: str, holder: dict) -> Iterator[None]:
-    """Hold the lock for one notebook on one environment; refuse, naming the holder, if it is taken.
-
-    The lock is an flock, so a crashed run never leaves a stale lock behind. A refusal never
-    writes to the lock file, so the next refusal still names the holder.
-    """
+def _locks() -> Path:
     locks = lock_dir()
     if not locks.exists():
         locks.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
             locks.chmod(0o1777)  # operators are different users; the sticky bit keeps their files theirs
-    path = locks / f"{environment}--{notebook}.lock"
+    return locks
+
+
+# environments whose suite lock this process holds: its own runs take their runbook locks under it
+_SUITES_HELD: dict[str, dict] = {}
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def suite_lock(environment: str, holder: dict) -> Iterator[dict]:
+    """Hold ``environment`` for a whole suite: no single run starts there until it ends, and it starts
+    only while no single run holds a runbook there. Refuses (:class:`LockedError`), naming the holder.
+
+    An flock, exclusive, on ``<env>.environment.lock``; every run takes it shared (see :func:`run_lock`),
+    except the suite's own runs, in this process, which run under it. ``holder`` (operator, pid, since,
+    suite id) is written into the file and may be updated while held (the yielded dict: call
+    :func:`update_suite_holder`). As with the run lock, a dead holder's lock is free: the kernel drops it.
+    """
+    path = _locks() / f"{environment}.environment.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = _read_holder(fd)
+            if other.get("suite") and _alive(other.get("pid")):
+                raise LockedError(_suite_holds(environment, other, path)) from None
+            runs = _runs_holding(environment)
+            named = "; ".join(f"{r.get('notebook', '?')} by {r.get('operator', '?')} (pid {r.get('pid', '?')}, run {r.get('run_id', '?')}, "
+                              f"since {r.get('since', '?')})" for r in runs) or "a runbook run that has not written its name yet"
+            raise LockedError(
+                f"environment {environment} has a runbook running: {named}. A suite must not interleave with it: wait for it "
+                f"to finish (or check that process), then start the suite again; lock file {path}") from None
+        held = True
+        _write_holder(fd, holder)
+        _SUITES_HELD[environment] = {"fd": fd, "holder": holder}
+        yield holder
+    finally:
+        if held:
+            _SUITES_HELD.pop(environment, None)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+        os.close(fd)  # closing releases the flock
+
+
+def update_suite_holder(environment: str, **fields) -> None:
+    """Add ``fields`` (the suite id, once known) to the holder written in the suite lock this process holds."""
+    held = _SUITES_HELD.get(environment)
+    if held:
+        held["holder"].update(fields)
+        _write_holder(held["fd"], held["holder"])
+
+
+def _write_holder(fd: int, holder: dict) -> None:
+    data = json.dumps(holder).encode()
+    os.pwrite(fd, data, 0)  # write, then cut: a reader never sees an empty file while we hold it
+    os.ftruncate(fd, len(data))
+
+
+def _suite_holds(environment: str, other: dict, path: Path) -> str:
+    return (f"environment {environment} is held by suite {other.get('suite', '?')} of {other.get('operator', '?')} (pid "
+            f"{other.get('pid', '?')}, since {other.get('since', '?')}, archive {other.get('archive', '?')}): a single run "
+            f"would interleave with its steps. Wait for the suite to finish, or stop it (Ctrl-C or kill -INT "
+            f"{other.get('pid', '?')}; the same suite command resumes it later); lock file {path}")
+
+
+def _runs_holding(environment: str) -> list[dict]:
+    """The holders named in ``environment``'s runbook lock files whose process lives (a message's detail only)."""
+    out = []
+    for path in sorted(_locks().glob(f"{glob.escape(environment)}--*.lock")):
+        try:
+            raw = path.read_text().strip()
+            other = json.loads(raw) if raw else {}
+        except (OSError, ValueError):
+            continue
+        if other and _alive(other.get("pid")):
+            out.append({"notebook": path.name[len(environment) + 2:-len(".lock")], **other})
+    return out
+
+
+@contextlib.contextmanager
+def run_lock(environment: str, notebook: str, holder: dict) -> Iterator[None]:
+    """Hold the lock for one notebook on one environment; refuse, naming the holder, if it is taken.
+
+    The lock is an flock, so a crashed run never leaves a stale lock behind. A refusal never
+    writes to the lock file, so the next refusal still names the holder. The environment's lock is
+    taken shared first: refused while a suite holds the environment (:func:`suite_lock`), unless that
+    suite is this process's, whose steps these runs are.
+    """
+    locks = _locks()
+    env_fd = None
+    if environment not in _SUITES_HELD:
+        env_path = locks / f"{environment}.environment.lock"
+        env_fd = os.open(env_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(env_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = _read_holder(env_fd)
+            os.close(env_fd)
+            raise LockedError(_suite_holds(environment, other, env_path)) from None
+    path = locks / f"{environment}--{notebook}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except BaseException:
+        if env_fd is not None:
+            os.close(env_fd)
+        raise
     held = False
     try:
         try:
@@ -149,15 +261,15 @@ def run_lock(environment: str, notebook: str, holder: dict) -> Iterator[None]:
                 f"check that process; lock file {path}"
             ) from None
         held = True
-        data = json.dumps(holder).encode()
-        os.pwrite(fd, data, 0)  # write, then cut: a reader never sees an empty file while we hold it
-        os.ftruncate(fd, len(data))
+        _write_holder(fd, holder)
         yield
     finally:
         if held:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
         os.close(fd)  # closing releases the flock
+        if env_fd is not None:
+            os.close(env_fd)
 
 
 @dataclass

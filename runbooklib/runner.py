@@ -41,11 +41,38 @@ from .secrets import Redactor
 
 MEMORY_SCHEME = "runbook-memory://"
 
+# Where a run's time goes, stage by stage: None (the default) records nothing; a list (bench/suite.py sets
+# one) gets a dict per run, stage name -> seconds. A clock read per stage; never in a record.
+STAGE_LOG: list[dict[str, float]] | None = None
+
+
+def _new_stage_run() -> None:
+    if STAGE_LOG is not None:
+        STAGE_LOG.append({})
+
+
+def _add_stage(name: str, seconds: float) -> None:
+    if STAGE_LOG is not None and STAGE_LOG:
+        STAGE_LOG[-1][name] = STAGE_LOG[-1].get(name, 0.0) + seconds
+
+
+@contextlib.contextmanager
+def _stage(name: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _add_stage(name, time.perf_counter() - t0)
+
 
 class _MemoryIO:
-    """papermill I/O handler that keeps written notebooks in memory, keyed by path."""
+    """papermill I/O handler that keeps written notebooks in memory, keyed by path.
 
-    store: dict[str, str] = {}
+    During the run the store holds papermill's live notebook itself (see ``Manager.save`` in
+    :func:`_register_engine`); papermill's final write leaves its text.
+    """
+
+    store: dict[str, Any] = {}
 
     def read(self, path):
         raise RunbookError(f"{path}: the in-memory handler only receives notebooks")
@@ -69,6 +96,32 @@ def _register_memory_io() -> None:
 
 ENGINE = "runbook"
 
+# kernels asked to shut down after their last cell: they exit while the run is archived (_finish_kernel_stops),
+# and the relays scrubbing their output (_scrubbed_fds) end when they have
+_KERNELS_STOPPING: list = []
+_RELAYS_DRAINING: list[threading.Thread] = []
+
+
+def _finish_kernel_stops() -> None:
+    """Wait for the kernels asked to stop to exit (jupyter_client terminates, then kills, one that lingers), and clean up."""
+    if not _KERNELS_STOPPING and not _RELAYS_DRAINING:
+        return
+    from nbclient.util import ensure_async, run_sync
+
+    async def finish(km):
+        try:
+            await ensure_async(km.finish_shutdown())
+        finally:
+            await ensure_async(km.cleanup_resources())
+
+    while _KERNELS_STOPPING:
+        km = _KERNELS_STOPPING.pop()
+        with _stage("kernel stop (wait)"), contextlib.suppress(Exception):
+            run_sync(finish)(km)
+    with _stage("kernel stop (wait)"):
+        while _RELAYS_DRAINING:
+            _RELAYS_DRAINING.pop().join(timeout=10)
+
 
 def _register_engine() -> None:
     """papermill's nbclient engine, except that a rich output's text ends its line in the log.
@@ -77,13 +130,59 @@ def _register_engine() -> None:
     line back (a secret may be split across two stream chunks) and so glued the next output onto the
     display's last line. A display is always whole, so its line is ended here, where it is known to be one.
     """
+    from nbclient.util import ensure_async, run_sync
     from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
 
     if ENGINE in papermill_engines._engines:
         return
 
+    class Manager(NotebookExecutionManager):
+        def save(self, **kwargs):
+            """Hand the live notebook over instead of writing all of it out again after every cell.
+
+            papermill serializes (and validates) the whole notebook at each cell's start and end; the
+            runner only ever reads it after the kernel stops, so the store keeps a reference to the
+            notebook papermill updates in place. A signal at any moment still finds every output so far.
+            """
+            with _stage("papermill saves"):
+                if self.output_path:
+                    _MemoryIO.store[self.output_path] = self.nb
+                self.last_save_time = self.now()
+
     class Client(PapermillNotebookClient):
+        def papermill_execute_cells(self):
+            super().papermill_execute_cells()
+            self.cells_done = True  # every cell ran, or one failed and the rest were skipped: the kernel is idle
+
+        def start_new_kernel(self, **kwargs):
+            with _stage("kernel start"):
+                return super().start_new_kernel(**kwargs)
+
+        def start_new_kernel_client(self):
+            with _stage("kernel start"):
+                return super().start_new_kernel_client()
+
+        def _cleanup_kernel(self):
+            if getattr(self, "cells_done", False) and self.km is not None:
+                with _stage("kernel stop"):
+                    return run_sync(self._async_request_stop)()
+            with _stage("kernel stop"):  # interrupted, timed out, dead: stopped now, before the record is read
+                return super()._cleanup_kernel()
+
+        async def _async_request_stop(self):
+            """Ask the idle kernel to shut down and let it exit (its connections close) while the record is written."""
+            km, self.km = self.km, None
+            try:
+                km.shutting_down = True
+                km.stop_restarter()
+                await ensure_async(km.request_shutdown())
+            finally:
+                if self.kc is not None:
+                    await ensure_async(self.kc.stop_channels())
+                    self.kc = None
+                _KERNELS_STOPPING.append(km)
+
         def log_output_message(self, output):
             if output.output_type != "stream" and self.log_output and "text/plain" in output.get("data", {}):
                 self.log.info("".join(output.data["text/plain"]) + "\n")
@@ -91,6 +190,20 @@ def _register_engine() -> None:
             super().log_output_message(output)
 
     class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, **kwargs):
+            # papermill's Engine.execute_notebook, with the Manager above
+            nb_man = Manager(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                             autosave_cell_every=autosave_cell_every)
+            nb_man.notebook_start()
+            try:
+                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+            return nb_man.nb
+
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
                                      start_timeout=60, execution_timeout=None, **kwargs):
@@ -176,6 +289,11 @@ def approvals_for(archive: Archive, params: Params, notebook: Path, run_id: str,
 
 def git_state(where: Path) -> dict:
     """Commit and dirtiness of the checkout holding ``where`` (None outside git)."""
+    with _stage("git state"):
+        return _git_state(where)
+
+
+def _git_state(where: Path) -> dict:
     try:
         commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)
@@ -346,8 +464,12 @@ def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
         sys.stderr.flush()
         for fd, saved, _ in relays:
             os.dup2(saved, fd)  # our end of the pipe closes; the relay drains what the kernel wrote
-        for _, _, thread in relays:
-            thread.join(timeout=10)
+        with _stage("output relay drain"):
+            for _, _, thread in relays:
+                if _KERNELS_STOPPING:  # a kernel still exiting holds the pipe: the relay drains it while the record is written
+                    _RELAYS_DRAINING.append(thread)
+                else:
+                    thread.join(timeout=10)
 
 
 def _write_stream(stream: TextIO | None, text: str) -> None:
@@ -397,13 +519,18 @@ class _HtmlRenderer:
     """nbconvert's HTML exporter, warmed in a background thread while the kernel runs.
 
     Loading the templates costs about as much as rendering; the runner is idle while the kernel
-    executes, so it pays that cost then instead of after the run.
+    executes, so it pays that cost then instead of after the run. The warmed exporter is kept for
+    the next run of this process (a suite's): it loads the templates once.
     """
+
+    _warmed = None  # the exporter a previous run of this process warmed
+    _lock = threading.Lock()  # one render at a time through the shared exporter
 
     def __init__(self, background: bool = True) -> None:
         """``background=False`` loads the templates when rendering (at interpreter exit no thread may start)."""
-        self._exporter = None
-        self._thread = threading.Thread(target=self._warm, name="runbook-html-warmup", daemon=True) if background else None
+        self._exporter = _HtmlRenderer._warmed
+        start = background and self._exporter is None
+        self._thread = threading.Thread(target=self._warm, name="runbook-html-warmup", daemon=True) if start else None
         if self._thread is not None:
             self._thread.start()
 
@@ -412,7 +539,7 @@ class _HtmlRenderer:
 
         exporter = HTMLExporter(template_name="lab")
         exporter.from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm-up")]))
-        self._exporter = exporter
+        self._exporter = _HtmlRenderer._warmed = exporter
 
     def render(self, nb: nbformat.NotebookNode, title: str = "", no_input: bool = False) -> str:
         """The notebook as one HTML page named ``title``; ``no_input`` leaves the code out (for reviewers)."""
@@ -420,9 +547,10 @@ class _HtmlRenderer:
             self._thread.join()
         if self._exporter is None:  # the warm-up failed (or never ran); render the slow way and let errors surface
             self._warm()
-        self._exporter.exclude_input = no_input
-        self._exporter.exclude_input_prompt = no_input
-        body, _ = self._exporter.from_notebook_node(nb, resources={"metadata": {"name": title or "runbook record"}})
+        with _HtmlRenderer._lock:
+            self._exporter.exclude_input = no_input
+            self._exporter.exclude_input_prompt = no_input
+            body, _ = self._exporter.from_notebook_node(nb, resources={"metadata": {"name": title or "runbook record"}})
         return body
 
 
@@ -438,6 +566,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
     is archived as ``interrupted`` (naming the signal) and the lock released; ``RunResult.signal``
     then holds the signal number (the command line exits 128 + that number).
     """
+    _new_stage_run()
+    t_checks = time.perf_counter()
     params = load_params(params_file)  # bad input stops here, before anything else happens
     require_references(params)  # so does a secret, key or known-hosts file that cannot be used
     notebook = Path(notebook)
@@ -461,6 +591,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
               "archive": archive.location}
 
     with archive.run_lock(env, name, holder):
+        _add_stage("checks", time.perf_counter() - t_checks)
+        t_prepare = time.perf_counter()
         # papermill (and jupyter_client) first, in this thread: the HTML warm-up thread imports
         # nbconvert, and two threads importing jupyter_client at once can meet a half-imported module
         _register_memory_io()
@@ -475,6 +607,7 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
         with archive.journal(run_id, info) as folder, _signals_end_the_run() as signals:
             journal = folder / "journal.jsonl"
             signals.armed = True
+            _add_stage("prepare", time.perf_counter() - t_prepare)
             outcome = None
             try:
                 outcome = _execute(notebook, params, run_id, apply, timeout, journal, redactor, stream, kernel_name)
@@ -483,8 +616,12 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                     outcome = _Outcome(nbformat.read(notebook, as_version=4), "interrupted", None, kernel_name)
             finally:
                 signals.armed = False  # from here on a signal waits for the record
+            t_after = time.perf_counter()
             events = _read_journal(journal)
-            _stop_kernel(events)
+            if signals.interrupted or outcome.status == "interrupted":
+                _finish_kernel_stops()
+                _stop_kernel(events)
+            # else the kernel ran every cell and is shutting down: it exits while the record is written (below)
             if signals.interrupted:
                 name = signal.Signals(signals.caught[0]).name
                 outcome.status = "interrupted"
@@ -496,12 +633,16 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
             redactor.merge(secret_redactor(params)[0])
             try:
                 result = _archive(archive, notebook, params, run_id, apply, who, started, ended, outcome, events,
-                                  redactor, renderer, summary_stream, **record_options)
+                                  redactor, renderer, summary_stream, git=info["git"], **record_options)
             except BaseException as e:
                 # the journal stays; the next command archives what it holds, saying why
                 (folder / "not-archived").write_text(f"{type(e).__name__}: {redactor.scrub(str(e))}\n")
                 raise
+            finally:  # the kernel is gone before the lock is released
+                _finish_kernel_stops()
+                _stop_kernel(events)
             archive.close_journal(run_id)
+            _add_stage("after (all)", time.perf_counter() - t_after)
             result.signal = signals.caught[0] if signals.caught else None
             return result
 
@@ -690,7 +831,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
     os.environ[JOURNAL_ENV] = str(journal)
     status, failure = "succeeded", None
     try:
-        with _scrubbed_fds(redactor):
+        with _scrubbed_fds(redactor), _stage("papermill"):
             pm.execute_notebook(
                 str(notebook), out_key,
                 parameters={"params_file": str(Path(params.source).resolve()), "run_id": run_id, "apply": bool(apply)},
@@ -718,7 +859,10 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
                 _write_stream(stream, "\n".join("  | " + ln for ln in redactor.scrub(held).splitlines()))
             logger.removeHandler(handler)
     buf = _MemoryIO.store.pop(out_key, None)
-    nb = nbformat.reads(buf, as_version=4) if buf else nbformat.read(notebook, as_version=4)
+    if isinstance(buf, str):
+        nb = nbformat.reads(buf, as_version=4)
+    else:  # the live notebook (an interrupted run), or nothing if papermill never started it
+        nb = buf if buf is not None else nbformat.read(notebook, as_version=4)
     used = nb.metadata.get("kernelspec", {}).get("name") or kernel_name
     if failure and failure.get("cell_index") is not None:
         # papermill's index counts its injected-parameters cell; engineers read the committed notebook
@@ -732,7 +876,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
 def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, apply: bool, who: str,
              started: dt.datetime, ended: dt.datetime, outcome: _Outcome, events: list[dict], redactor: Redactor,
              renderer: _HtmlRenderer, stream: TextIO | None, reason: str = "", no_input: bool = False,
-             interactive: bool = False, change: str = "", suite: dict | None = None) -> RunResult:
+             interactive: bool = False, change: str = "", suite: dict | None = None, git: dict | None = None) -> RunResult:
     import papermill
 
     kernel = next((e for e in events if e.get("event") == "kernel"), {})
@@ -754,7 +898,7 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
         "reason": reason,
         "change": change,
         **({"suite": suite} if suite else {}),
-        "git": git_state(notebook.resolve().parent),
+        "git": git if git is not None else git_state(notebook.resolve().parent),  # the runner's: as the run started
         "versions": {
             "python": sys.version.split()[0],
             "papermill": papermill.__version__,
@@ -778,9 +922,13 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
     manifest["plan_digest"] = manifest_plan_digest(manifest)
     manifest = redactor.scrub_obj(manifest)
     # the record stands alone: a header from the manifest, injected parameters on top, no bar residue
-    nb = record.arrange(nbformat.from_dict(redactor.scrub_obj(_merge_streams(outcome.nb))), manifest)
-    nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
-    html_bytes = redactor.scrub(renderer.render(nb, record.title(manifest), no_input)).encode()
+    with _stage("scrub"):
+        nb = record.arrange(nbformat.from_dict(redactor.scrub_obj(_merge_streams(outcome.nb))), manifest)
+        nb_bytes = redactor.scrub(nbformat.writes(nb)).encode()
+    with _stage("render html"):
+        html = renderer.render(nb, record.title(manifest), no_input)
+    with _stage("scrub"):
+        html_bytes = redactor.scrub(html).encode()
     base = archive.record_base(params.environment.name, started.strftime("%Y-%m-%d"), run_id, notebook.stem)
     files = {"notebook": (base.with_name(base.name + ".ipynb"), nb_bytes),
              "html": (base.with_name(base.name + ".html"), html_bytes)}
@@ -789,11 +937,13 @@ def _archive(archive: Archive, notebook: Path, params: Params, run_id: str, appl
     from .archive import manifest_bytes
 
     for role, data in (("notebook", nb_bytes), ("html", html_bytes), ("manifest", manifest_bytes(manifest))):
-        leaked = redactor.leaks(data)
+        with _stage("leak check"):
+            leaked = redactor.leaks(data)
         if leaked:
             raise ArchiveError(f"run {run_id}: the {role} still holds secret {', '.join(leaked)} after scrubbing; "
                                "nothing was archived. This is a runbooklib bug: please report it")
-    mpath = archive.commit(manifest, files)
+    with _stage("archive commit"):
+        mpath = archive.commit(manifest, files)
     manifest = json.loads(mpath.read_bytes())  # with the seq and chain link commit added
     result = RunResult(run_id, outcome.status, mpath, files["notebook"][0], files["html"][0], manifest,
                        chain_head=sha256_file(mpath))

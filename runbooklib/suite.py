@@ -14,7 +14,10 @@ another step's result (``needs``) checks the archive for a succeeded run of it b
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,10 +217,10 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
               why: str | None = None, timeout: float | None = None, change: str | None = None,
               key: str | Path | None = None) -> SuiteResult:
     """Run the suite's steps (see the module's doc); stops at the first step that does not end well."""
-    from .archive import Archive, default_root
+    from .archive import Archive, default_root, suite_lock
     from .params import load_params
     from .references import require_references
-    from .runner import new_run_id, recover_killed_runs, run_notebook
+    from .runner import operator
 
     params = load_params(params_file)
     require_references(params)
@@ -228,6 +231,21 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
         if not (folder / f"{s.entry.runbook}.ipynb").is_file():
             raise SuiteError(f"step {s.name} (phase {s.phase}): no notebook {folder / s.entry.runbook}.ipynb")
     archive = Archive(archive_root or default_root())
+    env = params.environment.name
+    # the whole environment, for the whole suite: no single `runbook run` interleaves with its steps
+    holder = {"operator": operator(operator_name), "pid": os.getpid(), "suite": "(starting)",
+              "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "archive": archive.location}
+    with suite_lock(env, holder):
+        return _run_steps(params, params_file, archive, folder, all_steps, wanted, apply=apply, start=start, new=new,
+                          stream=stream, out=out, operator_name=operator_name, why=why, timeout=timeout, change=change, key=key)
+
+
+def _run_steps(params, params_file, archive, folder: Path, all_steps: list[Step], wanted: list[Step], *, apply: bool,
+               start: str | None, new: bool, stream: TextIO | None, out: TextIO, operator_name: str | None, why: str | None,
+               timeout: float | None, change: str | None, key) -> SuiteResult:
+    from .archive import update_suite_holder
+    from .runner import _add_stage, new_run_id, recover_killed_runs, run_notebook
+
     recover_killed_runs(archive, stream)
     archive.check_ready()
     env = params.environment.name
@@ -240,6 +258,7 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
     else:
         suite_id, done = f"suite-{new_run_id()}", {}
         print(f"suite {suite_id}: {len(wanted)} step(s) on {env} in {mode} mode ({params.source})", file=out)
+    update_suite_holder(env, suite=suite_id)
     results: list[StepResult] = []
     code = 0
     stopped = None
@@ -275,9 +294,11 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
         suite_info = {"id": suite_id, "phase": s.phase, "step": s.name, "index": all_steps.index(s) + 1,
                       "steps": len(all_steps), "mode": mode, "applies": step_apply,
                       "allow_not_ready": s.entry.allow_not_ready, "params_sha256": params.sha256}
+        t_run = time.perf_counter()
         result = run_notebook(folder / f"{s.entry.runbook}.ipynb", params_file, apply=step_apply, timeout=timeout,
                               archive_root=archive.root, stream=stream, summary_stream=stream, operator_name=operator_name,
                               why=why, change=change, key=key, suite=suite_info)
+        _add_stage("runner (whole call)", time.perf_counter() - t_run)
         m = result.manifest
         known.append(m)
         verdict = result.verdict or ""
