@@ -123,6 +123,100 @@ def _finish_kernel_stops() -> None:
             _RELAYS_DRAINING.pop().join(timeout=10)
 
 
+@dataclass
+class _Spare:
+    """A kernel launched ahead for the next run of this process (a suite's next step)."""
+
+    km: Any  # jupyter_client's AsyncKernelManager, nbclient's own kind
+    kernel_name: str
+    cwd: str
+    outputs: tuple[int, int]  # read ends of its stdout and stderr: relayed, scrubbed, once a run adopts it
+
+
+_SPARE: _Spare | None = None  # launched while a record is written (see prestart in run_notebook)
+_ADOPTED: _Spare | None = None  # the spare the running notebook's client takes instead of starting a kernel
+
+
+def _kernel_name_of(notebook: Path, kernel_name: str | None) -> str:
+    if kernel_name:
+        return kernel_name
+    return (nbformat.read(notebook, as_version=4).metadata.get("kernelspec") or {}).get("name") or "python3"
+
+
+def _prestart_kernel(notebook: Path, kernel_name: str | None) -> None:
+    """Launch the kernel the next run, of ``notebook``, will use: it boots while this run's record is written.
+
+    It is launched as nbclient would launch it (same manager, kernel, working folder, arguments and
+    environment; the run's journal is set in it when a run adopts it). Its stdout and stderr go to
+    pipes of its own, copied through the adopting run's scrubber (nothing reaches a terminal
+    unscrubbed). A spare that no run adopts is stopped by :func:`discard_spare_kernel`. Anything that
+    fails here only means the next run starts its own kernel, as it would without one.
+    """
+    global _SPARE
+    discard_spare_kernel()
+    with _stage("spare kernel launch"):
+        try:
+            from jupyter_client.manager import AsyncKernelManager
+            from nbclient.util import run_sync
+
+            name = _kernel_name_of(notebook, kernel_name)
+            km = AsyncKernelManager(kernel_name=name)
+            cwd = str(notebook.resolve().parent)
+            (r_out, w_out), (r_err, w_err) = os.pipe(), os.pipe()
+            try:
+                extra = ["--HistoryManager.hist_file=:memory:"] if km.ipykernel else []  # as nbclient does
+                run_sync(km.start_kernel)(extra_arguments=extra, cwd=cwd, stdout=w_out, stderr=w_err)
+            except BaseException:
+                os.close(r_out)
+                os.close(r_err)
+                raise
+            finally:
+                os.close(w_out)
+                os.close(w_err)
+            _SPARE = _Spare(km, name, cwd, (r_out, r_err))
+        except Exception:
+            _SPARE = None
+
+
+def discard_spare_kernel(spare: _Spare | None = None) -> None:
+    """Stop the kernel launched ahead (``spare``, else the one waiting) that no run took."""
+    global _SPARE
+    if spare is None:
+        spare, _SPARE = _SPARE, None
+    if spare is None:
+        return
+    from nbclient.util import run_sync
+
+    with contextlib.suppress(Exception):
+        run_sync(spare.km.shutdown_kernel)(now=True)
+    for fd in spare.outputs:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _take_spare(notebook: Path, kernel_name: str | None, redactor: Redactor) -> list[threading.Thread]:
+    """Before a run: hand the spare to this run's client if it is the kernel the run needs and alive
+    (else stop it); its output relayed, scrubbed by this run's redactor, to the terminal. Returns the relays."""
+    global _SPARE, _ADOPTED
+    spare, _SPARE = _SPARE, None
+    if spare is None:
+        return []
+    from nbclient.util import run_sync
+
+    try:
+        fits = (spare.kernel_name == _kernel_name_of(notebook, kernel_name) and spare.cwd == str(notebook.resolve().parent)
+                and run_sync(spare.km.is_alive)())
+    except Exception:
+        fits = False
+    if not fits:
+        discard_spare_kernel(spare)
+        return []
+    _ADOPTED = spare
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return [_relay(read_end, os.dup(fd), redactor, f"runbook-scrub-spare-fd{fd}") for fd, read_end in zip((1, 2), spare.outputs)]
+
+
 def _register_engine() -> None:
     """papermill's nbclient engine, except that a rich output's text ends its line in the log.
 
@@ -151,7 +245,24 @@ def _register_engine() -> None:
                 self.last_save_time = self.now()
 
     class Client(PapermillNotebookClient):
+        def create_kernel_manager(self):
+            """The kernel launched ahead for this run, when there is one (see _take_spare); else a new manager."""
+            global _ADOPTED
+            spare, _ADOPTED = _ADOPTED, None
+            if spare is None or spare.kernel_name != (self.kernel_name or spare.kernel_name):
+                if spare is not None:
+                    discard_spare_kernel(spare)
+                return super().create_kernel_manager()
+            self.kernel_name, self.km, self.adopted = spare.kernel_name, spare.km, True
+            return self.km
+
         def papermill_execute_cells(self):
+            if getattr(self, "adopted", False):
+                # launched before this run existed: its journal is set first, silently (no cell, no count)
+                code = f"import os as _os; _os.environ[{JOURNAL_ENV!r}] = {os.environ.get(JOURNAL_ENV, '')!r}; del _os"
+                reply = self.wait_for_reply(self.kc.execute(code, silent=True, store_history=False))
+                if (reply or {}).get("content", {}).get("status") != "ok":
+                    raise RunbookError("the kernel launched ahead did not take the run's journal; run again")
             super().papermill_execute_cells()
             self.cells_done = True  # every cell ran, or one failed and the rest were skipped: the kernel is idle
 
@@ -419,6 +530,33 @@ class _StreamFilter(logging.Filter):
         return True
 
 
+def _relay(read_end: int, saved: int, redactor: Redactor, name: str) -> threading.Thread:
+    """A thread that copies ``read_end`` to ``saved`` line by line, scrubbed, until the writers close it;
+    it closes both ends when done (``saved`` is its own copy: never closed under it while a late writer drains)."""
+
+    def pump():
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as src:
+            while True:
+                chunk = src.read(65536)
+                if not chunk:
+                    break
+                pending += chunk
+                cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1  # progress bars redraw with \r
+                if cut:
+                    lines = _KERNEL_NOISE.sub(b"", pending[:cut])
+                    if lines:
+                        os.write(saved, redactor.scrub(lines.decode(errors="replace")).encode())
+                    pending = pending[cut:]
+        if pending:
+            os.write(saved, redactor.scrub(pending.decode(errors="replace")).encode())
+        os.close(saved)
+
+    thread = threading.Thread(target=pump, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 @contextlib.contextmanager
 def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
     """Route this process's stdout and stderr, as file descriptors, through the redactor.
@@ -435,28 +573,7 @@ def _scrubbed_fds(redactor: Redactor, fds: tuple[int, ...] = (1, 2)):
         read_end, write_end = os.pipe()
         os.dup2(write_end, fd)
         os.close(write_end)
-
-        def pump(read_end=read_end, saved=saved):
-            pending = b""
-            with os.fdopen(read_end, "rb", buffering=0) as src:
-                while True:
-                    chunk = src.read(65536)
-                    if not chunk:
-                        break
-                    pending += chunk
-                    cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1  # progress bars redraw with \r
-                    if cut:
-                        lines = _KERNEL_NOISE.sub(b"", pending[:cut])
-                        if lines:
-                            os.write(saved, redactor.scrub(lines.decode(errors="replace")).encode())
-                        pending = pending[cut:]
-            if pending:
-                os.write(saved, redactor.scrub(pending.decode(errors="replace")).encode())
-            os.close(saved)  # the pump's own copy: never closed under it while a late writer still drains
-
-        thread = threading.Thread(target=pump, name=f"runbook-scrub-fd{fd}", daemon=True)
-        thread.start()
-        relays.append((fd, saved, thread))
+        relays.append((fd, saved, _relay(read_end, saved, redactor, f"runbook-scrub-fd{fd}")))
     try:
         yield
     finally:
@@ -559,8 +676,11 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                  stream: TextIO | None = sys.stderr, kernel_name: str | None = None,
                  summary_stream: TextIO | None = sys.stdout, operator_name: str | None = None,
                  why: str | None = None, no_input: bool = False, change: str | None = None,
-                 key: str | Path | None = None, suite: dict | None = None) -> RunResult:
+                 key: str | Path | None = None, suite: dict | None = None, next_notebook: str | Path | None = None) -> RunResult:
     """Execute ``notebook`` against ``params_file`` and archive the record, whatever the outcome.
+
+    ``next_notebook`` (a suite's next step): its kernel is launched when this notebook's cells are done,
+    so that it boots while this record is written; the next run of this process adopts it.
 
     SIGINT, SIGTERM and SIGHUP end the run the same way: the kernel is stopped, the partial record
     is archived as ``interrupted`` (naming the signal) and the lock released; ``RunResult.signal``
@@ -617,6 +737,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
             finally:
                 signals.armed = False  # from here on a signal waits for the record
             t_after = time.perf_counter()
+            if next_notebook is not None and not signals.interrupted and outcome.status != "interrupted":
+                _prestart_kernel(Path(next_notebook), kernel_name)
             events = _read_journal(journal)
             if signals.interrupted or outcome.status == "interrupted":
                 _finish_kernel_stops()
@@ -810,6 +932,7 @@ class _Outcome:
 
 def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: float | None, journal: Path,
              redactor: Redactor, stream: TextIO | None, kernel_name: str | None) -> _Outcome:
+    global _ADOPTED
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -830,6 +953,7 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
     old_journal = os.environ.get(JOURNAL_ENV)
     os.environ[JOURNAL_ENV] = str(journal)
     status, failure = "succeeded", None
+    spare_relays = _take_spare(notebook, kernel_name, redactor)
     try:
         with _scrubbed_fds(redactor), _stage("papermill"):
             pm.execute_notebook(
@@ -849,6 +973,10 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
         status = "failed"
         failure = {"ename": type(e).__name__, "evalue": str(e)}
     finally:
+        if _ADOPTED is not None:  # papermill stopped before its client took the spare
+            spare, _ADOPTED = _ADOPTED, None
+            discard_spare_kernel(spare)
+        _RELAYS_DRAINING.extend(spare_relays)  # they end when the kernel has exited (joined by _finish_kernel_stops)
         if old_journal is None:
             os.environ.pop(JOURNAL_ENV, None)
         else:

@@ -14,6 +14,7 @@ another step's result (``needs``) checks the archive for a succeeded run of it b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -235,9 +236,20 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
     # the whole environment, for the whole suite: no single `runbook run` interleaves with its steps
     holder = {"operator": operator(operator_name), "pid": os.getpid(), "suite": "(starting)",
               "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "archive": archive.location}
-    with suite_lock(env, holder):
+    with suite_lock(env, holder), _no_spare_left():
         return _run_steps(params, params_file, archive, folder, all_steps, wanted, apply=apply, start=start, new=new,
                           stream=stream, out=out, operator_name=operator_name, why=why, timeout=timeout, change=change, key=key)
+
+
+@contextlib.contextmanager
+def _no_spare_left():
+    """A kernel launched ahead for a step that never ran (the suite stopped, or was stopped) is stopped too."""
+    from .runner import discard_spare_kernel
+
+    try:
+        yield
+    finally:
+        discard_spare_kernel()
 
 
 def _run_steps(params, params_file, archive, folder: Path, all_steps: list[Step], wanted: list[Step], *, apply: bool,
@@ -294,10 +306,13 @@ def _run_steps(params, params_file, archive, folder: Path, all_steps: list[Step]
         suite_info = {"id": suite_id, "phase": s.phase, "step": s.name, "index": all_steps.index(s) + 1,
                       "steps": len(all_steps), "mode": mode, "applies": step_apply,
                       "allow_not_ready": s.entry.allow_not_ready, "params_sha256": params.sha256}
+        # the next step that would run, if this one ends well: its kernel boots while this record is written
+        after = next((x for x in wanted[i:] if not x.skip and (x.name not in done or start)), None)
         t_run = time.perf_counter()
         result = run_notebook(folder / f"{s.entry.runbook}.ipynb", params_file, apply=step_apply, timeout=timeout,
                               archive_root=archive.root, stream=stream, summary_stream=stream, operator_name=operator_name,
-                              why=why, change=change, key=key, suite=suite_info)
+                              why=why, change=change, key=key, suite=suite_info,
+                              next_notebook=folder / f"{after.entry.runbook}.ipynb" if after else None)
         _add_stage("runner (whole call)", time.perf_counter() - t_run)
         m = result.manifest
         known.append(m)

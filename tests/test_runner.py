@@ -602,3 +602,69 @@ def test_each_display_ends_its_line_in_the_terminal(tmp_path, archive_root, lab_
     lines = [line.removeprefix("  | ") for line in done.stderr.splitlines()]
     assert "First table" in lines and "Second table" in lines and "after the tables" in lines
     assert lines[lines.index("Second table") - 1].strip() == "edge1"
+
+
+def _gone(pid: int, within: float = 15) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _printed_pid(result) -> int:
+    nb = nbformat.read(result.notebook_path, as_version=4)
+    text = "".join("".join(o.get("text", "")) for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    return int(re.search(r"PID (\d+)", text).group(1))
+
+
+def test_a_kernel_launched_ahead_runs_the_next_run_with_its_journal_and_its_output_scrubbed(tmp_path, archive_root, capfd, monkeypatch):
+    """A suite's next step gets a kernel launched while the previous record is written: it is that run's
+    kernel (the same process), the run's journal is set in it (its change is recorded), and what it writes
+    below ipykernel's capture goes through that run's scrubber like any kernel's."""
+    from runbooklib import runner
+
+    canary = "sparecanary" + secrets.token_hex(12)
+    data = resolvable_lab_data(tmp_path)
+    set_path(data, "environment.kind", "staging")
+    for field in ("database.root_password", "database.replication_password", "logging.password"):
+        set_path(data, field, "env:RB_CANARY")
+    params = write_params(tmp_path, data)
+    monkeypatch.setenv("RB_CANARY", canary)
+    nb = make_notebook(tmp_path / "ahead.ipynb",
+                       "import os, runbooklib\nrun = runbooklib.open_run(params_file, run_id=run_id, apply=apply)\n"
+                       "pw = run.params.secret('database.root_password').reveal()\nprint('PID', os.getpid())\n"
+                       "os.write(2, f'kernel process stderr: {pw}\\n'.encode())  # below ipykernel's capture\n"
+                       "run.record_change('db1', 'a change')")
+    first = runner.run_notebook(nb, params, archive_root=archive_root, stream=None, summary_stream=None, next_notebook=nb)
+    assert first.ok and runner._SPARE is not None
+    spare_pid = runner._SPARE.km.provisioner.pid
+    second = runner.run_notebook(nb, params, archive_root=archive_root, stream=None, summary_stream=None)
+    assert second.ok and runner._SPARE is None
+    assert _printed_pid(second) == spare_pid != _printed_pid(first)  # the spare ran the second run
+    assert [c["operation"] for c in second.manifest["changes"]] == ["a change"]  # its journal was set in the spare
+    assert _gone(spare_pid)  # stopped with its run, like any kernel
+    out, err = capfd.readouterr()
+    assert canary not in out + err
+    assert err.count("kernel process stderr: [redacted:database.root_password]") == 2  # both kernels' fd 2, scrubbed
+
+
+def test_a_kernel_launched_ahead_that_does_not_fit_or_is_not_needed_is_stopped(tmp_path, archive_root, lab_params):
+    from runbooklib import runner
+
+    here = make_notebook(tmp_path / "here.ipynb", "import os\nprint('PID', os.getpid())")
+    (tmp_path / "elsewhere").mkdir()
+    elsewhere = make_notebook(tmp_path / "elsewhere" / "there.ipynb", "import os\nprint('PID', os.getpid())")
+    runner.run_notebook(here, lab_params, archive_root=archive_root, stream=None, summary_stream=None, next_notebook=here)
+    spare_pid = runner._SPARE.km.provisioner.pid
+    # the next run is another notebook, in another folder (its kernel's working folder): the spare is not it
+    other = runner.run_notebook(elsewhere, lab_params, archive_root=archive_root, stream=None, summary_stream=None)
+    assert other.ok and _printed_pid(other) != spare_pid and _gone(spare_pid)
+    # a suite that stops before its next step: the spare is stopped when the suite ends
+    runner.run_notebook(here, lab_params, archive_root=archive_root, stream=None, summary_stream=None, next_notebook=here)
+    spare_pid = runner._SPARE.km.provisioner.pid
+    runner.discard_spare_kernel()
+    assert runner._SPARE is None and _gone(spare_pid)

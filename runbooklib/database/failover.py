@@ -34,8 +34,10 @@ A run once all is in place plans nothing. Afterwards the parameter file must say
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import time
 import types
 from collections import Counter
 from collections.abc import Callable
@@ -264,6 +266,20 @@ def _retrieved(client, host) -> str:
     return st["retrieved"] if st else ""
 
 
+def _own_heartbeat(client, host, within: float = 15.0) -> float | None:
+    """Seconds until a freshly promoted server writes its first heartbeat (its event scheduler activates the
+    event on its next round, not at once); None when it did not within ``within`` s (verification then names it).
+    Until then the newest row is the lost primary's last one, which would read as a stopped heartbeat."""
+    d, t0 = client.dialect, time.monotonic()
+    while True:
+        with contextlib.suppress(HostError, IndexError, ValueError):
+            if float(client.query(host, d.heartbeat_query())[0]["lag_seconds"]) < 2:
+                return round(time.monotonic() - t0, 1)
+        if time.monotonic() - t0 > within:
+            return None
+        time.sleep(0.5)
+
+
 def apply(p, client, steps: list[Step], run_id: str = "", on_change: Callable[[Step], Any] | None = None) -> dict[str, Any]:
     """Run the steps in order; stop at the first failure; the waits, the marker and the count are done here."""
     db = p.database
@@ -331,6 +347,8 @@ def apply(p, client, steps: list[Step], run_id: str = "", on_change: Callable[[S
             if not r.ok:
                 out.update(ok=False, error=f"{step.host}: {step.operation} ({step.change}) failed: {r.error}")
                 return out
+            if step.operation == "promote":
+                out["heartbeat_after_s"] = _own_heartbeat(client, host)
         out["applied"].append(step)
         if on_change:
             on_change(step)

@@ -45,12 +45,14 @@ def test_the_second_operator_is_refused_and_told_who_holds_it(lab_params, tmp_pa
     first, out = start(lab_params, "alice@ops", tmp_path, "alice")
     try:
         wait_for(lambda: holder(env).get("pid") == first.pid, timeout=60, what="alice's run to hold the lock", every=0.05)
+        os.kill(first.pid, signal.SIGSTOP)  # held while bob tries, however fast the run would end (SIGCONT below)
         second = runbook("run", OVERVIEW, "--params", str(lab_params), env={"RUNBOOK_OPERATOR": "bob@ops"})
         assert first.poll() is None, ("alice's run ended before bob's started", first.stderr.read()[-2000:])
         assert second.returncode == 3, second.stderr
         assert "held by alice@ops" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr
         assert "manifest:" not in second.stdout  # refused before anything: no record of its own
     finally:
+        os.kill(first.pid, signal.SIGCONT)
         first.wait(timeout=300)
     out.seek(0)
     assert first.returncode == 0, first.stderr.read()[-3000:]
@@ -96,6 +98,7 @@ def test_a_suite_and_a_single_run_on_one_environment_refuse_each_other(lab_param
         wait_for(lambda: holder(env, SUITE_LOCK).get("pid") == suite.pid and holder(env, SUITE_LOCK)["suite"].startswith("suite-"),
                  timeout=60, what="the suite to hold the environment", every=0.05)
         suite_id = holder(env, SUITE_LOCK)["suite"]
+        os.kill(suite.pid, signal.SIGSTOP)  # held while bob tries, however fast its one step would end (SIGCONT below)
         single = runbook("run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab_params), env={"RUNBOOK_OPERATOR": "bob@ops"})
         assert suite.poll() is None, ("the suite ended before bob's run started", suite.stderr.read()[-2000:])
         assert single.returncode == 3, single.stderr
@@ -103,6 +106,7 @@ def test_a_suite_and_a_single_run_on_one_environment_refuse_each_other(lab_param
             assert part in single.stderr, (part, single.stderr)
         assert "manifest:" not in single.stdout  # refused before anything: no record of its own
     finally:
+        os.kill(suite.pid, signal.SIGCONT)
         suite.wait(timeout=300)
     out.seek(0)
     # the suite's own step ran under its lock (no deadlock with itself) and completed
@@ -114,6 +118,7 @@ def test_a_suite_and_a_single_run_on_one_environment_refuse_each_other(lab_param
     first, first_out = start(lab_params, "carol@ops", tmp_path, "carol")
     try:
         wait_for(lambda: holder(env).get("pid") == first.pid, timeout=60, what="carol's run to hold the lock", every=0.05)
+        os.kill(first.pid, signal.SIGSTOP)  # held while dave tries (SIGCONT below)
         refused = runbook("suite", "--params", str(lab_params), "--only", "overview", "--new", env={"RUNBOOK_OPERATOR": "dave@ops"})
         assert first.poll() is None, ("carol's run ended before the suite started", first.stderr.read()[-2000:])
         assert refused.returncode == 3, refused.stderr
@@ -121,6 +126,7 @@ def test_a_suite_and_a_single_run_on_one_environment_refuse_each_other(lab_param
             assert part in refused.stderr, (part, refused.stderr)
         assert "step(s) on" not in refused.stdout  # refused before the suite began
     finally:
+        os.kill(first.pid, signal.SIGCONT)
         first.wait(timeout=300)
     assert first.returncode == 0, first.stderr.read()[-3000:]
     verify = runbook("verify")
