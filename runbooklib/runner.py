@@ -102,8 +102,13 @@ _KERNELS_STOPPING: list = []
 _RELAYS_DRAINING: list[threading.Thread] = []
 
 
-def _finish_kernel_stops() -> None:
-    """Wait for the kernels asked to stop to exit (jupyter_client terminates, then kills, one that lingers), and clean up."""
+def _finish_kernel_stops(leave_newest: bool = False) -> None:
+    """Wait for the kernels asked to stop to exit (jupyter_client terminates, then kills, one that lingers), and clean up.
+
+    ``leave_newest``: a suite's step leaves its own kernel, idle and asked to shut down, to finish exiting while
+    the next step starts (and the output relays still draining to end on their own); a later call finishes it:
+    the next step's, or the suite's at its end, before the suite releases the environment.
+    """
     if not _KERNELS_STOPPING and not _RELAYS_DRAINING:
         return
     from nbclient.util import ensure_async, run_sync
@@ -114,10 +119,14 @@ def _finish_kernel_stops() -> None:
         finally:
             await ensure_async(km.cleanup_resources())
 
-    while _KERNELS_STOPPING:
-        km = _KERNELS_STOPPING.pop()
+    keep = 1 if leave_newest else 0
+    while len(_KERNELS_STOPPING) > keep:
+        km = _KERNELS_STOPPING.pop(0)
         with _stage("kernel stop (wait)"), contextlib.suppress(Exception):
             run_sync(finish)(km)
+    if leave_newest:
+        _RELAYS_DRAINING[:] = [t for t in _RELAYS_DRAINING if t.is_alive()]
+        return
     with _stage("kernel stop (wait)"):
         while _RELAYS_DRAINING:
             _RELAYS_DRAINING.pop().join(timeout=10)
@@ -760,9 +769,13 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                 # the journal stays; the next command archives what it holds, saying why
                 (folder / "not-archived").write_text(f"{type(e).__name__}: {redactor.scrub(str(e))}\n")
                 raise
-            finally:  # the kernel is gone before the lock is released
-                _finish_kernel_stops()
-                _stop_kernel(events)
+            finally:
+                # the kernel is gone before the lock is released; a suite's step (a next one follows) leaves its idle
+                # kernel, asked to shut down, to finish exiting meanwhile: the suite holds the environment until it has
+                deferred = next_notebook is not None and not signals.interrupted and outcome.status != "interrupted"
+                _finish_kernel_stops(leave_newest=deferred)
+                if not deferred:
+                    _stop_kernel(events)
             archive.close_journal(run_id)
             _add_stage("after (all)", time.perf_counter() - t_after)
             result.signal = signals.caught[0] if signals.caught else None

@@ -236,20 +236,22 @@ def run_suite(params_file: str | Path, *, apply: bool = False, start: str | None
     # the whole environment, for the whole suite: no single `runbook run` interleaves with its steps
     holder = {"operator": operator(operator_name), "pid": os.getpid(), "suite": "(starting)",
               "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "archive": archive.location}
-    with suite_lock(env, holder), _no_spare_left():
+    with suite_lock(env, holder), _no_kernel_left():
         return _run_steps(params, params_file, archive, folder, all_steps, wanted, apply=apply, start=start, new=new,
                           stream=stream, out=out, operator_name=operator_name, why=why, timeout=timeout, change=change, key=key)
 
 
 @contextlib.contextmanager
-def _no_spare_left():
-    """A kernel launched ahead for a step that never ran (the suite stopped, or was stopped) is stopped too."""
-    from .runner import discard_spare_kernel
+def _no_kernel_left():
+    """Before the suite releases the environment: the last steps' kernels have exited, and a kernel launched
+    ahead for a step that never ran (the suite stopped, or was stopped) is stopped."""
+    from .runner import _finish_kernel_stops, discard_spare_kernel
 
     try:
         yield
     finally:
         discard_spare_kernel()
+        _finish_kernel_stops()
 
 
 def _run_steps(params, params_file, archive, folder: Path, all_steps: list[Step], wanted: list[Step], *, apply: bool,

@@ -647,6 +647,8 @@ def test_a_kernel_launched_ahead_runs_the_next_run_with_its_journal_and_its_outp
     assert _printed_pid(second) == spare_pid != _printed_pid(first)  # the spare ran the second run
     assert [c["operation"] for c in second.manifest["changes"]] == ["a change"]  # its journal was set in the spare
     assert _gone(spare_pid)  # stopped with its run, like any kernel
+    # the first run's kernel was left to finish exiting while the second started; the last run waited for it
+    assert _gone(_printed_pid(first)) and runner._KERNELS_STOPPING == []
     out, err = capfd.readouterr()
     assert canary not in out + err
     assert err.count("kernel process stderr: [redacted:database.root_password]") == 2  # both kernels' fd 2, scrubbed
@@ -664,7 +666,9 @@ def test_a_kernel_launched_ahead_that_does_not_fit_or_is_not_needed_is_stopped(t
     other = runner.run_notebook(elsewhere, lab_params, archive_root=archive_root, stream=None, summary_stream=None)
     assert other.ok and _printed_pid(other) != spare_pid and _gone(spare_pid)
     # a suite that stops before its next step: the spare is stopped when the suite ends
-    runner.run_notebook(here, lab_params, archive_root=archive_root, stream=None, summary_stream=None, next_notebook=here)
+    last = runner.run_notebook(here, lab_params, archive_root=archive_root, stream=None, summary_stream=None, next_notebook=here)
     spare_pid = runner._SPARE.km.provisioner.pid
     runner.discard_spare_kernel()
     assert runner._SPARE is None and _gone(spare_pid)
+    runner._finish_kernel_stops()  # as the suite does at its end: the last step's kernel, left exiting, is waited for
+    assert runner._KERNELS_STOPPING == [] and _gone(_printed_pid(last))
