@@ -139,3 +139,26 @@ def test_the_marker_round_trips_and_the_verdicts_never_hide_a_loss(tmp_path):
     lost = failover.problems(failover.FAILOVER, {"ok": True, "received_elsewhere": {"db3": 2}}, p)
     assert lost == ["2 transaction(s) of db1 reached db3 but not db2: lost at the promotion"]
     assert failover.verdict(failover.FAILOVER, "applied", {"ok": True}, lost) == "incomplete"
+
+
+class _HeartbeatClient:
+    """A client whose server reports these heartbeat lags, one per query (the last one repeated)."""
+
+    def __init__(self, lags):
+        self.dialect, self.lags, self.asked = dialect("mariadb"), list(lags), 0
+
+    def query(self, host, sql, timeout=None):
+        assert sql == self.dialect.heartbeat_query()
+        self.asked += 1
+        return [{"lag_seconds": self.lags.pop(0) if len(self.lags) > 1 else self.lags[0], "newest": ""}]
+
+
+def test_after_the_promotion_the_new_primarys_own_first_heartbeat_is_waited_for(monkeypatch):
+    # until its event first fires, the newest row is the lost primary's last one: old, and read as a stopped heartbeat
+    clock = iter(range(0, 1000))
+    monkeypatch.setattr(failover.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(failover.time, "sleep", lambda s: None)
+    client = _HeartbeatClient(["11.8", "12.8", "NULL", "0.4"])
+    assert failover._own_heartbeat(client, "db2") is not None and client.asked == 4
+    never = _HeartbeatClient(["30.0"])
+    assert failover._own_heartbeat(never, "db2", within=5) is None and never.asked >= 5
