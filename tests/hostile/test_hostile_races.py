@@ -47,7 +47,6 @@ def test_the_second_operator_is_refused_and_told_who_holds_it(lab_params, tmp_pa
         wait_for(lambda: holder(env).get("pid") == first.pid, timeout=60, what="alice's run to hold the lock", every=0.05)
         os.kill(first.pid, signal.SIGSTOP)  # held while bob tries, however fast the run would end (SIGCONT below)
         second = runbook("run", OVERVIEW, "--params", str(lab_params), env={"RUNBOOK_OPERATOR": "bob@ops"})
-        assert first.poll() is None, ("alice's run ended before bob's started", first.stderr.read()[-2000:])
         assert second.returncode == 3, second.stderr
         assert "held by alice@ops" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr
         assert "manifest:" not in second.stdout  # refused before anything: no record of its own
@@ -100,7 +99,6 @@ def test_a_suite_and_a_single_run_on_one_environment_refuse_each_other(lab_param
         suite_id = holder(env, SUITE_LOCK)["suite"]
         os.kill(suite.pid, signal.SIGSTOP)  # held while bob tries, however fast its one step would end (SIGCONT below)
         single = runbook("run", "notebooks/01-vm-preflight.ipynb", "--params", str(lab_params), env={"RUNBOOK_OPERATOR": "bob@ops"})
-        assert suite.poll() is None, ("the suite ended before bob's run started", suite.stderr.read()[-2000:])
         assert single.returncode == 3, single.stderr
         for part in (f"held by suite {suite_id} of alice@ops", f"pid {suite.pid}", "since ", "Wait for the suite to finish"):
             assert part in single.stderr, (part, single.stderr)
@@ -120,7 +118,6 @@ def test_a_suite_and_a_single_run_on_one_environment_refuse_each_other(lab_param
         wait_for(lambda: holder(env).get("pid") == first.pid, timeout=60, what="carol's run to hold the lock", every=0.05)
         os.kill(first.pid, signal.SIGSTOP)  # held while dave tries (SIGCONT below)
         refused = runbook("suite", "--params", str(lab_params), "--only", "overview", "--new", env={"RUNBOOK_OPERATOR": "dave@ops"})
-        assert first.poll() is None, ("carol's run ended before the suite started", first.stderr.read()[-2000:])
         assert refused.returncode == 3, refused.stderr
         for part in ("has a runbook running: 00-environment-overview by carol@ops", f"pid {first.pid}", "wait for it to finish"):
             assert part in refused.stderr, (part, refused.stderr)
