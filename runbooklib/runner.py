@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import getpass
 import json
 import logging
@@ -142,6 +143,62 @@ class _Spare:
     outputs: tuple[int, int]  # read ends of its stdout and stderr: relayed, scrubbed, once a run adopts it
 
 
+@functools.cache
+def _ready_client_class():
+    """jupyter_client's asynchronous kernel client, with a readiness handshake that ends when it is done.
+
+    jupyter_client's ``wait_for_ready`` asks for ``kernel_info``, takes any IOPub message as proof that the
+    subscription is live, then reads IOPub until it has been silent for 0.2 s: every kernel start costs that
+    0.2 s of waiting, 16 times in a suite. This one waits for the exact message that ends the exchange (the
+    kernel's ``idle`` status for that request: after it the kernel publishes nothing more for it), so it
+    returns as soon as the kernel is ready. The proof is the same: a reply on the shell channel and the
+    request's own status on IOPub; when IOPub is not subscribed yet (ZeroMQ's slow joiner), the request's
+    messages are lost, nothing arrives within 0.2 s, and it asks again, as jupyter_client does.
+    """
+    from queue import Empty
+
+    from jupyter_client.asynchronous.client import AsyncKernelClient
+
+    class ReadyClient(AsyncKernelClient):
+        async def wait_for_ready(self, timeout: float | None = None) -> None:
+            deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+            while True:
+                msg_id = self.kernel_info()
+                reply = await self._reply_to(msg_id, deadline)
+                if reply is not None and await self._idle_after(msg_id):
+                    self._handle_kernel_info_reply(reply)
+                    return
+                if not await self.is_alive():
+                    raise RuntimeError("Kernel died before replying to kernel_info")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
+
+        async def _reply_to(self, msg_id: str, deadline: float) -> dict | None:
+            """The shell reply to ``msg_id`` within a second (replies to earlier requests are skipped)."""
+            until = min(deadline, time.monotonic() + 1.0)
+            while (left := until - time.monotonic()) > 0:
+                try:
+                    msg = await self.shell_channel.get_msg(timeout=left)
+                except Empty:
+                    return None
+                if msg.get("parent_header", {}).get("msg_id") == msg_id and msg.get("msg_type") == "kernel_info_reply":
+                    return msg
+            return None
+
+        async def _idle_after(self, msg_id: str) -> bool:
+            """Whether the kernel's ``idle`` status for ``msg_id`` arrives on IOPub (no message for 0.2 s: not subscribed yet)."""
+            while True:
+                try:
+                    msg = await self.iopub_channel.get_msg(timeout=0.2)
+                except Empty:
+                    return False
+                if (msg.get("parent_header", {}).get("msg_id") == msg_id and msg.get("msg_type") == "status"
+                        and msg.get("content", {}).get("execution_state") == "idle"):
+                    return True
+
+    return ReadyClient
+
+
 _SPARE: _Spare | None = None  # launched while a record is written (see prestart in run_notebook)
 _ADOPTED: _Spare | None = None  # the spare the running notebook's client takes instead of starting a kernel
 
@@ -170,6 +227,7 @@ def _prestart_kernel(notebook: Path, kernel_name: str | None) -> None:
 
             name = _kernel_name_of(notebook, kernel_name)
             km = AsyncKernelManager(kernel_name=name)
+            km.client_factory = _ready_client_class()
             cwd = str(notebook.resolve().parent)
             (r_out, w_out), (r_err, w_err) = os.pipe(), os.pipe()
             try:
@@ -261,7 +319,10 @@ def _register_engine() -> None:
             if spare is None or spare.kernel_name != (self.kernel_name or spare.kernel_name):
                 if spare is not None:
                     discard_spare_kernel(spare)
-                return super().create_kernel_manager()
+                km = super().create_kernel_manager()
+                with contextlib.suppress(Exception):  # a manager of another kind keeps its own client
+                    km.client_factory = _ready_client_class()
+                return km
             self.kernel_name, self.km, self.adopted = spare.kernel_name, spare.km, True
             return self.km
 
@@ -641,6 +702,44 @@ def _read_journal(path: Path) -> list[dict]:
     return events
 
 
+# the opening tags nbconvert's HTMLExporter makes focusable (a cell's input, every output), and images without alt
+_FOCUSABLE = re.compile(r'<div\b[^>]*\sclass="(?:jp-Cell-inputWrapper|(?:[^"]*\s)?jp-OutputArea-output(?:\s[^"]*)?)"[^>]*(?=>)')
+_IMG_WITHOUT_ALT = re.compile(r"<img\b(?![^>]*\salt=)[^>]*?(?=/?>)")
+
+
+@functools.cache
+def _record_exporter_class():
+    """nbconvert's HTML exporter (template ``lab``) without its BeautifulSoup pass over the finished page.
+
+    ``HTMLExporter.from_notebook_node`` renders the page, then parses all of it (the inlined theme
+    included) with BeautifulSoup only to make cells and outputs focusable (``tabindex="0"``) and to give
+    images without one a text alternative, and serializes it again: 40% of a record's rendering. Here
+    the same two edits are made on the rendered text, where the template writes those elements (the
+    test compares the result with nbconvert's own, element by element). Everything before the pass
+    is HTMLExporter's, in its order.
+    """
+    from nbconvert import HTMLExporter
+    from nbconvert.exporters.templateexporter import TemplateExporter
+    from nbconvert.filters.highlight import Highlight2HTML
+    from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
+
+    class RecordExporter(HTMLExporter):
+        def from_notebook_node(self, nb, resources=None, **kw):
+            langinfo = nb.metadata.get("language_info", {})
+            lexer = langinfo.get("pygments_lexer", langinfo.get("name", None))
+            highlight_code = self.filters.get("highlight_code", Highlight2HTML(pygments_lexer=lexer, parent=self))
+            resources = self._init_resources(resources)
+            filter_data_type = WidgetsDataTypeFilter(notebook_metadata=self._nb_metadata, parent=self, resources=resources)
+            self.register_filter("highlight_code", highlight_code)
+            self.register_filter("filter_data_type", filter_data_type)
+            html, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)
+            html = _FOCUSABLE.sub(lambda m: m.group(0) + ' tabindex="0"', html)
+            html = _IMG_WITHOUT_ALT.sub(lambda m: m.group(0) + ' alt="No description has been provided for this image"', html)
+            return html, resources
+
+    return RecordExporter
+
+
 class _HtmlRenderer:
     """nbconvert's HTML exporter, warmed in a background thread while the kernel runs.
 
@@ -661,9 +760,7 @@ class _HtmlRenderer:
             self._thread.start()
 
     def _warm(self) -> None:
-        from nbconvert import HTMLExporter
-
-        exporter = HTMLExporter(template_name="lab")
+        exporter = _record_exporter_class()(template_name="lab")
         exporter.from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm-up")]))
         self._exporter = _HtmlRenderer._warmed = exporter
 

@@ -672,3 +672,80 @@ def test_a_kernel_launched_ahead_that_does_not_fit_or_is_not_needed_is_stopped(t
     assert runner._SPARE is None and _gone(spare_pid)
     runner._finish_kernel_stops()  # as the suite does at its end: the last step's kernel, left exiting, is waited for
     assert runner._KERNELS_STOPPING == [] and _gone(_printed_pid(last))
+
+
+def test_the_kernel_handshake_ends_with_the_kernels_idle_status_and_leaves_iopub_live():
+    """The runner's kernel client is ready when the kernel answered kernel_info on the shell channel and its idle status
+    for that request came on IOPub: the first cell's output is then received, kernel after kernel (no message lost to
+    a subscription not yet live); a kernel that is gone is an error naming it, not a hang."""
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient.util import run_sync
+
+    from runbooklib.runner import _ready_client_class
+
+    for _ in range(3):
+        km = AsyncKernelManager(kernel_name="python3")
+        km.client_factory = _ready_client_class()
+        run_sync(km.start_kernel)()
+        kc = km.client()
+        try:
+            assert type(kc).__name__ == "ReadyClient"
+            kc.start_channels()
+            run_sync(kc.wait_for_ready)(timeout=60)
+            msg_id = kc.execute("print(6 * 7)")
+            seen = []
+            while not seen or seen[-1] != "idle":
+                msg = run_sync(kc.get_iopub_msg)(timeout=30)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    seen.append(msg["content"].get("text") or msg["content"].get("execution_state") or msg["msg_type"])
+            assert "42\n" in seen, seen
+        finally:
+            kc.stop_channels()
+            run_sync(km.shutdown_kernel)(now=True)
+    km = AsyncKernelManager(kernel_name="python3")
+    km.client_factory = _ready_client_class()
+    run_sync(km.start_kernel)()
+    kc = km.client()
+    kc.start_channels()
+    pid = km.provisioner.pid
+    os.kill(pid, signal.SIGKILL)
+    km.provisioner.process.wait(timeout=15)  # reaped: the kernel is gone
+    try:
+        with pytest.raises(RuntimeError, match="Kernel died"):
+            run_sync(kc.wait_for_ready)(timeout=60)
+    finally:
+        kc.stop_channels()
+        run_sync(km.shutdown_kernel)(now=True)
+
+
+def test_the_record_page_is_nbconverts_own_with_the_same_focusable_elements_and_image_alternatives():
+    """The runner's HTML exporter skips HTMLExporter's BeautifulSoup pass and makes its two edits on the text: the page,
+    read back by BeautifulSoup, is exactly what nbconvert's own exporter writes, for every kind of output a record holds."""
+    from bs4 import BeautifulSoup
+    from nbconvert import HTMLExporter
+
+    from runbooklib.runner import _record_exporter_class
+
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"><rect width="4" height="4"/></svg>'
+    v4 = nbformat.v4
+    code = v4.new_code_cell("print('plan')", outputs=[
+        v4.new_output("stream", name="stdout", text="plan: 2 change(s)\n"),
+        v4.new_output("stream", name="stderr", text="warning\n"),
+        v4.new_output("display_data", data={"text/html": '<table><tr><td>edge1</td></tr></table><img src="x.png">'
+                                                         '<div class="jp-OutputArea-output extra">nested</div>', "text/plain": "t"}),
+        v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure size 4x4>"}),
+        v4.new_output("display_data", data={"image/png": png, "text/plain": "fig"}, metadata={"image/png": {"width": 4}}),
+        v4.new_output("display_data", data={"image/svg+xml": svg, "text/plain": "svg"}),
+        v4.new_output("display_data", data={"text/markdown": "**done** ![x](y.png)", "text/plain": "md"}),
+        v4.new_output("display_data", data={"application/javascript": "console.log(1)", "text/plain": "js"}),
+        v4.new_output("execute_result", data={"text/plain": "42"}, execution_count=1),
+        v4.new_output("error", ename="RunbookError", evalue="w1: unreachable", traceback=["RunbookError: w1: unreachable"]),
+    ])
+    nb = v4.new_notebook(cells=[v4.new_markdown_cell("# Record\n<img src='a.png'>"), code, v4.new_raw_cell("raw")],
+                         metadata={"language_info": {"name": "python"}})
+    stock, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    ours, _ = _record_exporter_class()(template_name="lab").from_notebook_node(nb)
+    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # a JavaScript output's element id, new per page
+    assert uuid.sub("ID", str(BeautifulSoup(ours, features="html.parser"))) == uuid.sub("ID", stock)
+    assert ours.count('tabindex="0"') == stock.count('tabindex="0"') >= 10 and "<img" in ours and 'alt="No description' in ours
