@@ -210,7 +210,7 @@ def _kernel_name_of(notebook: Path, kernel_name: str | None) -> str:
 
 
 def _prestart_kernel(notebook: Path, kernel_name: str | None) -> None:
-    """Launch the kernel the next run, of ``notebook``, will use: it boots while this run's record is written.
+    """Launch the kernel the next run, of ``notebook``, will use: it boots while this run's cells run.
 
     It is launched as nbclient would launch it (same manager, kernel, working folder, arguments and
     environment; the run's journal is set in it when a run adopts it). Its stdout and stderr go to
@@ -785,8 +785,8 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
                  key: str | Path | None = None, suite: dict | None = None, next_notebook: str | Path | None = None) -> RunResult:
     """Execute ``notebook`` against ``params_file`` and archive the record, whatever the outcome.
 
-    ``next_notebook`` (a suite's next step): its kernel is launched when this notebook's cells are done,
-    so that it boots while this record is written; the next run of this process adopts it.
+    ``next_notebook`` (a suite's next step): its kernel is launched as this notebook's cells start, so
+    that it has booted by the time this record is written; the next run of this process adopts it.
 
     SIGINT, SIGTERM and SIGHUP end the run the same way: the kernel is stopped, the partial record
     is archived as ``interrupted`` (naming the signal) and the lock released; ``RunResult.signal``
@@ -836,17 +836,17 @@ def run_notebook(notebook: str | Path, params_file: str | Path, *, apply: bool =
             _add_stage("prepare", time.perf_counter() - t_prepare)
             outcome = None
             try:
-                outcome = _execute(notebook, params, run_id, apply, timeout, journal, redactor, stream, kernel_name)
+                outcome = _execute(notebook, params, run_id, apply, timeout, journal, redactor, stream, kernel_name,
+                                   next_notebook=Path(next_notebook) if next_notebook is not None else None)
             except _Signalled:  # landed just before or just after _execute's own handling: still a record
                 if outcome is None:
                     outcome = _Outcome(nbformat.read(notebook, as_version=4), "interrupted", None, kernel_name)
             finally:
                 signals.armed = False  # from here on a signal waits for the record
             t_after = time.perf_counter()
-            if next_notebook is not None and not signals.interrupted and outcome.status != "interrupted":
-                _prestart_kernel(Path(next_notebook), kernel_name)
             events = _read_journal(journal)
             if signals.interrupted or outcome.status == "interrupted":
+                discard_spare_kernel()  # no next step follows an interrupted one
                 _finish_kernel_stops()
                 _stop_kernel(events)
             # else the kernel ran every cell and is shutting down: it exits while the record is written (below)
@@ -1041,7 +1041,7 @@ class _Outcome:
 
 
 def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: float | None, journal: Path,
-             redactor: Redactor, stream: TextIO | None, kernel_name: str | None) -> _Outcome:
+             redactor: Redactor, stream: TextIO | None, kernel_name: str | None, next_notebook: Path | None = None) -> _Outcome:
     global _ADOPTED
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -1061,9 +1061,11 @@ def _execute(notebook: Path, params: Params, run_id: str, apply: bool, timeout: 
         logger.setLevel(logging.INFO)
         logger.propagate = False
     old_journal = os.environ.get(JOURNAL_ENV)
+    spare_relays = _take_spare(notebook, kernel_name, redactor)
+    if next_notebook is not None:  # the next step's kernel boots while this one's cells run (before this run's journal is set)
+        _prestart_kernel(next_notebook, kernel_name)
     os.environ[JOURNAL_ENV] = str(journal)
     status, failure = "succeeded", None
-    spare_relays = _take_spare(notebook, kernel_name, redactor)
     try:
         with _scrubbed_fds(redactor), _stage("papermill"):
             pm.execute_notebook(

@@ -308,7 +308,7 @@ def _run_steps(params, params_file, archive, folder: Path, all_steps: list[Step]
         suite_info = {"id": suite_id, "phase": s.phase, "step": s.name, "index": all_steps.index(s) + 1,
                       "steps": len(all_steps), "mode": mode, "applies": step_apply,
                       "allow_not_ready": s.entry.allow_not_ready, "params_sha256": params.sha256}
-        # the next step that would run, if this one ends well: its kernel boots while this record is written
+        # the next step that would run, if this one ends well: its kernel boots while this step runs
         after = next((x for x in wanted[i:] if not x.skip and (x.name not in done or start)), None)
         t_run = time.perf_counter()
         result = run_notebook(folder / f"{s.entry.runbook}.ipynb", params_file, apply=step_apply, timeout=timeout,

@@ -622,7 +622,7 @@ def _printed_pid(result) -> int:
 
 
 def test_a_kernel_launched_ahead_runs_the_next_run_with_its_journal_and_its_output_scrubbed(tmp_path, archive_root, capfd, monkeypatch):
-    """A suite's next step gets a kernel launched while the previous record is written: it is that run's
+    """A suite's next step gets a kernel launched while the previous step runs: it is that run's
     kernel (the same process), the run's journal is set in it (its change is recorded), and what it writes
     below ipykernel's capture goes through that run's scrubber like any kernel's."""
     from runbooklib import runner
