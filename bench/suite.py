@@ -11,7 +11,8 @@ archiving, and the suite's own bookkeeping. Target: overhead under 10% of the to
 
 It then prints where each run's time went, stage by stage, as the runner measured it
 (``runbooklib.runner.STAGE_LOG``): the checks before the lock, preparing (redactor, journal, git),
-the kernel's start, papermill's saves and the rest of papermill, the kernel's stop, the output
+the kernel's start (a kernel launched ahead: the CPU its boot took beside the previous step, an upper
+bound of what it took from that step's cells), papermill's saves and the rest of papermill, the kernel's stop, the output
 relay, scrubbing, the HTML, the leak check, the commit into the chain, waiting for the kernel to
 exit, and the suite's bookkeeping between runs. The machine is shared: give its load averages with
 the figures, and compare candidates run alternately.
@@ -125,6 +126,10 @@ def main() -> int:
         print_stages(rows, stages, wall)
     print(f"overhead (kernels, checks, scrubbing, rendering, archiving, suite): {overhead:.1f} s = "
           f"{100 * overhead / wall:.1f}% of the total (target < 10%)")
+    boot = sum(st.get("spare boot cpu", 0.0) for st in stages)
+    if boot:  # the kernels launched ahead boot beside the previous step's cells: on a busy machine they take CPU from them
+        print(f"the kernels launched ahead used {boot:.1f} s of CPU booting while the previous steps' cells ran; at most that much of "
+              f"the cells' time is theirs: counted as overhead, {100 * (overhead + boot) / wall:.1f}% (an upper bound)")
     return 0 if result.exit_code == 0 else 1
 
 

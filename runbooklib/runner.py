@@ -261,6 +261,15 @@ def discard_spare_kernel(spare: _Spare | None = None) -> None:
             os.close(fd)
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User and system CPU seconds a process has used so far (0 if it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return 0.0
+
+
 def _take_spare(notebook: Path, kernel_name: str | None, redactor: Redactor) -> list[threading.Thread]:
     """Before a run: hand the spare to this run's client if it is the kernel the run needs and alive
     (else stop it); its output relayed, scrubbed by this run's redactor, to the terminal. Returns the relays."""
@@ -279,6 +288,8 @@ def _take_spare(notebook: Path, kernel_name: str | None, redactor: Redactor) -> 
         discard_spare_kernel(spare)
         return []
     _ADOPTED = spare
+    if STAGE_LOG is not None:  # the CPU its boot took while the previous step ran (bench/suite.py shows it)
+        _add_stage("spare boot cpu", _cpu_seconds(getattr(spare.km.provisioner, "pid", None)))
     sys.stdout.flush()
     sys.stderr.flush()
     return [_relay(read_end, os.dup(fd), redactor, f"runbook-scrub-spare-fd{fd}") for fd, read_end in zip((1, 2), spare.outputs)]
