@@ -153,6 +153,10 @@ def _normalized(body: dict) -> dict:
 
 # -- talking to the engine -----------------------------------------------------------------------------
 
+# what both clients raise when the engine gives no answer (opensearch-py's and elastic-transport's classes bear these names)
+UNANSWERED = ("ConnectionError", "ConnectionTimeout", "SSLError", "TlsError")
+
+
 @dataclass
 class Engine:
     """One engine endpoint through its official client (``opensearch-py`` or ``elasticsearch``)."""
@@ -190,7 +194,7 @@ class Engine:
             return resp.body
         except Exception as e:
             reason = _reason(e)
-            if self.host and not reason.split(" ", 1)[0].isdigit():  # no HTTP status: refused, unreachable, timed out
+            if self.host and type(e).__name__ in UNANSWERED:  # refused, unreachable, timed out, no TLS handshake: no answer at all
                 reason = f"{self.host} does not answer at {self.url}: {reason}"
             raise EngineError(reason) from None
 

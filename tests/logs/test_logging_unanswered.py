@@ -98,6 +98,15 @@ def test_an_engine_that_does_not_answer_is_named_by_its_host_and_one_that_answer
     steps = search.plan(p, engine, got)
     assert all("(elk1 does not answer at" in s.blocked for s in steps)
 
+    # a link cut under a connection: the engine's address takes the connection (a listening socket never read) and never answers
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        p = params(tmp_path, **{"logging.endpoint": f"http://127.0.0.1:{silent.getsockname()[1]}"})
+        engine = search.Engine.connect(p.logging, None, timeout=1, host="elk1")
+        with pytest.raises(search.EngineError, match=r"^elk1 does not answer at http://127\.0\.0\.1:\d+: ConnectionTimeout"):
+            engine.request("GET", "/")
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Engine)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
