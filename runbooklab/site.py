@@ -315,7 +315,9 @@ class Lab(Network, Processes, Boot, Keys):
             return self._kill_vm(vm)
 
     def start(self, vm: str) -> bool:
-        """Power the VM on again. False if it was already running."""
+        """Power the VM on again and, as ``up`` does, wait until what the provisioners start at boot answers (the
+        logging VM's OpenSearch: its JVM takes a while, as on a real VM the operator waits for). False if it was
+        already running."""
         info = self._require_vm(vm)
         with self._locked():
             if self._init_pid(vm) is not None:
@@ -323,9 +325,14 @@ class Lab(Network, Processes, Boot, Keys):
             self._ensure_netns(vm, info["address"], [])
             self._kill_vm(vm)
             self._boot(vm)
-            if not self._state().get("cut", {}).get(vm):
+            cut = self._state().get("cut", {}).get(vm)
+            if not cut:
                 self._wait_ssh({vm: info["address"]})
             self._run_boot_scripts(vm)
+            if not cut and self.params_file.exists():
+                lab_params = parse_params(self.params_file.read_text(), "lab parameters", self.params_file)
+                for ready in readies():
+                    ready(self, lab_params, [])
             return True
 
     def status(self) -> list[VMStatus]:

@@ -40,6 +40,7 @@ class Tools:
     kubectl: str
     helm: str
     kubeconfig: Path
+    api: str = ""  # where the API is, for messages: the inventory host and the URL (verify.api_host)
 
     @classmethod
     def from_params(cls, p) -> "Tools":
@@ -47,8 +48,11 @@ class Tools:
 
         def tool(name: str) -> str:
             return str(p.path(name)) if "/" in name else name
+        from .verify import api_host
+
         k = p.kubernetes
-        return cls(tool(k.kubectl), tool(k.helm), kubeconfig_path(p))
+        kubeconfig = kubeconfig_path(p)
+        return cls(tool(k.kubectl), tool(k.helm), kubeconfig, api_host(p, kubeconfig))
 
     def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
@@ -139,7 +143,8 @@ def apply(steps: Sequence[Step], tools: Tools, on_change: Callable[[Step], objec
         on_line(f"{s.operation}: {s.change}")
         r = tools.run(s.argv, stdin=s.stdin, timeout=900)
         if r.returncode != 0:
-            return done, f"{s.operation} ({s.change}) failed: {(r.stderr or r.stdout).strip()[-400:]}"
+            at = f" at the Kubernetes API on {tools.api}" if tools.api else ""
+            return done, f"{s.operation} ({s.change}) failed{at}: {(r.stderr or r.stdout).strip()[-400:]}"
         done.append(s)
         if on_change:
             on_change(s)

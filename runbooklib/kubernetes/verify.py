@@ -44,6 +44,24 @@ def row(check: str, target: str, ok: bool, detail: str = "") -> dict:
     return {"check": check, "target": target, "status": "ok" if ok else "fail", "detail": detail}
 
 
+def api_host(params, kubeconfig: Path) -> str:
+    """Where the kubeconfig's API server is, for a message an operator acts on: the inventory host at the server's
+    address with the URL (``cp1 (https://10.77.0.11:6443)``); the URL alone when no host has that address (a load
+    balancer), the kubeconfig's path when it cannot be read."""
+    from urllib.parse import urlsplit
+
+    from ..errors import RunbookError
+    from .state import summarize_kubeconfig
+
+    try:
+        server = summarize_kubeconfig(kubeconfig).server
+    except (RunbookError, OSError):
+        return str(kubeconfig)
+    address = urlsplit(server).hostname or ""
+    name = next((h.name for h in params.inventory.hosts if address and (str(h.address) == address or h.name == address)), None)
+    return f"{name} ({server})" if name else server or str(kubeconfig)
+
+
 def api_client(kubeconfig: Path):
     from kubernetes import client, config
 

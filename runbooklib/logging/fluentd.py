@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 
+from ..errors import RunbookError
 from ..phase.steps import Part
 from .settings import CASTS, endpoint_parts
 
@@ -294,12 +295,37 @@ def daemonset_rows(nodes: Sequence[dict], pods: Iterable[dict]) -> list[dict]:
 
 # -- the cluster: facts, plan, apply, verify -----------------------------------------------------------
 
-def nodes(api_client) -> list[dict]:
-    """Every Node: name, container runtime (``status.nodeInfo.containerRuntimeVersion``), schedulable, Ready."""
+class ApiUnanswered(RunbookError):
+    """The Kubernetes API did not answer (refused, unreachable, timed out): the message names where it is and what to do."""
+
+
+# a request to the API: connected within 10 s, answered within 60 s (a cut link must not hold the run for TCP's 15 minutes)
+REQUEST_TIMEOUT = (10, 60)
+
+
+def _api_call(api_at: str, call, *args, **kwargs):
+    """``call`` with :data:`REQUEST_TIMEOUT`; what the client raises when the API does not answer becomes
+    :class:`ApiUnanswered` naming ``api_at`` (the inventory host and URL, from ``verify.api_host``)."""
+    import urllib3
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return call(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+    except ApiException:
+        raise
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ApiUnanswered(f"the Kubernetes API on {api_at} does not answer ({type(reason).__name__}: {str(reason)[-300:]}): "
+                            "start that host or heal its link, then run 12-logging again") from None
+
+
+def nodes(api_client, api_at: str = "the cluster") -> list[dict]:
+    """Every Node: name, container runtime (``status.nodeInfo.containerRuntimeVersion``), schedulable, Ready.
+    Raises :class:`ApiUnanswered` naming ``api_at`` when the API does not answer."""
     from kubernetes import client
 
     out = []
-    for n in client.CoreV1Api(api_client).list_node().items:
+    for n in _api_call(api_at, client.CoreV1Api(api_client).list_node).items:
         ready = next((c.status == "True" for c in (n.status.conditions or []) if c.type == "Ready"), False)
         out.append({"name": n.metadata.name, "runtime": (n.status.node_info.container_runtime_version if n.status.node_info else "") or "",
                     "unschedulable": bool(n.spec.unschedulable), "ready": ready})
@@ -329,21 +355,21 @@ def plan(p, tools, runtime: str, password: str | None) -> list:
     return steps
 
 
-def pods(api_client, namespace: str) -> list[dict]:
+def pods(api_client, namespace: str, api_at: str = "the cluster") -> list[dict]:
     from kubernetes import client
 
-    got = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/name={NAME}").items
+    got = _api_call(api_at, client.CoreV1Api(api_client).list_namespaced_pod, namespace, label_selector=f"app.kubernetes.io/name={NAME}").items
     return [{"name": x.metadata.name, "node": x.spec.node_name, "phase": x.status.phase or "Pending",
              "ready": any(c.type == "Ready" and c.status == "True" for c in (x.status.conditions or []))} for x in got]
 
 
-def rollout(api_client, namespace: str) -> dict | None:
+def rollout(api_client, namespace: str, api_at: str = "the cluster") -> dict | None:
     """The DaemonSet's status: desired, scheduled, updated, ready (None when it does not exist)."""
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
     try:
-        ds = client.AppsV1Api(api_client).read_namespaced_daemon_set(NAME, namespace)
+        ds = _api_call(api_at, client.AppsV1Api(api_client).read_namespaced_daemon_set, NAME, namespace)
     except ApiException as e:
         if e.status == 404:
             return None
@@ -354,14 +380,19 @@ def rollout(api_client, namespace: str) -> dict | None:
             "generation": ds.metadata.generation, "observed": st.observed_generation}
 
 
-def verify(api_client, namespace: str, settle: float = 0, on_line=print, clock=time.monotonic, sleep=time.sleep) -> tuple[list[dict], dict | None]:
+def verify(api_client, namespace: str, settle: float = 0, on_line=print, clock=time.monotonic, sleep=time.sleep,
+           api_at: str = "the cluster") -> tuple[list[dict], dict | None]:
     """A Fluentd pod Running and Ready on every node (rows per node) and the rollout's counts. With ``settle``,
-    asks again every 5 s while pods are still being scheduled or started, up to that many seconds."""
+    asks again every 5 s while pods are still being scheduled or started, up to that many seconds. An API that
+    does not answer is a failing row naming ``api_at`` (the inventory host and URL), never a crash."""
     deadline = clock() + settle
     while True:
-        status = rollout(api_client, namespace)
-        rows = daemonset_rows(nodes(api_client), pods(api_client, namespace)) if status is not None else \
-            [{"node": "-", "pod": "-", "phase": "-", "status": "fail", "detail": f"no DaemonSet {NAME} in {namespace}"}]
+        try:
+            status = rollout(api_client, namespace, api_at)
+            rows = daemonset_rows(nodes(api_client, api_at), pods(api_client, namespace, api_at)) if status is not None else \
+                [{"node": "-", "pod": "-", "phase": "-", "status": "fail", "detail": f"no DaemonSet {NAME} in {namespace}"}]
+        except ApiUnanswered as e:
+            return [{"node": "-", "pod": "-", "phase": "-", "status": "fail", "detail": str(e)}], None
         bad = [r for r in rows if r["status"] != "ok"]
         if not bad or status is None or clock() >= deadline:
             return rows, status

@@ -153,6 +153,10 @@ def _normalized(body: dict) -> dict:
 
 # -- talking to the engine -----------------------------------------------------------------------------
 
+# what both clients raise when the engine gives no answer (opensearch-py's and elastic-transport's classes bear these names)
+UNANSWERED = ("ConnectionError", "ConnectionTimeout", "SSLError", "TlsError")
+
+
 @dataclass
 class Engine:
     """One engine endpoint through its official client (``opensearch-py`` or ``elasticsearch``)."""
@@ -160,9 +164,10 @@ class Engine:
     kind: str
     url: str
     client: object = field(repr=False)
+    host: str = ""  # the inventory host at the URL (:func:`engine_host`): named when the engine does not answer
 
     @classmethod
-    def connect(cls, lg, password: str | None = None, timeout: float = 20) -> "Engine":
+    def connect(cls, lg, password: str | None = None, timeout: float = 20, host: str = "") -> "Engine":
         auth = (lg.user, password) if lg.user and password is not None else None
         if lg.engine == "opensearch":
             from opensearchpy import OpenSearch
@@ -174,11 +179,12 @@ class Engine:
 
             client = Elasticsearch(lg.api_url(), basic_auth=auth, verify_certs=lg.verify_tls, request_timeout=timeout,
                                    max_retries=1)
-        return cls(lg.engine, lg.api_url(), client)
+        return cls(lg.engine, lg.api_url(), client, host)
 
     def request(self, method: str, path: str, body=None, params: dict | None = None):
         """A raw call through the client's transport (status errors raised as :class:`EngineError`, the
-        engine's own reason kept, the credentials never in it)."""
+        engine's own reason kept, the credentials never in it; an engine that does not answer at all is named by
+        its host, as the operator must start it or heal its link)."""
         try:
             if self.kind == "opensearch":
                 return self.client.transport.perform_request(method, path, body=body, params=params or {})
@@ -187,7 +193,10 @@ class Engine:
                                                if body is not None else {"accept": "application/json"})
             return resp.body
         except Exception as e:
-            raise EngineError(_reason(e)) from None
+            reason = _reason(e)
+            if self.host and type(e).__name__ in UNANSWERED:  # refused, unreachable, timed out, no TLS handshake: no answer at all
+                reason = f"{self.host} does not answer at {self.url}: {reason}"
+            raise EngineError(reason) from None
 
     def status(self, method: str, path: str) -> int:
         try:

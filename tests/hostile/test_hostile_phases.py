@@ -57,6 +57,20 @@ def block_profile(directory: Path) -> str:
     return str(path)
 
 
+def logging_profile(directory: Path) -> str:
+    """The seed's RKE1 site cut to what 12 and 13 need: one control-plane node (the Kubernetes API), one worker (a
+    Fluentd pod besides the control plane's) and elk1 (the lab's OpenSearch node), as tests/logs does with one worker less."""
+    data = yaml.safe_load((ROOT / "params" / "lab.yaml").read_text())
+    data["environment"]["name"] = "lab-logging"
+    data["inventory"]["hosts"] = [h for h in data["inventory"]["hosts"] if h["name"] in ("cp1", "w1", "elk1")]
+    for section in ("database", "edge", "storage", "cache", "registry"):
+        data.pop(section, None)
+    data["logging"]["samples"] = str(ROOT / "params" / "samples" / "app-logs.jsonl")
+    path = directory / "logging-lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # the lab's name (moved aside by RUNBOOK_TEST_LAB_TAG)
@@ -76,6 +90,9 @@ STAGES = {
     "services": Stage("rbhsv", "10.110.0.0/24", str(HERE / "lab-services.yaml"), ("vm", "storage", "cache", "edge")),
     # an RKE1 cluster at v1.32.2 with Rook's objects (no Ceph daemon runs in the lab): 07
     "block": Stage("rbhbl", "10.111.0.0/24", block_profile, ("vm", "kubernetes", "storage")),
+    # logging (12, 13)
+    # an RKE1 cluster (cp1, w1) with Fluentd's DaemonSet, and elk1's real OpenSearch node with the typed template: 12, 13
+    "logging": Stage("rbhlg", "10.112.0.0/24", logging_profile, ("vm", "kubernetes", "logging")),
 }
 
 # drift that gives a converged stage something to apply on a host, so that a fault can strike mid-apply
@@ -92,6 +109,13 @@ K8S, REG, RES, SNAP = ("notebooks/03-kubernetes-cluster.ipynb", "notebooks/04-re
 CDN, CACHE, EDGE, DRILL = ("notebooks/06-cdn-storage.ipynb", "notebooks/08-session-cache.ipynb", "notebooks/09-edge-load-balancing.ipynb",
                            "notebooks/incident/edge-node-failure.ipynb")
 BLOCK, FAILOVER = "notebooks/07-block-storage.ipynb", "notebooks/incident/redis-failover.ipynb"
+# 12: the shipper's drop-in edited by hand and its DaemonSet deleted (the drop-in first, then the DaemonSet: two objects to apply)
+KUBECTL = "bin/kubectl --kubeconfig kubernetes/kube_config_cluster.yml -n logging"
+SHIPPER_EDITED = ("local", f"{KUBECTL} patch configmap fluentd-conf-d --type merge -p '{{\"data\":{{\"runbooklib-json.conf\":\"# edited by hand\\n\"}}}}'"
+                           f" && {KUBECTL} delete daemonset fluentd --ignore-not-found --wait=false")
+# 13: the typed index template deleted on the engine by hand (on elk1, where OpenSearch listens on the VM's address)
+TEMPLATE_GONE = ("elk1", "curl -sSf -X DELETE \"http://$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1):9200/_index_template/logs-typed\"")
+LOGGING, RETENTION = "notebooks/12-logging.ipynb", "notebooks/13-log-retention.ipynb"
 DRILL_PARAMS = (("edge.failure", {"node": "edge1", "mode": "drill"}),)
 
 
@@ -143,6 +167,17 @@ MATRIX = [
     Row("block", BLOCK, "host key changed", "w1"),
     Row("block", BLOCK, "link cut mid-command", "w3", apply=False),
     Row("block", BLOCK, "SIGINT mid-phase", "cp1", perturb=(CLASS_GONE,)),
+    # logging (12, 13)
+    # "host key changed" does not apply to 12 or 13: neither logs in to a host over SSH (12 speaks to the Kubernetes API
+    # with its kubeconfig, 13 to the engine's HTTP API), so no host key is ever checked; the API's own TLS is 03's.
+    Row("logging", LOGGING, "vm stopped before", "cp1", perturb=(SHIPPER_EDITED,)),  # cp1 runs the cluster's only API server
+    Row("logging", LOGGING, "vm stopped during", "cp1", perturb=(SHIPPER_EDITED,)),
+    Row("logging", LOGGING, "link cut mid-command", "cp1", perturb=(SHIPPER_EDITED,)),
+    Row("logging", LOGGING, "SIGTERM mid-phase", "cp1", perturb=(SHIPPER_EDITED,)),
+    Row("logging", RETENTION, "vm stopped before", "elk1", perturb=(TEMPLATE_GONE,)),  # elk1 runs the engine
+    Row("logging", RETENTION, "vm stopped during", "elk1", perturb=(TEMPLATE_GONE,)),
+    Row("logging", RETENTION, "link cut mid-command", "elk1", perturb=(TEMPLATE_GONE,)),
+    Row("logging", RETENTION, "SIGINT mid-phase", "elk1", perturb=(TEMPLATE_GONE,)),
 ]
 
 
@@ -165,6 +200,8 @@ class CanaryRow:
 
 REG_KEPT = (("registry.json_key", ("/etc/rancher/rke2/registries.yaml", "/var/lib/rancher/rke2/server/db/*")),)  # the node file; etcd's data
 REDIS_KEPT = (("cache.password", ("/etc/redis/runbooklib.conf",)),)  # Redis reads its password from its configuration
+# 12 puts logging.password in the cluster's Secret, which etcd stores (on cp1); 13 sends it to the engine, which keeps it nowhere
+LOGGING_KEPT = (("logging.password", ("/var/lib/etcd/*",)),)
 CANARIES = [
     CanaryRow("cluster", REG, apply=False),
     CanaryRow("cluster", REG, apply=True, perturb=(("w1", REGISTRIES_GONE),), belongs=REG_KEPT),
@@ -182,6 +219,15 @@ CANARIES = [
     CanaryRow("services", FAILOVER, apply=False, params=(("cache.failover", {}),)),  # its plan only: an apply would switch the stage's pair
     CanaryRow("block", BLOCK, apply=False),
     CanaryRow("block", BLOCK, apply=True, perturb=(CLASS_GONE,)),
+    # logging (12, 13)
+    CanaryRow("logging", LOGGING, apply=False),
+    CanaryRow("logging", LOGGING, apply=True, perturb=(SHIPPER_EDITED,), belongs=LOGGING_KEPT),
+    # w1 stopped: its Fluentd pod is never ready (the verification waits kubernetes.settle_seconds, 20 s here, not 180)
+    CanaryRow("logging", LOGGING, apply=True, codes=(1, 4), stop="w1", perturb=(SHIPPER_EDITED,), params=(("kubernetes.settle_seconds", 20),),
+              belongs=LOGGING_KEPT),
+    CanaryRow("logging", RETENTION, apply=False),
+    CanaryRow("logging", RETENTION, apply=True, perturb=(TEMPLATE_GONE,)),
+    CanaryRow("logging", RETENTION, apply=True, codes=(1, 4), stop="elk1", perturb=(TEMPLATE_GONE,)),
 ]
 
 
