@@ -7,7 +7,7 @@ import datetime as dt
 
 from test_database_operations import converged, params_for
 
-from runbooklib.database import recovery, switchover
+from runbooklib.database import operations, recovery, switchover
 from runbooklib.database.dialects import StopPoint
 from runbooklib.phase.facts import Gathered
 
@@ -44,11 +44,60 @@ def test_what_stops_a_switchover_is_named(tmp_path):
     facts["db1"]["sql"]["variables"]["read_only"] = "ON"
     facts["db3"]["recovery_marker"] = "x"
     problems = switchover.preflight(p, None, Gathered(facts, {}, {}))
-    assert problems == ["db1: already read-only: the site takes no writes; finish the earlier switchover first",
-                        "db2: replication is not running (IO Yes, SQL No); start it first",
+    # db1 read-only with db2 following it: an earlier run froze it (this one would go on), but db2 is not applying
+    assert problems == ["db2: replication is not running (IO Yes, SQL No); start it first",
                         "db3: a point-in-time recovery is in progress; finish it first"]
+    facts["db2"]["replica"] = None  # read-only, and its candidate follows nothing: not a switchover of ours
+    assert switchover.preflight(p, None, Gathered(facts, {}, {}))[:2] == [
+        "db1: already read-only: the site takes no writes; finish the earlier switchover first",
+        "db2: not a replica: it cannot take over without the primary's data"]
     assert switchover.preflight(p, None, Gathered({}, {"db1": "no route", "db2": "refused"}, {}))[:2] == ["db1: unreachable: no route",
                                                                                                            "db2: unreachable: refused"]
+
+
+def _ops(steps):
+    return [(s.host, s.operation) for s in steps]
+
+
+def test_a_switchover_stopped_part_way_goes_on_from_where_it_stopped_and_does_nothing_twice(tmp_path):
+    """A run ended by a host down, a cut or a signal leaves one of the states the order passes through: the same
+    parameters go on from there (the hostile suite's db-switchover rows on the lab drive it for real)."""
+    p, facts = topology(tmp_path, **{"database.switchover": {}})
+    db2 = str(p.host("db2").address)
+    # frozen: db1 read-only, its heartbeat event off, db2 still following it
+    facts["db1"]["sql"]["variables"]["read_only"] = "ON"
+    facts["db1"]["heartbeat"] = {**facts["db1"]["heartbeat"], "event": "SLAVESIDE_DISABLED"}
+    g = Gathered(facts, {}, {})
+    assert switchover.progress(p, g) == switchover.FROZEN and switchover.preflight(p, None, g) == []
+    steps = switchover.plan(p, g)
+    assert _ops(steps) == [("db2", "catch up"), ("db2", "promote"), ("db1", "re-point"), ("db3", "re-point"), ("db1", "drop-in"),
+                           ("db2", "drop-in")]
+    assert "frozen by an earlier run" in steps[0].change
+    facts["db1"]["heartbeat"]["event"] = "ENABLED"  # read-only by hand, its heartbeat still on: the freeze is done (again)
+    assert _ops(switchover.plan(p, g))[:2] == [("db1", "freeze writes"), ("db2", "catch up")]
+    facts["db1"]["heartbeat"]["event"] = "SLAVESIDE_DISABLED"
+    # promoted: db2 writable with no source; db1 frozen, following nothing
+    facts["db2"]["replica"] = None
+    facts["db2"]["sql"]["variables"]["read_only"] = "OFF"
+    assert switchover.progress(p, g) == switchover.PROMOTED and switchover.preflight(p, None, g) == []
+    assert _ops(switchover.plan(p, g)) == [("db1", "re-point"), ("db3", "re-point"), ("db1", "drop-in"), ("db2", "drop-in")]
+    # re-pointed: db1 follows db2; db3 still follows db1 (the run stopped before it)
+    facts["db1"]["replica"] = {**facts["db3"]["replica"], "source_host": db2, "sql_delay": 0}
+    assert switchover.progress(p, g) == switchover.REPOINTED and switchover.preflight(p, None, g) == []
+    steps = switchover.plan(p, g)
+    assert _ops(steps) == [("db3", "re-point"), ("db1", "drop-in"), ("db2", "drop-in")]
+    assert "MASTER_HOST = '10.77.0.32'" in steps[0].statements[1] and "MASTER_DELAY = 2592000" in steps[0].statements[1]
+    # all in place (db3 follows db2 with its delay, the drop-ins say the new roles): nothing to do
+    facts["db3"]["replica"] = {**facts["db3"]["replica"], "source_host": db2}
+    new = switchover.swapped(p)
+    for h in ("db1", "db2"):
+        facts[h]["config"] = operations.desired_config(new, new.host(h))
+    assert switchover.plan(p, g) == []
+    # a candidate promoted by a failover is no switchover's: its old primary, read-only, is not resumed from
+    facts["db1"]["replica"] = None
+    facts["db2"]["failover_marker"] = "old_primary=db1"
+    assert switchover.progress(p, g) == switchover.START
+    assert "db2: not a replica: it cannot take over without the primary's data" in switchover.preflight(p, None, g)
 
 
 def test_rows_lost_are_counted_per_table():
