@@ -8,7 +8,7 @@ import datetime as dt
 from test_database_operations import converged, params_for
 
 from runbooklib.database import operations, recovery, switchover
-from runbooklib.database.dialects import StopPoint
+from runbooklib.database.dialects import StopPoint, dialect
 from runbooklib.phase.facts import Gathered
 
 
@@ -112,13 +112,27 @@ def test_the_freeze_stops_the_applier_and_marks_the_host_once(tmp_path):
                                                             "export_tables": ["shop.orders"]}})
     g = Gathered(facts, {}, {})
     steps = recovery.plan_freeze(p, g, "run-1")
+    # first the drop-in: from there a restart of the VM keeps the replica still (found by the hostile suite: a VM stopped
+    # mid-recovery booted with its applier running, undoing the freeze; after the rewind it would apply the bad transaction)
     assert [(s.host, s.operation, s.change) for s in steps] == [
+        ("db3", "freeze", "/etc/mysql/conf.d/zz-runbooklib-recovery.cnf: skip-slave-start (a restart keeps the applier stopped)"),
         ("db3", "freeze", "stop applying (the receiver keeps fetching from the primary)"),
         ("db3", "freeze", "mark db3: a recovery is in progress (05-database leaves it alone)")]
-    assert steps[0].statements == ("STOP SLAVE SQL_THREAD",) and "/etc/mysql/runbooklib-recovery-in-progress" in steps[1].command
+    assert "/etc/mysql/conf.d/zz-runbooklib-recovery.cnf" in steps[0].command and steps[0].undo == "rm -f /etc/mysql/conf.d/zz-runbooklib-recovery.cnf"
+    assert "[mysqld]\nskip-slave-start\n" in recovery.recovery_dropin(dialect("mariadb"))
+    assert steps[1].statements == ("STOP SLAVE SQL_THREAD",) and "/etc/mysql/runbooklib-recovery-in-progress" in steps[2].command
     facts["db3"]["replica"] = {**facts["db3"]["replica"], "sql_running": "No"}
     facts["db3"]["recovery_marker"] = "frozen"
+    facts["db3"]["recovery_dropin"] = recovery.recovery_dropin(dialect("mariadb"))
     assert recovery.plan_freeze(p, g, "run-1") == []
+    # the recovery over (the marker removed by the engineer): 05 removes the drop-in, then gives the replica its delay back
+    facts["db3"]["recovery_marker"] = None
+    steps = operations.replication(p, p.host("db3"), facts["db3"])
+    assert [s.change for s in steps] == ["remove /etc/mysql/conf.d/zz-runbooklib-recovery.cnf (the recovery is over: the replica starts at "
+                                         "boot again)", "start the replica threads (IO Yes, SQL No)"]
+    assert steps[0].command == "rm -f /etc/mysql/conf.d/zz-runbooklib-recovery.cnf"
+    facts["db3"]["recovery_marker"] = "frozen"  # while it lasts, 05 leaves the replica and its drop-in alone
+    assert [s.blocked is not None for s in operations.replication(p, p.host("db3"), facts["db3"])] == [True]
 
 
 def test_the_rewind_drops_the_delay_and_stops_before_the_bad_transaction(tmp_path):
@@ -145,7 +159,7 @@ def test_the_outcome_is_an_export_on_the_delayed_replica_or_a_promotion(tmp_path
     p, facts = topology(tmp_path / "promote", **{"database.recovery": {"gtid": "0-1-42", "outcome": "promote"}})
     steps = recovery.plan_outcome(p, Gathered(facts, {}, {}), "run-7")
     assert steps[0].statements[:3] == ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = OFF")
-    assert steps[1].command == "rm -f /etc/mysql/runbooklib-recovery-in-progress"
+    assert steps[1].command == "rm -f /etc/mysql/runbooklib-recovery-in-progress /etc/mysql/conf.d/zz-runbooklib-recovery.cnf"
 
 
 def _tx(gtid, minute, tables, text):
