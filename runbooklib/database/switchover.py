@@ -257,6 +257,9 @@ def apply(p, client, steps: list[Step], on_change: Callable[[Step], Any] | None 
                 caught_up, out["error"] = False, str(e)
             if not caught_up:
                 undo = client.execute(client.host(old), d.read_only(False) + d.heartbeat_local(True))
+                if undo.ok and on_change:  # the record says the freeze it lists as applied is no longer in place
+                    on_change(Step(old, "freeze writes", f"undone: {old} takes writes again, heartbeat event on ({candidate} did not "
+                                                         "catch up)", None))
                 out.update(ok=False, aborted=True, error=(out["error"] or f"{candidate} did not apply {old}'s final position "
                            f"{out['final_position']} within {p.database.switchover.catch_up_timeout_seconds} s")
                            + ("; the old primary is writable again, nothing else changed" if undo.ok else

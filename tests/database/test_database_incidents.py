@@ -9,7 +9,9 @@ from test_database_operations import converged, params_for
 
 from runbooklib.database import operations, recovery, switchover
 from runbooklib.database.dialects import StopPoint, dialect
+from runbooklib.errors import HostError
 from runbooklib.phase.facts import Gathered
+from runbooklib.ssh import HostResult
 
 
 def topology(tmp_path, **params):
@@ -98,6 +100,38 @@ def test_a_switchover_stopped_part_way_goes_on_from_where_it_stopped_and_does_no
     facts["db2"]["failover_marker"] = "old_primary=db1"
     assert switchover.progress(p, g) == switchover.START
     assert "db2: not a replica: it cannot take over without the primary's data" in switchover.preflight(p, None, g)
+
+
+class _CutCandidateClient:
+    """The administrator's client as a link cut to the candidate leaves it: statements run on the old primary, the
+    candidate's wait fails (as on the lab: the hostile suite's db-switchover link-cut row)."""
+
+    def __init__(self, p):
+        self.p, self.dialect, self.ran = p, dialect("mariadb"), []
+
+    def host(self, name):
+        return self.p.host(name)
+
+    def query(self, host, sql, timeout=None):
+        if host.name == "db2":
+            raise HostError("db2", "cannot write the client's files into ~/.runbooklib-db over SFTP")
+        return [{"position": "0-1-10"}] if sql == self.dialect.position_query() else []
+
+    def execute(self, host, statements):
+        self.ran.append((host.name, list(statements)))
+        return HostResult(host.name, True)
+
+
+def test_a_candidate_that_cannot_catch_up_undoes_the_freeze_and_the_record_says_so(tmp_path):
+    p, facts = topology(tmp_path, **{"database.switchover": {}})
+    client, recorded = _CutCandidateClient(p), []
+    out = switchover.apply(p, client, switchover.plan(p, Gathered(facts, {}, {})), on_change=lambda s: recorded.append((s.host, s.change)))
+    assert out["ok"] is False and out["aborted"] and "the old primary is writable again, nothing else changed" in out["error"]
+    d = dialect("mariadb")
+    assert client.ran[-1] == ("db1", d.read_only(False) + d.heartbeat_local(True))
+    # the freeze it lists as applied is followed by its undo: a re-run freezing again applies nothing twice
+    assert recorded == [("db1", "db1 stops taking writes: heartbeat event off, read-only"),
+                        ("db1", "undone: db1 takes writes again, heartbeat event on (db2 did not catch up)")]
 
 
 def test_rows_lost_are_counted_per_table():

@@ -114,6 +114,8 @@ DB_OWN = DB_SECRETS
 # MariaDB keeps a replica's source password in its master.info (it reconnects with it): on the replicas a run re-points
 DB_KEPT = (("database.replication_password", ("/var/lib/mysql/master.info",)),)
 DB_VMS = ("db1", "db2", "db3")
+# redis failover apply
+REDIS_FAILOVER = (("cache.failover", {}),)
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class Row:
     params: tuple[tuple[str, object], ...] = ()  # (dotted field, value) set in the row's parameter file
     apply: bool = True
     slow: bool = True
+    back: Callable | None = None  # (lab, the row's parameters): puts the stage back after the row (roles an incident runbook moved)
 
     @property
     def id(self) -> str:
@@ -184,6 +187,12 @@ MATRIX = [
     # switchover's rows cover those faults on the same code paths: the executor, the client, the record)
     Row("database", SWITCH, "vm stopped before", "db3", perturb=(DB1_LOST,), params=FAILOVER_PARAMS),
     Row("database", SWITCH, "host key changed", "db2", perturb=(DB1_LOST,), params=FAILOVER_PARAMS),
+    # redis failover apply
+    # cache2 promoted, cache1 re-pointed; redis_back fails back to cache1 after the row. Faults on the candidate only: the
+    # old primary stopped or cut is the failover's own premise (it promotes, names cache1 pending: not a failure); no
+    # "during", cut or signal row: its two steps (REPLICAOF, drop-in) take well under a second after the first change
+    Row("services", FAILOVER, "vm stopped before", "cache2", params=REDIS_FAILOVER, back=lambda lab, params: redis_back(lab, params)),
+    Row("services", FAILOVER, "host key changed", "cache2", params=REDIS_FAILOVER, back=lambda lab, params: redis_back(lab, params)),
 ]
 
 
@@ -241,7 +250,7 @@ CANARIES = [
               belongs=DB_KEPT, back=lambda lab, _: database_put_back(lab)),
     # redis failover apply
     # cache2 promoted, cache1 re-pointed; redis_back fails back to cache1 and 08 puts the stage's password back
-    CanaryRow("services", FAILOVER, apply=True, params=(("cache.failover", {}),), belongs=REDIS_KEPT, back=lambda lab, params: redis_back(lab, params)),
+    CanaryRow("services", FAILOVER, apply=True, params=REDIS_FAILOVER, belongs=REDIS_KEPT, back=lambda lab, params: redis_back(lab, params)),
 ]
 
 
@@ -310,7 +319,12 @@ def test_fault_on_a_staged_lab(stage, row, tmp_path):
     stage.fault_params = row_params(stage, row, f"fault-{row.id}")
     for vm, command in row.perturb:
         sh(stage, vm, command)
-    FAULTS[row.fault](stage, row, tmp_path)
+    try:
+        FAULTS[row.fault](stage, row, tmp_path)
+    finally:
+        if row.back is not None:
+            restore(stage)  # (the fault's VM, link and key back first)
+            row.back(stage, stage.fault_params)
 
 
 @pytest.mark.parametrize(("stage", "row"), [pytest.param(r.stage, r, id=r.id, marks=_marks(r, "secrets: canaries")) for r in CANARIES],
