@@ -85,6 +85,11 @@ STAGES = {
     # three MariaDB VMs (primary, real-time replica, replica delayed 30 days) built by 05: the switchover, its
     # failover path and the point-in-time recovery; after each row the roles go back (database_put_back)
     "database": Stage("rbhdb", "10.113.0.0/24", lambda d: database_profile(d), ("vm", "database"), put_back=lambda lab: database_put_back(lab)),
+    # the failover path on a lab of its own, its delayed replica 5 s behind: a failover's rejoin drops the old primary's
+    # binlog back to the promotion, so switching back to it (the put-back) leaves a replica 30 days behind unable to
+    # follow (error 1236: the GTID it asks for is no longer in that binlog); 5 s behind, it is past the promotion
+    "database-failover": Stage("rbhdf", "10.114.0.0/24", lambda d: database_profile(d, delay_seconds=5), ("vm", "database"),
+                               put_back=lambda lab: database_put_back(lab)),
 }
 
 # drift that gives a converged stage something to apply on a host, so that a fault can strike mid-apply
@@ -185,8 +190,8 @@ MATRIX = [
     # only VM down), then db2 is promoted and db3 re-pointed. No "during", cut or signal row: the failover's changes
     # are five SQL statements in about a second after its first one (no fault lands mid-way reliably; the planned
     # switchover's rows cover those faults on the same code paths: the executor, the client, the record)
-    Row("database", SWITCH, "vm stopped before", "db3", perturb=(DB1_LOST,), params=FAILOVER_PARAMS),
-    Row("database", SWITCH, "host key changed", "db2", perturb=(DB1_LOST,), params=FAILOVER_PARAMS),
+    Row("database-failover", SWITCH, "vm stopped before", "db3", perturb=(DB1_LOST,), params=FAILOVER_PARAMS),
+    Row("database-failover", SWITCH, "host key changed", "db2", perturb=(DB1_LOST,), params=FAILOVER_PARAMS),
     # redis failover apply
     # cache2 promoted, cache1 re-pointed; redis_back fails back to cache1 after the row. Faults on the candidate only: the
     # old primary stopped or cut is the failover's own premise (it promotes, names cache1 pending: not a failure); no
@@ -246,7 +251,7 @@ CANARIES = [
     CanaryRow("database", SWITCH, apply=True, codes=(1, 4), stop="db2", params=PLANNED, own=DB_OWN, belongs=DB_KEPT,
               back=lambda lab, _: database_put_back(lab)),
     # the failover path, failing: the primary's server lost and the delayed replica's VM stopped
-    CanaryRow("database", SWITCH, apply=True, codes=(1, 4), stop="db3", perturb=(DB1_LOST,), params=FAILOVER_PARAMS, own=DB_OWN,
+    CanaryRow("database-failover", SWITCH, apply=True, codes=(1, 4), stop="db3", perturb=(DB1_LOST,), params=FAILOVER_PARAMS, own=DB_OWN,
               belongs=DB_KEPT, back=lambda lab, _: database_put_back(lab)),
     # redis failover apply
     # cache2 promoted, cache1 re-pointed; redis_back fails back to cache1 and 08 puts the stage's password back
@@ -364,13 +369,14 @@ def test_no_canary_after_a_run_on_a_staged_lab(stage, row, tmp_path):
 
 
 
-def database_profile(directory: Path) -> str:
+def database_profile(directory: Path, **database) -> str:
     """The hostile services' database lab (tests/data/database/lab-db.yaml), its passwords the stage's own: canaries
     (a SQL string and a shell word broken out of, as the canary rows make them) in environment variables."""
     from hostile.test_hostile_secrets import db_canary
 
     data = yaml.safe_load((ROOT / "tests" / "data" / "database" / "lab-db.yaml").read_text())
     data["environment"]["name"] = "lab-hostile-db"
+    data["database"].update(database)
     for field, var in DB_SECRETS:
         os.environ.setdefault(var, db_canary())
         data["database"][field.split(".", 1)[1]] = f"env:{var}"
