@@ -6,7 +6,10 @@ the right phases once with ``runbook suite --apply --only ...`` (the product's o
 sequence. The promise allows the sharing because every row starts from the stage's converged state and ends there:
 
 - before a row, every VM is started, every link healed and every host key re-pinned (``lab up``), so a row that
-  failed cannot hand its fault to the next;
+  failed cannot hand its fault to the next; a stage whose rows move roles (a database switchover or failover, a
+  recovery's frozen replica) also has a ``put_back``, which restores them with the product's own runbooks (the
+  switchover run back, the failover's rejoin, 05 once the recovery marker is removed); a row that moves a pair on a
+  shared stage (the Redis failover) puts it back itself (``back``);
 - a row that needs work pending when its fault strikes (a VM stopped *during* an apply, a cut mid-command, a
   signal mid-phase) first undoes a little of the stage's state on the hosts (``perturb``: a service disabled, a
   mount removed, a configuration file edited), the drift an operator meets in real life;
