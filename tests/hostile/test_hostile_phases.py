@@ -257,8 +257,10 @@ CANARIES = [
     CanaryRow("database-failover", SWITCH, apply=True, codes=(1, 4), stop="db3", perturb=(DB1_LOST,), params=FAILOVER_PARAMS, own=DB_OWN,
               belongs=DB_KEPT, back=lambda lab, _: database_put_back(lab)),
     # redis failover apply
-    # cache2 promoted, cache1 re-pointed; redis_back fails back to cache1 and 08 puts the stage's password back
-    CanaryRow("services", FAILOVER, apply=True, params=REDIS_FAILOVER, belongs=REDIS_KEPT, back=lambda lab, params: redis_back(lab, params)),
+    # cache2 promoted, cache1 re-pointed; redis_back fails back to cache1. Its password is the stage's own (the failover
+    # uses the pair's password, it does not set one: a fresh canary is refused by both servers, WRONGPASS)
+    CanaryRow("services", FAILOVER, apply=True, params=REDIS_FAILOVER, belongs=REDIS_KEPT, own=(("cache.password", CACHE_PASSWORD),),
+              back=lambda lab, params: redis_back(lab, params)),
 ]
 
 
