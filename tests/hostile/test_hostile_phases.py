@@ -124,6 +124,8 @@ DB_KEPT = (("database.replication_password", ("/var/lib/mysql/master.info",)),)
 DB_VMS = ("db1", "db2", "db3")
 # redis failover apply
 REDIS_FAILOVER = (("cache.failover", {}),)
+# the failover rewrites both drop-ins, keeping each previous one beside it (`cp -a`: mode 0640, owner redis) for its undo
+REDIS_FAILOVER_KEPT = (("cache.password", ("/etc/redis/runbooklib.conf", "/etc/redis/runbooklib.conf.runbook-prev")),)
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,7 @@ CANARIES = [
     # redis failover apply
     # cache2 promoted, cache1 re-pointed; redis_back fails back to cache1. Its password is the stage's own (the failover
     # uses the pair's password, it does not set one: a fresh canary is refused by both servers, WRONGPASS)
-    CanaryRow("services", FAILOVER, apply=True, params=REDIS_FAILOVER, belongs=REDIS_KEPT, own=(("cache.password", CACHE_PASSWORD),),
+    CanaryRow("services", FAILOVER, apply=True, params=REDIS_FAILOVER, belongs=REDIS_FAILOVER_KEPT, own=(("cache.password", CACHE_PASSWORD),),
               back=lambda lab, params: redis_back(lab, params)),
 ]
 
