@@ -42,7 +42,12 @@ def upload(fleet, host, folder_name: str, files: Mapping[str, str]) -> dict[str,
             paths[name] = path
         return paths
     except (OSError, EOFError) as e:
-        raise HostError(host.name, f"cannot write the client's files into ~/{folder_name} over SFTP: {e}") from None
+        raise HostError(host.name, f"cannot write the client's files into ~/{folder_name} over SFTP: {why(e)}") from None
+
+
+def why(e: BaseException) -> str:
+    """An exception's words; a bare one (a cut link ends SFTP with an empty EOFError or timeout) by what it is."""
+    return str(e) or {"EOFError": "the connection ended (EOFError)", "TimeoutError": "timed out"}.get(type(e).__name__, type(e).__name__)
 
 
 def remove(fleet, host, paths: Iterable[str]) -> None:

@@ -43,6 +43,14 @@ def option_file(user: str, password: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_source_password(password: str, dialect: Dialect, source) -> None:
+    """A replica logs in to its source with the replication password, which ``CHANGE MASTER``/``CHANGE REPLICATION SOURCE``
+    takes only up to a length (the flavour's): longer is bad input, said before anything runs."""
+    if len(password) > dialect.max_source_password:
+        raise SecretError(f"{source}: database.replication_password is {len(password)} characters long; {dialect.title} takes at most "
+                          f"{dialect.max_source_password} as a replica's source password. Choose a shorter one; nothing was run")
+
+
 def parse_batch(text: str) -> list[dict[str, str]]:
     """The client's ``--batch`` output (a header line, then tab-separated rows with \\n, \\t, \\\\ escaped) as rows."""
     lines = [line for line in text.split("\n") if line != ""]
@@ -80,8 +88,13 @@ class DatabaseClient(privatefiles.ShellClient):
 
     @classmethod
     def for_run(cls, run, dialect: Dialect) -> "DatabaseClient":
-        """The client of a notebook run: its fleet, the database secrets resolved (and so scrubbed from its record)."""
-        return cls(run.fleet(), dialect, {f: run.secret(f) for f in ("database.root_password", "database.replication_password")})
+        """The client of a notebook run: its fleet, the database secrets resolved (and so scrubbed from its record).
+
+        A replication password the server cannot take as a replica's source password is refused here, before anything
+        remote (else 05 sets the root password, creates the replication user, and then fails on every replica)."""
+        secrets = {f: run.secret(f) for f in ("database.root_password", "database.replication_password")}
+        check_source_password(secrets["database.replication_password"].reveal(), dialect, run.params.source)
+        return cls(run.fleet(), dialect, secrets)
 
     def host(self, name: str):
         return next(h for h in self.fleet.hosts if h.name == name)

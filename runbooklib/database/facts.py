@@ -19,6 +19,9 @@ from .dialects import Dialect, ReplicaStatus
 
 # a point-in-time recovery in progress on this host: 05-database leaves its replication alone
 RECOVERY_MARKER = "/etc/mysql/runbooklib-recovery-in-progress"
+# while a recovery lasts, the frozen replica does not start its threads at boot (a restart would undo the freeze, and
+# after the rewind, with no delay, apply the bad transaction); read by MySQL's and MariaDB's Debian configuration alike
+RECOVERY_DROPIN = "/etc/mysql/conf.d/zz-runbooklib-recovery.cnf"
 # a failover promoted this server: which primary it replaced, and the position it had then (the old primary's
 # own transactions past it, when it comes back, are what the site lost)
 FAILOVER_MARKER = "/etc/mysql/runbooklib-promoted-by-failover"
@@ -60,6 +63,7 @@ class HostFacts(TypedDict):
     heartbeat: Heartbeat
     loads: Optional[list[str]]  # sha256 of the dumps loaded by the runbook; None: unknown
     recovery_marker: Optional[str]  # the marker's content when a recovery is in progress
+    recovery_dropin: Optional[str]  # the recovery's drop-in (no replica threads at boot); None: absent
     failover_marker: Optional[str]  # the marker's content when a failover promoted this server
 
 
@@ -179,6 +183,7 @@ def facts(d: Dialect, datadir: str, replication_user: str) -> tuple[Fact, ...]:
         Fact("loads", "dumps the runbook loaded (their sha256)", _q("SELECT dump_sha256 FROM runbooklib.loads"),
              parse_loads, None),
         Fact("recovery_marker", "a point-in-time recovery in progress", _file(RECOVERY_MARKER), parse_marker, None),
+        Fact("recovery_dropin", "the recovery's drop-in (replica threads not started at boot)", _file(RECOVERY_DROPIN), parse_marker, None),
         Fact("failover_marker", "a failover promoted this server", _file(FAILOVER_MARKER), parse_marker, None),
     )
 

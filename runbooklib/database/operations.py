@@ -23,6 +23,7 @@ from ..phase import steps as phase_steps
 from ..phase.steps import Operation, Step, file_diff, operation, write_file
 from ..ssh import HostResult
 from .dialects import Dialect, Source, dialect
+from .facts import RECOVERY_DROPIN
 
 PREVIOUS = ".runbook-prev"
 
@@ -256,6 +257,13 @@ def replication(p, h, f) -> list[Step]:
     r = role(p, h)
     if r not in ("replica", "delayed replica"):
         return []
+    if f["recovery_marker"] is None and f.get("recovery_dropin") is not None:  # the recovery is over: threads at boot again
+        return [Step(h.name, "replication", f"remove {RECOVERY_DROPIN} (the recovery is over: the replica starts at boot again)",
+                     f"rm -f {RECOVERY_DROPIN}", f"write it back ({flavour(p).skip_replica_start} under [mysqld])")] + _replication(p, h, f)
+    return _replication(p, h, f)
+
+
+def _replication(p, h, f) -> list[Step]:
     if f["recovery_marker"] is not None:
         return [Step(h.name, "replication", "replication as the parameters say", None,
                      blocked=(f"a point-in-time recovery is in progress on {h.name} ({' '.join(f['recovery_marker'].split())[:200]}); "

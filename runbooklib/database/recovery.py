@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import HostError, RunbookError
 from ..phase.steps import Operation, Step, operation, write_file
 from .dialects import HEARTBEAT_SCHEMA, StopPoint
-from .facts import RECOVERY_MARKER
+from .facts import RECOVERY_DROPIN, RECOVERY_MARKER
 from .operations import ShellStep, sql_step
 
 _AT = re.compile(r"^# at (\d+)\s*$")
@@ -198,13 +198,19 @@ def already_applied(d, variables: dict[str, str], status, bad: Transaction) -> b
 
 # -- the plans -------------------------------------------------------------------------------------
 
+def recovery_dropin(d) -> str:
+    return ("# runbooklib: point-in-time recovery in progress: the replica threads are not started at boot (a restart would\n"
+            "# undo the freeze, or apply the bad transaction). 05-database removes this file once the recovery marker is gone.\n"
+            f"[mysqld]\n{d.skip_replica_start}\n")
+
+
 def marker_text(run_id: str, what: str) -> str:
     return (f"# runbooklib: point-in-time recovery in progress (run {run_id}): {what}\n"
             "# 05-database leaves this replica alone while this file exists. Remove it when the recovery is over.\n")
 
 
-@operation("freeze", touches=f"the delayed replica's applier (stopped), the marker `{RECOVERY_MARKER}`",
-           undo="`START SLAVE SQL_THREAD` (MySQL 8: `START REPLICA SQL_THREAD`), remove the marker")
+@operation("freeze", touches=f"the delayed replica's applier (stopped; not started at boot: `{RECOVERY_DROPIN}`), the marker `{RECOVERY_MARKER}`",
+           undo=f"`START SLAVE SQL_THREAD` (MySQL 8: `START REPLICA SQL_THREAD`), remove the marker and `{RECOVERY_DROPIN}`")
 def freeze(p, h, f, run_id: str = "") -> list[Step]:
     d = _d(p)
     st = f["replica"]
@@ -212,6 +218,9 @@ def freeze(p, h, f, run_id: str = "") -> list[Step]:
     if st is None:
         return [Step(h.name, "freeze", "stop the delayed replica's applier", None,
                      blocked=f"{h.name} is not replicating (no replica status): there is nothing to freeze or rewind")]
+    if f.get("recovery_dropin") is None:  # first: a restart from here on keeps the replica still (the freeze holds)
+        steps.append(Step(h.name, "freeze", f"{RECOVERY_DROPIN}: {d.skip_replica_start} (a restart keeps the applier stopped)",
+                          write_file(RECOVERY_DROPIN, recovery_dropin(d)), f"rm -f {RECOVERY_DROPIN}"))
     if st["sql_running"] == "Yes":
         steps.append(sql_step(h, "freeze", "stop applying (the receiver keeps fetching from the primary)", [d.stop_applier()],
                               d.start_applier()))
@@ -273,7 +282,7 @@ def promote(p, h, f) -> list[Step]:
     d = _d(p)
     steps = [sql_step(h, "promote", f"{h.name} becomes a primary: replication reset, writable, heartbeat on",
                       d.promote() + d.heartbeat_local(True), None, "rebuild it as a replica with 05-database")]
-    steps.append(Step(h.name, "promote", "remove the recovery marker", f"rm -f {RECOVERY_MARKER}", None))
+    steps.append(Step(h.name, "promote", "remove the recovery marker and its drop-in", f"rm -f {RECOVERY_MARKER} {RECOVERY_DROPIN}", None))
     return steps
 
 

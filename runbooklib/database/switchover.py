@@ -13,6 +13,13 @@ The order is what makes it lossless:
    replica (it keeps its delay: it continues from what it applied, GTIDs being global).
 5. **drop-ins**: each server's file says its new role (read-only or not), checked by the server; no restart.
 
+A run that stopped part-way (a host down, a link cut, the runner ended by a signal) leaves the site in one of
+the states the order passes through; a run with the same parameters reads which (:func:`progress`) and goes
+on from there, re-applying nothing: **frozen** (the old primary read-only, the candidate still its replica:
+catch up, promote, ...), **promoted** (the candidate writable with no source, the old primary frozen with
+none: re-point, drop-ins), **re-pointed** (the old primary replicates from the candidate: what is left of the
+delayed replica's re-point and the drop-ins; nothing once all is in place).
+
 The number of committed rows lost is then counted, table by table, between the frozen old primary and
 the promoted one: it must be 0. Afterwards the parameter file must say the new roles
 (``database.primary``/``database.replica``); until then ``05-database`` refuses to plan.
@@ -49,8 +56,33 @@ def swapped(p):
     return p.model_copy(update={"database": db})
 
 
+START, FROZEN, PROMOTED, REPOINTED = "not started", "frozen", "promoted", "re-pointed"
+
+
+def progress(p, gathered) -> str:
+    """How far a switchover from the old primary to the candidate got (both must answer):
+
+    - ``re-pointed``: the old primary replicates from the candidate (what is left: the delayed replica, the drop-ins);
+    - ``promoted``: the candidate has no source and is writable, the old primary is read-only with no source;
+    - ``frozen``: the old primary is read-only with no source, the candidate still replicates from it;
+    - ``not started``: anything else (the preflight says whether it can start).
+    """
+    old, candidate = require(p)
+    fo, fc = gathered.facts[old], gathered.facts[candidate]
+    cand_ip = str(p.host(candidate).address)
+    so, sc = fo["replica"], fc["replica"]
+    old_frozen = so is None and fo["sql"]["variables"].get("read_only") == "ON"
+    if so is not None and so["source_host"] == cand_ip and sc is None:
+        return REPOINTED
+    if old_frozen and sc is None and fc["sql"]["variables"].get("read_only") != "ON" and not fc.get("failover_marker"):
+        return PROMOTED
+    if old_frozen and sc is not None and sc["source_host"] == str(p.host(old).address):
+        return FROZEN
+    return START
+
+
 def preflight(p, d, gathered) -> list[str]:
-    """Why the switchover must not start: every reason, each naming the server."""
+    """Why the switchover must not start (or go on from where an earlier run stopped): every reason, each naming the server."""
     old, candidate = require(p)
     out = []
     for name in (old, candidate):
@@ -63,14 +95,20 @@ def preflight(p, d, gathered) -> list[str]:
     fo, fc = gathered.facts[old], gathered.facts[candidate]
     if not fo["sql"]["answering"]:
         out += [f"{old}: the server does not answer: {fo['sql']['error'][:200]}", _lost_hint(old)]
-    elif fo["replica"] is not None:
-        out.append(f"{old}: it replicates from {fo['replica']['source_host']}: it is not the primary (a switchover already made?)")
-    elif fo["sql"]["variables"].get("read_only") == "ON":
-        out.append(f"{old}: already read-only: the site takes no writes; finish the earlier switchover first")
-    st = fc["replica"]
     if not fc["sql"]["answering"]:
         out.append(f"{candidate}: the server does not answer: {fc['sql']['error'][:200]}")
-    elif st is None:
+    if out:
+        return out + _recoveries(gathered)
+    where = progress(p, gathered)
+    if where in (PROMOTED, REPOINTED):  # an earlier run promoted the candidate: what is left asks nothing more of it
+        return _recoveries(gathered)
+    if where == START:  # (frozen: an earlier run made the old primary read-only; this one goes on from there)
+        if fo["replica"] is not None:
+            out.append(f"{old}: it replicates from {fo['replica']['source_host']}, not from {candidate}: it is not the primary")
+        elif fo["sql"]["variables"].get("read_only") == "ON":
+            out.append(f"{old}: already read-only: the site takes no writes; finish the earlier switchover first")
+    st = fc["replica"]
+    if st is None:
         out.append(f"{candidate}: not a replica: it cannot take over without the primary's data")
     else:
         if st["source_host"] != str(p.host(old).address):
@@ -79,10 +117,12 @@ def preflight(p, d, gathered) -> list[str]:
             out.append(f"{candidate}: replication is not running (IO {st['io_running']}, SQL {st['sql_running']}); start it first")
         if st["sql_delay"]:
             out.append(f"{candidate}: it has a delay of {st['sql_delay']} s: a switchover takes the real-time replica")
-    for name, f in gathered.facts.items():
-        if f.get("recovery_marker") is not None:
-            out.append(f"{name}: a point-in-time recovery is in progress; finish it first")
-    return out
+    return out + _recoveries(gathered)
+
+
+def _recoveries(gathered) -> list[str]:
+    return [f"{name}: a point-in-time recovery is in progress; finish it first" for name, f in gathered.facts.items()
+            if f.get("recovery_marker") is not None]
 
 
 def _lost_hint(old: str) -> str:
@@ -101,10 +141,11 @@ def freeze_writes(p, h, f) -> list[Step]:
 
 
 @operation("catch up", touches="nothing (a wait)", undo="-")
-def catch_up(p, h, f) -> list[Step]:
+def catch_up(p, h, f, resumed: bool = False) -> list[Step]:
     old, _ = require(p)
     d = _d(p)
-    return [Step(h.name, "catch up", f"wait until {h.name} applied everything {old} committed "
+    frozen = " (frozen by an earlier run)" if resumed else ""
+    return [Step(h.name, "catch up", f"wait until {h.name} applied everything {old}{frozen} committed "
                                      f"(at most {p.database.switchover.catch_up_timeout_seconds} s)",
                  d.wait_for_position("<the old primary's final position>", p.database.switchover.catch_up_timeout_seconds),
                  None, "if it does not catch up, the old primary is made writable again and nothing else happens")]
@@ -151,18 +192,27 @@ def _d(p):
 
 
 def plan(p, gathered) -> list[Step]:
-    """The switchover, in the order it runs (hosts interleaved: the order is the point)."""
+    """The switchover, in the order it runs (hosts interleaved: the order is the point), from where an earlier run
+    stopped (:func:`progress`): what is in place is not done again."""
     old, candidate = require(p)
     db = p.database
     ho, hc = p.host(old), p.host(candidate)
     fo, fc = gathered.facts[old], gathered.facts[candidate]
     new_source = Source(str(hc.address), db.port, db.replication_user, 0)
-    steps = freeze_writes.ensure(p, ho, fo) + catch_up.ensure(p, hc, fc) + promote.ensure(p, hc, fc)
-    steps += repoint.ensure(p, ho, fo, source=new_source, own_position=True)
+    where = progress(p, gathered)
+    # frozen by an earlier run: its heartbeat event is off too (else the freeze again: idempotent, and a replica must not tick)
+    refreeze = where == FROZEN and (fo.get("heartbeat") or {}).get("event") == "ENABLED"
+    steps = freeze_writes.ensure(p, ho, fo) if where == START or refreeze else []
+    if where in (START, FROZEN):
+        steps += catch_up.ensure(p, hc, fc, resumed=where == FROZEN) + promote.ensure(p, hc, fc)
+    if where != REPOINTED:
+        steps += repoint.ensure(p, ho, fo, source=new_source, own_position=True)
     if db.delayed_replica and db.delayed_replica in gathered.facts:
-        hd = p.host(db.delayed_replica)
-        steps += repoint.ensure(p, hd, gathered.facts[db.delayed_replica],
-                                source=Source(new_source.host, db.port, db.replication_user, db.delay_seconds))
+        fd = gathered.facts[db.delayed_replica]
+        sd = fd["replica"]
+        if where == START or sd is None or sd["source_host"] != new_source.host or sd["sql_delay"] != db.delay_seconds:
+            steps += repoint.ensure(p, p.host(db.delayed_replica), fd,
+                                    source=Source(new_source.host, db.port, db.replication_user, db.delay_seconds))
     steps += drop_in.ensure(p, ho, fo) + drop_in.ensure(p, hc, fc)
     return steps
 
@@ -186,6 +236,13 @@ def apply(p, client, steps: list[Step], on_change: Callable[[Step], Any] | None 
     run = executor(client)
     out: dict[str, Any] = {"ok": True, "error": "", "applied": [], "final_position": None, "frozen": {}, "aborted": False,
                            "transactions_lost": None}
+    if steps and not any(s.operation == "catch up" for s in steps):
+        # an earlier run promoted the candidate: the old primary, still read-only, holds what it committed (the rows compared)
+        try:
+            out["frozen"] = table_sums(client, client.host(old), user_schemas(client, client.host(old)))
+        except HostError as e:
+            out.update(ok=False, error=f"{old}: reading its tables (the rows the candidate must hold) failed: {e}")
+            return out
     for step in steps:
         host = client.host(step.host)
         if step.operation == "catch up":
@@ -200,6 +257,9 @@ def apply(p, client, steps: list[Step], on_change: Callable[[Step], Any] | None 
                 caught_up, out["error"] = False, str(e)
             if not caught_up:
                 undo = client.execute(client.host(old), d.read_only(False) + d.heartbeat_local(True))
+                if undo.ok and on_change:  # the record says the freeze it lists as applied is no longer in place
+                    on_change(Step(old, "freeze writes", f"undone: {old} takes writes again, heartbeat event on ({candidate} did not "
+                                                         "catch up)", None))
                 out.update(ok=False, aborted=True, error=(out["error"] or f"{candidate} did not apply {old}'s final position "
                            f"{out['final_position']} within {p.database.switchover.catch_up_timeout_seconds} s")
                            + ("; the old primary is writable again, nothing else changed" if undo.ok else

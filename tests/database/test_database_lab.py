@@ -234,7 +234,7 @@ def test_the_recovery_drill_rewinds_a_destructive_statement_and_keeps_every_good
     assert r.returncode == 0, r.stderr[-5000:]
     m = manifest(r.stdout)
     assert m["verdict"]["verdict"] == "recovered", m["verdict"]
-    assert [c["operation"] for c in m["changes"]] == ["freeze", "freeze", "rewind", "export"], m["changes"]
+    assert [c["operation"] for c in m["changes"]] == ["freeze", "freeze", "freeze", "rewind", "export"], m["changes"]
     print(f"recovery drill: {time.monotonic() - t0:.1f} s")
 
     # every good row is on the recovered replica, the mistake is not; the primary still holds the mistake
@@ -243,6 +243,8 @@ def test_the_recovery_drill_rewinds_a_destructive_statement_and_keeps_every_good
     assert sql.value("db1", "SELECT COUNT(*) FROM shop.orders") == "0"
     status = sql.rows("db3", "SHOW SLAVE STATUS")[0]
     assert status["Slave_SQL_Running"] == "No" and status["SQL_Delay"] == "0"
+    # a restart of db3 would keep it there: its threads are not started at boot while the recovery lasts
+    assert sql.shell("db3", "cat /etc/mysql/conf.d/zz-runbooklib-recovery.cnf").check().stdout.endswith("[mysqld]\nskip-slave-start\n")
     exported = sql.shell("db3", "stat -c '%a %s %n' /var/backups/runbooklib/recovery-*-shop.sql").check().stdout.split()
     assert exported[0] == "600" and int(exported[1]) > 10_000
     assert sql.shell("db3", f"grep -c 'INSERT INTO `orders`' {exported[2]}").stdout.strip() != "0"
@@ -259,7 +261,9 @@ def test_the_recovery_drill_rewinds_a_destructive_statement_and_keeps_every_good
     sql.shell("db3", "rm -f /etc/mysql/runbooklib-recovery-in-progress").check()
     resumed = run05(archive, drill, "--apply")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [c["change"] for c in manifest(resumed.stdout)["changes"]] == ["delay 0 s -> 600 s"]
+    assert [c["change"] for c in manifest(resumed.stdout)["changes"]] == [
+        "remove /etc/mysql/conf.d/zz-runbooklib-recovery.cnf (the recovery is over: the replica starts at boot again)", "delay 0 s -> 600 s"]
+    assert sql.shell("db3", "test -e /etc/mysql/conf.d/zz-runbooklib-recovery.cnf").exit_code == 1
 
 
 def test_the_switchover_loses_no_committed_row_and_the_delayed_replica_keeps_its_delay(lab, archive, sql):

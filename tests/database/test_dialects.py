@@ -93,6 +93,21 @@ def test_the_option_file_quotes_the_password_and_refuses_a_line_break():
     assert "two" not in str(e.value)
 
 
+def test_a_replication_password_too_long_for_the_source_password_is_refused_before_anything_runs():
+    """MariaDB 10.11 on the lab refused a 154-character one at CHANGE MASTER (ERROR 1470), after 05 had set the root
+    password and created the replication user: now refused when the client is made, naming the field, never the value."""
+    from runbooklib.database.client import check_source_password
+    from runbooklib.database.dialects import dialect
+
+    check_source_password("x" * 96, dialect("mariadb"), "site.yaml")
+    with pytest.raises(SecretError, match=r"site.yaml: database.replication_password is 97 characters long; MariaDB takes at most 96") as e:
+        check_source_password("s3cret" + "x" * 91, dialect("mariadb"), "site.yaml")
+    assert "s3cret" not in str(e.value)
+    check_source_password("x" * 32, dialect("mysql-8.4"), "site.yaml")
+    with pytest.raises(SecretError, match="MySQL 8.0 takes at most 32"):
+        check_source_password("x" * 33, dialect("mysql-8.0"), "site.yaml")
+
+
 def test_batch_output_with_escapes_and_nulls():
     rows = parse_batch("a\tb\nx\\ty\tNULL\nline\\none\t\\\\\n")
     assert rows == [{"a": "x\ty", "b": "NULL"}, {"a": "line\none", "b": "\\"}]

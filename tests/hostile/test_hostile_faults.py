@@ -108,7 +108,19 @@ def logins(lab, vm: str) -> int:
 
 
 def changes(m: dict) -> set[tuple]:
-    return {(c["host"], c["operation"], c["change"]) for c in m["changes"]}
+    """The changes a record says were applied and left in place: one the same run recorded as undone afterwards (a change
+    ``undone: ...`` on the same host and operation, as a switchover whose candidate did not catch up unfreezes the old
+    primary) is not in place, and applying it again is no double application."""
+    out: list[tuple] = []
+    for c in m["changes"]:
+        key = (c["host"], c["operation"], c["change"])
+        if c["change"].startswith("undone: "):
+            earlier = [x for x in out if x[:2] == key[:2]]
+            assert earlier, f"an undo with nothing before it to undo: {key}"
+            out.remove(earlier[-1])
+        else:
+            out.append(key)
+    return set(out)
 
 
 def rerun_params(lab) -> Path:

@@ -6,7 +6,10 @@ the right phases once with ``runbook suite --apply --only ...`` (the product's o
 sequence. The promise allows the sharing because every row starts from the stage's converged state and ends there:
 
 - before a row, every VM is started, every link healed and every host key re-pinned (``lab up``), so a row that
-  failed cannot hand its fault to the next;
+  failed cannot hand its fault to the next; a stage whose rows move roles (a database switchover or failover, a
+  recovery's frozen replica) also has a ``put_back``, which restores them with the product's own runbooks (the
+  switchover run back, the failover's rejoin, 05 once the recovery marker is removed); a row that moves a pair on a
+  shared stage (the Redis failover) puts it back itself (``back``);
 - a row that needs work pending when its fault strikes (a VM stopped *during* an apply, a cut mid-command, a
   signal mid-phase) first undoes a little of the stage's state on the hosts (``perturb``: a service disabled, a
   mount removed, a configuration file edited), the drift an operator meets in real life;
@@ -77,10 +80,15 @@ class Stage:
     subnet: str
     profile: str | Callable[[Path], str]  # a profile, or what writes one in a folder
     only: tuple[str, ...]  # `runbook suite --apply --only ...`: the phases the stage is brought to
+    # what a row may leave that the generic restore (VMs, links, keys) does not put back: roles moved by an incident
+    # runbook (a switchover, a failover), a replica frozen by a recovery; run before each row, after the generic restore
+    put_back: Callable | None = None
 
     def after(self, lab) -> None:
         if "edge" in self.only:  # what 09 serves from the CDN volume (as tests/edge does)
             sh(lab, "w1", "echo 'cdn probe written by the hostile suite' > /cdn-data/probe.txt && chmod 644 /cdn-data/probe.txt")
+        if "database" in self.only:  # the mistake the recovery rows rewind (as tests/database does with shop.orders)
+            database_mistake(lab)
 
 
 STAGES = {
@@ -93,6 +101,15 @@ STAGES = {
     # logging (12, 13)
     # an RKE1 cluster (cp1, w1) with Fluentd's DaemonSet, and elk1's real OpenSearch node with the typed template: 12, 13
     "logging": Stage("rbhlg", "10.112.0.0/24", logging_profile, ("vm", "kubernetes", "logging")),
+    # database incidents
+    # three MariaDB VMs (primary, real-time replica, replica delayed 30 days) built by 05: the switchover, its
+    # failover path and the point-in-time recovery; after each row the roles go back (database_put_back)
+    "database": Stage("rbhdb", "10.113.0.0/24", lambda d: database_profile(d), ("vm", "database"), put_back=lambda lab: database_put_back(lab)),
+    # the failover path on a lab of its own, its delayed replica 5 s behind: a failover's rejoin drops the old primary's
+    # binlog back to the promotion, so switching back to it (the put-back) leaves a replica 30 days behind unable to
+    # follow (error 1236: the GTID it asks for is no longer in that binlog); 5 s behind, it is past the promotion
+    "database-failover": Stage("rbhdf", "10.116.0.0/24", lambda d: database_profile(d, delay_seconds=5), ("vm", "database"),
+                               put_back=lambda lab: database_put_back(lab)),
 }
 
 # drift that gives a converged stage something to apply on a host, so that a fault can strike mid-apply
@@ -117,6 +134,22 @@ SHIPPER_EDITED = ("local", f"{KUBECTL} patch configmap fluentd-conf-d --type mer
 TEMPLATE_GONE = ("elk1", "curl -sSf -X DELETE \"http://$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1):9200/_index_template/logs-typed\"")
 LOGGING, RETENTION = "notebooks/12-logging.ipynb", "notebooks/13-log-retention.ipynb"
 DRILL_PARAMS = (("edge.failure", {"node": "edge1", "mode": "drill"}),)
+# database incidents
+SWITCH, PITR = "notebooks/incident/db-switchover.ipynb", "notebooks/incident/db-point-in-time-recovery.ipynb"
+PLANNED = (("database.switchover", {}),)
+FAILOVER_PARAMS = (("database.switchover", {"failover": True}),)
+RECOVERY = (("database.recovery", {"find": "DELETE FROM hostile.orders", "since": "2026-01-01T00:00:00", "outcome": "export",
+                                   "export_tables": ["hostile.orders"], "verify": [{"table": "hostile.orders", "rows": 200}]}),)
+DB1_LOST = ("db1", "systemctl stop mariadb")  # the primary's server gone (the failover is refused while it answers)
+DB_SECRETS = (("database.root_password", "RB_HOSTILE_DB_ROOT"), ("database.replication_password", "RB_HOSTILE_DB_REPL"))
+DB_OWN = DB_SECRETS
+# MariaDB keeps a replica's source password in its master.info (it reconnects with it): on the replicas a run re-points
+DB_KEPT = (("database.replication_password", ("/var/lib/mysql/master.info",)),)
+DB_VMS = ("db1", "db2", "db3")
+# redis failover apply
+REDIS_FAILOVER = (("cache.failover", {}),)
+# the failover rewrites both drop-ins, keeping each previous one beside it (`cp -a`: mode 0640, owner redis) for its undo
+REDIS_FAILOVER_KEPT = (("cache.password", ("/etc/redis/runbooklib.conf", "/etc/redis/runbooklib.conf.runbook-prev")),)
 
 
 @dataclass(frozen=True)
@@ -129,6 +162,7 @@ class Row:
     params: tuple[tuple[str, object], ...] = ()  # (dotted field, value) set in the row's parameter file
     apply: bool = True
     slow: bool = True
+    back: Callable | None = None  # (lab, the row's parameters): puts the stage back after the row (roles an incident runbook moved)
 
     @property
     def id(self) -> str:
@@ -178,6 +212,32 @@ MATRIX = [
     Row("logging", RETENTION, "vm stopped during", "elk1", perturb=(TEMPLATE_GONE,)),
     Row("logging", RETENTION, "link cut mid-command", "elk1", perturb=(TEMPLATE_GONE,)),
     Row("logging", RETENTION, "SIGINT mid-phase", "elk1", perturb=(TEMPLATE_GONE,)),
+    # database incidents
+    # the recovery: freeze db3 (the delayed replica), rewind it to just before the stage's mistake, export the table; every
+    # run has something to apply (database_put_back unfreezes db3 and gives it its delay back before the next row)
+    Row("database", PITR, "vm stopped before", "db3", params=RECOVERY),
+    Row("database", PITR, "vm stopped during", "db3", params=RECOVERY),
+    Row("database", PITR, "link cut mid-command", "db3", params=RECOVERY),
+    Row("database", PITR, "host key changed", "db1", params=RECOVERY),  # the primary, whose binlog names the mistake
+    Row("database", PITR, "SIGINT mid-phase", "db3", params=RECOVERY),
+    # the planned switchover db1 -> db2 (database_put_back switches back before the next row)
+    Row("database", SWITCH, "vm stopped before", "db2", params=PLANNED),  # the candidate
+    Row("database", SWITCH, "vm stopped during", "db3", params=PLANNED),  # the delayed replica, re-pointed last
+    Row("database", SWITCH, "link cut mid-command", "db2", params=PLANNED),
+    Row("database", SWITCH, "host key changed", "db1", params=PLANNED),
+    Row("database", SWITCH, "SIGTERM mid-phase", "db1", params=PLANNED),
+    # its failover path: db1's server is stopped (the lost primary; its VM stays up, so that the row's own fault is the
+    # only VM down), then db2 is promoted and db3 re-pointed. No "during", cut or signal row: the failover's changes
+    # are five SQL statements in about a second after its first one (no fault lands mid-way reliably; the planned
+    # switchover's rows cover those faults on the same code paths: the executor, the client, the record)
+    Row("database-failover", SWITCH, "vm stopped before", "db3", perturb=(DB1_LOST,), params=FAILOVER_PARAMS),
+    Row("database-failover", SWITCH, "host key changed", "db2", perturb=(DB1_LOST,), params=FAILOVER_PARAMS),
+    # redis failover apply
+    # cache2 promoted, cache1 re-pointed; redis_back fails back to cache1 after the row. Faults on the candidate only: the
+    # old primary stopped or cut is the failover's own premise (it promotes, names cache1 pending: not a failure); no
+    # "during", cut or signal row: its two steps (REPLICAOF, drop-in) take well under a second after the first change
+    Row("services", FAILOVER, "vm stopped before", "cache2", params=REDIS_FAILOVER, back=lambda lab, params: redis_back(lab, params)),
+    Row("services", FAILOVER, "host key changed", "cache2", params=REDIS_FAILOVER, back=lambda lab, params: redis_back(lab, params)),
 ]
 
 
@@ -192,6 +252,8 @@ class CanaryRow:
     params: tuple[tuple[str, object], ...] = ()
     belongs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # field -> VM paths where the value is kept by design
     slow: bool = True
+    own: tuple[tuple[str, str], ...] = ()  # field -> environment variable: the canary is the stage's own secret (made as a canary)
+    back: Callable | None = None  # (lab, canary parameters): puts the stage back, instead of the runbook run again with the stage's
 
     @property
     def id(self) -> str:
@@ -228,6 +290,25 @@ CANARIES = [
     CanaryRow("logging", RETENTION, apply=False),
     CanaryRow("logging", RETENTION, apply=True, perturb=(TEMPLATE_GONE,)),
     CanaryRow("logging", RETENTION, apply=True, codes=(1, 4), stop="elk1", perturb=(TEMPLATE_GONE,)),
+    # database incidents
+    # the database passwords are the stage's own, made as canaries (SQL- and shell-breaking): these runbooks use them,
+    # they do not set them (a rotation is 05's, with its own canary row); the other secrets are fresh canaries
+    CanaryRow("database", PITR, apply=False, params=RECOVERY, own=DB_OWN),
+    CanaryRow("database", PITR, apply=True, params=RECOVERY, own=DB_OWN, belongs=DB_KEPT, back=lambda lab, _: database_put_back(lab)),
+    CanaryRow("database", PITR, apply=True, codes=(1, 4), stop="db3", params=RECOVERY, own=DB_OWN, belongs=DB_KEPT,
+              back=lambda lab, _: database_put_back(lab)),
+    CanaryRow("database", SWITCH, apply=False, params=PLANNED, own=DB_OWN),
+    CanaryRow("database", SWITCH, apply=True, params=PLANNED, own=DB_OWN, belongs=DB_KEPT, back=lambda lab, _: database_put_back(lab)),
+    CanaryRow("database", SWITCH, apply=True, codes=(1, 4), stop="db2", params=PLANNED, own=DB_OWN, belongs=DB_KEPT,
+              back=lambda lab, _: database_put_back(lab)),
+    # the failover path, failing: the primary's server lost and the delayed replica's VM stopped
+    CanaryRow("database-failover", SWITCH, apply=True, codes=(1, 4), stop="db3", perturb=(DB1_LOST,), params=FAILOVER_PARAMS, own=DB_OWN,
+              belongs=DB_KEPT, back=lambda lab, _: database_put_back(lab)),
+    # redis failover apply
+    # cache2 promoted, cache1 re-pointed; redis_back fails back to cache1. Its password is the stage's own (the failover
+    # uses the pair's password, it does not set one: a fresh canary is refused by both servers, WRONGPASS)
+    CanaryRow("services", FAILOVER, apply=True, params=REDIS_FAILOVER, belongs=REDIS_FAILOVER_KEPT, own=(("cache.password", CACHE_PASSWORD),),
+              back=lambda lab, params: redis_back(lab, params)),
 ]
 
 
@@ -253,6 +334,7 @@ def stage(request, tmp_path_factory):
             built = runbook("suite", "--params", str(lab.params_file), "--apply", "--only", *st.only, env=env, timeout=3000)
             assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-3000:]
             st.after(lab)
+            lab.hostile_put_back = st.put_back
             yield lab
     finally:
         if saved is None:
@@ -266,6 +348,8 @@ def restore(lab) -> None:
     for vm in lab.vms():
         lab.heal(vm)
     lab.up(profile=lab.hostile_profile)
+    if getattr(lab, "hostile_put_back", None):
+        lab.hostile_put_back(lab)
 
 
 def row_params(lab, row, name: str) -> Path:
@@ -293,7 +377,12 @@ def test_fault_on_a_staged_lab(stage, row, tmp_path):
     stage.fault_params = row_params(stage, row, f"fault-{row.id}")
     for vm, command in row.perturb:
         sh(stage, vm, command)
-    FAULTS[row.fault](stage, row, tmp_path)
+    try:
+        FAULTS[row.fault](stage, row, tmp_path)
+    finally:
+        if row.back is not None:
+            restore(stage)  # (the fault's VM, link and key back first)
+            row.back(stage, stage.fault_params)
 
 
 @pytest.mark.parametrize(("stage", "row"), [pytest.param(r.stage, r, id=r.id, marks=_marks(r, "secrets: canaries")) for r in CANARIES],
@@ -301,7 +390,7 @@ def test_fault_on_a_staged_lab(stage, row, tmp_path):
 def test_no_canary_after_a_run_on_a_staged_lab(stage, row, tmp_path):
     restore(stage)
     source = row_params(stage, row, f"canary-source-{row.id}")
-    params, values = canary_params(stage, tmp_path / "canaries", source)
+    params, values = canary_params(stage, tmp_path / "canaries", source, fixed={field: os.environ[var] for field, var in row.own})
     for vm, command in row.perturb:
         sh(stage, vm, command)
     before = vm_files(stage)
@@ -320,8 +409,105 @@ def test_no_canary_after_a_run_on_a_staged_lab(stage, row, tmp_path):
     if row.apply and row.belongs and not row.stop:
         # the canary was really used: it is where it belongs on the hosts, and nowhere else
         assert set(kept) == {field for field, _ in row.belongs}, kept
-    if row.apply and row.runbook not in (SNAP, DRILL):
+    if row.back is not None:
+        row.back(stage, params)
+    elif row.apply and row.runbook not in (SNAP, DRILL):
         # put back what the row changed (the canary secrets set, what perturb took away) with the stage's own: the next row starts converged
         again = runbook("run", row.runbook, "--params", str(row_params(stage, CanaryRow(row.stage, row.runbook, True), "converge")),
                         "--apply", "--allow-not-ready", timeout=900)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+
+
+# -- database incidents -----------------------------------------------------------------------------
+
+
+
+def database_profile(directory: Path, **database) -> str:
+    """The hostile services' database lab (tests/data/database/lab-db.yaml), its passwords the stage's own: canaries
+    (a SQL string and a shell word broken out of, as the canary rows make them) in environment variables."""
+    from hostile.test_hostile_secrets import db_canary
+
+    data = yaml.safe_load((ROOT / "tests" / "data" / "database" / "lab-db.yaml").read_text())
+    data["environment"]["name"] = "lab-hostile-db"
+    data["database"].update(database)
+    for field, var in DB_SECRETS:
+        os.environ.setdefault(var, db_canary())
+        data["database"][field.split(".", 1)[1]] = f"env:{var}"
+    path = directory / "db-lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def database_mistake(lab) -> None:
+    """200 orders committed on the primary, then the mistake the recovery rows look for: half of them deleted."""
+    rows = ", ".join(f"({i}, 'order {i}')" for i in range(1, 201))
+    sh(lab, "db1", f'mariadb -e "CREATE DATABASE hostile; CREATE TABLE hostile.orders (id INT PRIMARY KEY, note VARCHAR(40)); '
+                   f'INSERT INTO hostile.orders VALUES {rows}; DELETE FROM hostile.orders WHERE id > 100"')
+
+
+def _source_of(lab, vm: str) -> str | None:
+    out = sh(lab, vm, "mariadb -e 'SHOW SLAVE STATUS\\G' | awk '/ Master_Host:/ {print $2}'").strip()
+    return out or None
+
+
+def _exists(lab, vm: str, path: str) -> bool:
+    return lab.exec_in(vm, f"test -e {path}").returncode == 0
+
+
+def _db_run(lab, notebook: str, name: str, fields: dict) -> None:
+    from conftest import set_path
+
+    data = yaml.safe_load(lab.params_file.read_text())
+    for field, value in fields.items():
+        set_path(data, field, value)
+    path = lab.params_file.with_name(f"{name}.yaml")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = runbook("run", notebook, "--params", str(path), "--apply", timeout=900)
+    assert done.returncode == 0, f"putting the database stage back ({name}): " + done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def database_put_back(lab) -> None:
+    """The database stage as built: db1 the primary, db2 its real-time replica, db3 delayed and not frozen.
+
+    With the product's own runbooks, as an operator would: a server a row stopped is started; a failover's promotion
+    is followed by the same failover run again (db1 back: fenced, counted, rejoined); a switchover is switched back
+    (db2 -> db1); a recovery's marker is removed and 05 gives db3 its delay back (05 also confirms the whole stage)."""
+    from runbooklib.database.facts import FAILOVER_MARKER, RECOVERY_MARKER
+    from runbooklib.params import load_params
+
+    for vm in DB_VMS:
+        sh(lab, vm, "systemctl start mariadb && for i in $(seq 60); do mariadb -e 'SELECT 1' >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1")
+    db2 = str(load_params(lab.params_file).host("db2").address)
+    moved = False
+    if _exists(lab, "db2", FAILOVER_MARKER) and _source_of(lab, "db2") is None and _source_of(lab, "db1") is None:
+        _db_run(lab, SWITCH, "put-back-rejoin", {"database.switchover": {"failover": True}})
+        moved = True
+    if _source_of(lab, "db1") == db2:
+        _db_run(lab, SWITCH, "put-back-switch", {"database.primary": "db2", "database.replica": "db1", "database.switchover": {}})
+        moved = True
+    if _exists(lab, "db2", FAILOVER_MARKER):
+        sh(lab, "db2", f"rm -f {FAILOVER_MARKER}")  # db2 is a replica again: the marker of its promotion is history
+        moved = True
+    frozen = _exists(lab, "db3", RECOVERY_MARKER)
+    if frozen:
+        sh(lab, "db3", f"rm -f {RECOVERY_MARKER}")  # the engineer's step once the primary is repaired (the runbook says so)
+    if moved or frozen:
+        _db_run(lab, "notebooks/05-database.ipynb", "put-back-05", {})
+
+
+# -- redis failover apply ---------------------------------------------------------------------------
+
+def redis_back(lab, params: Path) -> None:
+    """The services stage's pair as built: the failover run back (cache1 the candidate, with the row's parameters), then
+    08 with the stage's own (its password back, and 08 plans only on a pair whose roles match the file)."""
+    from conftest import set_path
+
+    data = yaml.safe_load(params.read_text())
+    for field, value in (("cache.vms.primary", "cache2"), ("cache.vms.replica", "cache1"), ("cache.failover", {})):
+        set_path(data, field, value)
+    back = params.with_name(params.stem + "-back.yaml")
+    back.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = runbook("run", FAILOVER, "--params", str(back), "--apply", "--allow-not-ready", timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    again = runbook("run", CACHE, "--params", str(row_params(lab, CanaryRow("services", CACHE, True), "converge")), "--apply", timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]

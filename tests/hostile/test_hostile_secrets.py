@@ -43,6 +43,15 @@ def forms(value: str) -> set[str]:
 ESCAPED = "/var/tmp/runbook-hostile-escaped"  # what a password that broke out of its quoting would create
 
 
+def db_canary() -> str:
+    """A database password canary that also tries to break out of a SQL string and of a shell word (see ESCAPED), within
+    the 96 characters MariaDB takes as a replica's source password (a longer one is refused before anything runs)."""
+    token = secrets.token_hex(5)
+    value = f"Cn{token}');CREATE DATABASE pwn_{token};-- \"$(touch {ESCAPED})`&%<>"
+    assert len(value) <= 96, len(value)
+    return value
+
+
 @dataclass(frozen=True)
 class Row:
     runbook: str
@@ -71,9 +80,11 @@ def lab(tmp_path_factory):
         yield lab
 
 
-def canary_params(lab, folder: Path, source: Path | None = None) -> tuple[Path, dict[str, str]]:
+def canary_params(lab, folder: Path, source: Path | None = None, fixed: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:
     """The lab's parameters (or ``source``, a file beside them) with every secret reference of the file pointing at a
-    fresh canary; returns their values. The SSH key stays the lab's (it must log in): its value is a needle all the same."""
+    fresh canary; returns their values. The SSH key stays the lab's (it must log in): its value is a needle all the same.
+    ``fixed``: fields whose canary is a given value (a staged lab's own secret, itself made as a canary, already set on
+    its servers), so that a run that does not rotate that secret still finds it working."""
     from runbooklib.params import load_params
 
     source = source or lab.params_file
@@ -93,11 +104,12 @@ def canary_params(lab, folder: Path, source: Path | None = None) -> tuple[Path, 
             values["ssh.key"] = (lab.root / "ssh" / "id_ed25519").read_text()  # the lab's private key: it must not leak either
             continue
         token = secrets.token_hex(10)
-        if field == "registry.json_key":  # a fresh service-account key: its private key is the canary
+        if field in (fixed or {}):
+            value = fixed[field]
+        elif field == "registry.json_key":  # a fresh service-account key: its private key is the canary
             value = lab_key_material(folder / "registry")["registry"].read_text().strip()
         elif field.startswith("database."):
-            # a canary that also tries to break out of a SQL string and of a shell word (see ESCAPED)
-            value = f"Cn{token}'); CREATE DATABASE pwn_{token}; -- \"$(touch {ESCAPED})`touch {ESCAPED}`&/+=%<>"
+            value = db_canary()
         else:
             value = f"Cn{token}{secrets.token_hex(6)}"
         set_path(data, field, canary(field, value))

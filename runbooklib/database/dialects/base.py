@@ -129,6 +129,9 @@ class Dialect:
     # normalised name -> the server's field name in the status row
     status_fields: dict[str, str] = {}
     end_of_life = ""  # a date, when the flavour is past it
+    # the longest password a replica's source accepts (SOURCE_PASSWORD / MASTER_PASSWORD): MySQL's documented 32 characters
+    max_source_password = 32
+    skip_replica_start = "skip-replica-start"  # the server option: no replica threads started at boot (MySQL 8.0.26 on)
 
     # -- files and commands ------------------------------------------------------------------
     @property

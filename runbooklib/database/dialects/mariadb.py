@@ -33,6 +33,8 @@ STATUS_FIELDS = {
 class MariaDB(Dialect):
     flavour = "mariadb"
     title = "MariaDB"
+    skip_replica_start = "skip-slave-start"
+    max_source_password = 96  # ERROR 1470 "too long for MASTER_PASSWORD (should be no longer than 96)" (10.11, on the lab)
     client = "mariadb"
     # the client prints a failed statement by default: it may carry a password
     client_options = "--skip-print-query-on-error"

@@ -25,6 +25,7 @@ STATUS_FIELDS = {
 class MySQL57(Dialect):
     flavour = "mysql-5.7"
     title = "MySQL 5.7"
+    skip_replica_start = "skip-slave-start"
     replica_word = "SLAVE"
     change_source = "CHANGE MASTER TO"
     option_prefix = "MASTER"
