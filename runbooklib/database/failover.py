@@ -16,7 +16,9 @@ While the old primary is down, **fail over**:
    run does either again if an earlier one stopped short of it).
 
 Transactions another replica received from the old primary but the candidate never did are counted
-then (lost at promotion) and make the verdict ``incomplete``.
+then (lost at promotion) and make the verdict ``incomplete``. A delayed replica that was down then, and
+had *applied* such transactions, is not re-pointed by a later run (the new primary's binlog cannot
+continue from its position): it is named, with how many, and left with its data.
 
 Once the old primary is back (the VM boots it writable, with its heartbeat event on), the same run again
 **fences and rejoins** it:
@@ -266,6 +268,30 @@ def _retrieved(client, host) -> str:
     return st["retrieved"] if st else ""
 
 
+def _applied_past_promotion(client, host, promoted: str | None, old: str, candidate: str) -> str:
+    """Why the delayed replica must not be re-pointed at the new primary ("" when it may be).
+
+    A replica down during the failover (or one whose delay had passed) may have applied transactions of the
+    old primary that the candidate never got: they were lost at the promotion, and the new primary's binlog
+    cannot continue from its position (MariaDB and MySQL refuse it, error 1236). It is then left as it is,
+    with its data, and named, with what it holds.
+    """
+    d = client.dialect
+    try:
+        if not promoted:  # a later run: the promotion position is in the new primary's marker
+            promoted = parse_marker(client.shell(client.host(candidate), f"cat {FAILOVER_MARKER}").check().stdout).get("position", "")
+        applied = client.query(host, f"SELECT {switchover._applied_expr(d)} AS applied")[0]["applied"]
+    except (HostError, IndexError, KeyError) as e:
+        return f"{host.name}: cannot read what it applied against the promotion position ({e}); not re-pointed, nothing else done"
+    ahead = d.behind(promoted, applied) if promoted and applied else 0
+    if not ahead:
+        return ""
+    return (f"{host.name} applied {ahead} transaction(s) of {old} that {candidate} never got (past the promotion at {promoted}; it "
+            f"is at {applied}): they were lost at the promotion, and {candidate}'s binlog cannot continue from there. {host.name} is "
+            f"NOT re-pointed (it keeps its data and its old source, {old}): save those transactions from its binlog or {old}'s "
+            f"({d.binlog_tool}) if the business needs them, apply them on {candidate}, then rebuild {host.name} from {candidate} as a new replica")
+
+
 def _own_heartbeat(client, host, within: float = 15.0) -> float | None:
     """Seconds until a freshly promoted server writes its first heartbeat (its event scheduler activates the
     event on its next round, not at once); None when it did not within ``within`` s (verification then names it).
@@ -290,6 +316,11 @@ def apply(p, client, steps: list[Step], run_id: str = "", on_change: Callable[[S
                            "received_elsewhere": {}, "diverged": None, "aborted": False}
     for step in steps:
         host = client.host(step.host)
+        if step.operation == "re-point" and step.host == db.delayed_replica:
+            stop = _applied_past_promotion(client, host, out["promoted_at"], old, candidate)
+            if stop:
+                out.update(ok=False, error=stop)
+                return out
         if step.operation == "apply received":
             timeout = db.switchover.catch_up_timeout_seconds
             try:

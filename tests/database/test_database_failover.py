@@ -162,3 +162,49 @@ def test_after_the_promotion_the_new_primarys_own_first_heartbeat_is_waited_for(
     assert failover._own_heartbeat(client, "db2") is not None and client.asked == 4
     never = _HeartbeatClient(["30.0"])
     assert failover._own_heartbeat(never, "db2", within=5) is None and never.asked >= 5
+
+
+class _RepointClient:
+    """A client whose delayed replica (db3) has applied ``applied``; the new primary (db2) holds the promotion marker."""
+
+    def __init__(self, p, applied):
+        self.p, self.dialect, self.applied, self.executed = p, dialect("mariadb"), applied, []
+
+    def host(self, name):
+        return self.p.host(name)
+
+    def shell(self, host, command, files=None):
+        from runbooklib.ssh import HostResult
+
+        assert host.name == "db2" and command == f"cat {failover.FAILOVER_MARKER}"
+        return HostResult(host.name, True, stdout=PROMOTED_MARKER)
+
+    def query(self, host, sql, timeout=None):
+        assert host.name == "db3" and "gtid_slave_pos" in sql
+        return [{"applied": self.applied}]
+
+    def execute(self, host, statements):
+        from runbooklib.ssh import HostResult
+
+        self.executed.append((host.name, list(statements)))
+        return HostResult(host.name, True)
+
+
+def test_a_delayed_replica_that_applied_what_the_new_primary_never_got_is_not_re_pointed_and_says_what_it_holds(tmp_path):
+    """db3 was down during the failover and had applied db1's transaction 18 (db2 was promoted at 17): the new primary's
+    binlog cannot continue it (the servers refuse, error 1236). The run names it, counts it, and leaves db3 as it is."""
+    p, facts = topology(tmp_path)
+    down = {k: v for k, v in failed_over(p, facts).items() if k != "db1"}
+    down["db3"] = {**down["db3"], "replica": {**down["db3"]["replica"], "source_host": str(p.host("db1").address)}}
+    steps = failover.plan(p, Gathered(down, {"db1": "down"}, {}), failover.WAITING)
+    assert [(s.host, s.operation) for s in steps] == [("db3", "re-point")]
+    ahead = _RepointClient(p, "0-180682783-18")
+    out = failover.apply(p, ahead, steps)
+    assert not out["ok"] and ahead.executed == [] and out["applied"] == []
+    assert out["error"].startswith("db3 applied 1 transaction(s) of db1 that db2 never got (past the promotion at 0-180682783-17")
+    assert "NOT re-pointed" in out["error"] and "rebuild db3 from db2" in out["error"]
+    assert failover.verdict(failover.WAITING, "applied", out, failover.problems(failover.WAITING, out, p)) == "incomplete"
+    # behind the promotion (its delay kept it there): re-pointed, the delay kept
+    behind = _RepointClient(p, "0-180682783-15")
+    out = failover.apply(p, behind, steps)
+    assert out["ok"] and [h for h, _ in behind.executed] == ["db3"] and any("MASTER_DELAY = 2592000" in s for s in behind.executed[0][1])
