@@ -17,8 +17,9 @@ While the old primary is down, **fail over**:
 
 Transactions another replica received from the old primary but the candidate never did are counted
 then (lost at promotion) and make the verdict ``incomplete``. A delayed replica that was down then, and
-had *applied* such transactions, is not re-pointed by a later run (the new primary's binlog cannot
-continue from its position): it is named, with how many, and left with its data.
+had *applied* such transactions, is re-pointed only if the old primary's binlog shows them to be
+heartbeat ticks (its position then goes back to the promotion's); otherwise it is named, with what it
+holds, and left with its data (the new primary's binlog cannot continue from its position).
 
 Once the old primary is back (the VM boots it writable, with its heartbeat event on), the same run again
 **fences and rejoins** it:
@@ -268,13 +269,16 @@ def _retrieved(client, host) -> str:
     return st["retrieved"] if st else ""
 
 
-def _applied_past_promotion(client, host, promoted: str | None, old: str, candidate: str) -> str:
-    """Why the delayed replica must not be re-pointed at the new primary ("" when it may be).
+def _past_promotion(p, client, host, promoted: str | None, old: str, candidate: str) -> tuple[str, str]:
+    """Whether the delayed replica can be re-pointed at the new primary: ``(why not, "")``, ``("", "")`` (as it is), or
+    ``("", position)``: first reset its position to the promotion's.
 
     A replica down during the failover (or one whose delay had passed) may have applied transactions of the
-    old primary that the candidate never got: they were lost at the promotion, and the new primary's binlog
-    cannot continue from its position (MariaDB and MySQL refuse it, error 1236). It is then left as it is,
-    with its data, and named, with what it holds.
+    old primary that the candidate never got; the new primary's binlog cannot continue from its position
+    (MariaDB and MySQL refuse it, error 1236). The old primary's binlog says what they are: heartbeat ticks
+    only (what its event writes every second) are no data, and the replica restarts from the promotion
+    position, as a rejoined old primary does; anything else is committed data the new primary never got,
+    and the replica is left as it is, with its data, named, with what it holds.
     """
     d = client.dialect
     try:
@@ -282,14 +286,25 @@ def _applied_past_promotion(client, host, promoted: str | None, old: str, candid
             promoted = parse_marker(client.shell(client.host(candidate), f"cat {FAILOVER_MARKER}").check().stdout).get("position", "")
         applied = client.query(host, f"SELECT {switchover._applied_expr(d)} AS applied")[0]["applied"]
     except (HostError, IndexError, KeyError) as e:
-        return f"{host.name}: cannot read what it applied against the promotion position ({e}); not re-pointed, nothing else done"
+        return f"{host.name}: cannot read what it applied against the promotion position ({e}); not re-pointed, nothing else done", ""
     ahead = d.behind(promoted, applied) if promoted and applied else 0
     if not ahead:
-        return ""
-    return (f"{host.name} applied {ahead} transaction(s) of {old} that {candidate} never got (past the promotion at {promoted}; it "
-            f"is at {applied}): they were lost at the promotion, and {candidate}'s binlog cannot continue from there. {host.name} is "
-            f"NOT re-pointed (it keeps its data and its old source, {old}): save those transactions from its binlog or {old}'s "
-            f"({d.binlog_tool}) if the business needs them, apply them on {candidate}, then rebuild {host.name} from {candidate} as a new replica")
+        return "", ""
+    lost = f"{host.name} applied {ahead} transaction(s) of {old} past the promotion at {promoted} (it is at {applied}) that {candidate} never got"
+    try:
+        past = [t for t in own_past(d, recovery.read_binlogs(p, client, old, _ALL), promoted) if not d.behind(applied, t.gtid)]
+    except HostError as e:
+        return (f"{lost}; whether they are only {old}'s heartbeat ticks is in {old}'s binlog, which cannot be read now ({e}). It is NOT "
+                f"re-pointed: run this runbook again once {old} answers"), ""
+    data = [t for t in past if not t.heartbeat_only]
+    if not data and len(past) >= ahead:
+        return "", promoted
+    found = diverged(data)
+    tables = ", ".join(f"{r['table']} ({r['rows']} rows)" for r in found["table"]) or "transactions not found in its binlog"
+    return (f"{lost}: {len(data) or ahead} hold data ({tables}): lost at the promotion. It is NOT re-pointed ({candidate}'s binlog cannot "
+            f"continue from there; it keeps its data and its old source, {old}): save those transactions from {old}'s binlog "
+            f"({d.binlog_tool}) if the business needs them, apply them on {candidate}, then rebuild {host.name} from {candidate} "
+            "as a new replica"), ""
 
 
 def _own_heartbeat(client, host, within: float = 15.0) -> float | None:
@@ -317,10 +332,14 @@ def apply(p, client, steps: list[Step], run_id: str = "", on_change: Callable[[S
     for step in steps:
         host = client.host(step.host)
         if step.operation == "re-point" and step.host == db.delayed_replica:
-            stop = _applied_past_promotion(client, host, out["promoted_at"], old, candidate)
+            stop, reset = _past_promotion(p, client, host, out["promoted_at"], old, candidate)
             if stop:
                 out.update(ok=False, error=stop)
                 return out
+            if reset:  # past the promotion it applied only the old primary's heartbeat ticks: it restarts from there
+                step = dataclasses.replace(step, statements=(*d.restart_from(reset), *step.statements),
+                                           change=f"{step.change}; first its position goes back to the promotion's ({reset}): "
+                                                  f"past it, it had applied only heartbeat ticks of {old}")
         if step.operation == "apply received":
             timeout = db.switchover.catch_up_timeout_seconds
             try:

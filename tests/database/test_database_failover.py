@@ -165,19 +165,29 @@ def test_after_the_promotion_the_new_primarys_own_first_heartbeat_is_waited_for(
 
 
 class _RepointClient:
-    """A client whose delayed replica (db3) has applied ``applied``; the new primary (db2) holds the promotion marker."""
+    """The delayed replica (db3) has applied ``applied``; the new primary (db2) was promoted at db1's transaction 18 (its
+    marker says so); db1's binlog is the recorded one (rows in 18, heartbeat ticks 19 to 22, rows in 23 and 24), or db1
+    is down."""
 
-    def __init__(self, p, applied):
-        self.p, self.dialect, self.applied, self.executed = p, dialect("mariadb"), applied, []
+    def __init__(self, p, applied, old_down=False):
+        from types import SimpleNamespace
+
+        self.p, self.dialect, self.applied, self.old_down, self.executed = p, dialect("mariadb"), applied, old_down, []
+        self.fleet = SimpleNamespace(ssh=SimpleNamespace(command_timeout=30.0))
 
     def host(self, name):
         return self.p.host(name)
 
-    def shell(self, host, command, files=None):
+    def shell(self, host, command, files=None, timeout=None):
         from runbooklib.ssh import HostResult
 
-        assert host.name == "db2" and command == f"cat {failover.FAILOVER_MARKER}"
-        return HostResult(host.name, True, stdout=PROMOTED_MARKER)
+        if host.name == "db2":
+            assert command == f"cat {failover.FAILOVER_MARKER}"
+            return HostResult("db2", True, stdout=failover.marker_text("db1", "0-180682783-18", "run-1"))
+        assert host.name == "db1" and "mariadb-binlog" in command
+        if self.old_down:
+            return HostResult("db1", False, error="db1: connection refused")
+        return HostResult("db1", True, stdout="@@BINLOG mysql-bin.000001\n" + (BINLOGS / "mariadb-10.11-insert-then-delete.txt").read_text())
 
     def query(self, host, sql, timeout=None):
         assert host.name == "db3" and "gtid_slave_pos" in sql
@@ -190,21 +200,35 @@ class _RepointClient:
         return HostResult(host.name, True)
 
 
-def test_a_delayed_replica_that_applied_what_the_new_primary_never_got_is_not_re_pointed_and_says_what_it_holds(tmp_path):
-    """db3 was down during the failover and had applied db1's transaction 18 (db2 was promoted at 17): the new primary's
-    binlog cannot continue it (the servers refuse, error 1236). The run names it, counts it, and leaves db3 as it is."""
+def test_a_delayed_replica_past_the_promotion_is_re_pointed_only_if_it_applied_nothing_but_heartbeat_ticks(tmp_path):
+    """db3 was down during the failover (db2 promoted at db1's transaction 18), and applied more of db1's: the new
+    primary's binlog cannot continue it (the servers refuse, error 1236). db1's binlog says what they were: heartbeat
+    ticks only, and db3 goes back to the promotion position and is re-pointed; rows, and it is not, named, with the
+    table; db1 down, and it waits for it. Behind the promotion (its delay kept it there), it is simply re-pointed."""
     p, facts = topology(tmp_path)
     down = {k: v for k, v in failed_over(p, facts).items() if k != "db1"}
     down["db3"] = {**down["db3"], "replica": {**down["db3"]["replica"], "source_host": str(p.host("db1").address)}}
     steps = failover.plan(p, Gathered(down, {"db1": "down"}, {}), failover.WAITING)
     assert [(s.host, s.operation) for s in steps] == [("db3", "re-point")]
-    ahead = _RepointClient(p, "0-180682783-18")
-    out = failover.apply(p, ahead, steps)
-    assert not out["ok"] and ahead.executed == [] and out["applied"] == []
-    assert out["error"].startswith("db3 applied 1 transaction(s) of db1 that db2 never got (past the promotion at 0-180682783-17")
-    assert "NOT re-pointed" in out["error"] and "rebuild db3 from db2" in out["error"]
+
+    ticks = _RepointClient(p, "0-180682783-20")
+    out = failover.apply(p, ticks, steps)
+    assert out["ok"] and [h for h, _ in ticks.executed] == ["db3"]
+    sent = ticks.executed[0][1]
+    assert sent[:3] == ["STOP SLAVE", "RESET MASTER", "SET GLOBAL gtid_slave_pos = '0-180682783-18'"]
+    assert any("MASTER_DELAY = 2592000" in s for s in sent[3:]) and "only heartbeat ticks of db1" in out["applied"][0].change
+
+    rows = _RepointClient(p, "0-180682783-24")
+    out = failover.apply(p, rows, steps)
+    assert not out["ok"] and rows.executed == [] and out["applied"] == []
+    assert out["error"].startswith("db3 applied 6 transaction(s) of db1 past the promotion at 0-180682783-18")
+    assert "2 hold data (shop.orders" in out["error"] and "NOT re-pointed" in out["error"] and "rebuild db3 from db2" in out["error"]
     assert failover.verdict(failover.WAITING, "applied", out, failover.problems(failover.WAITING, out, p)) == "incomplete"
-    # behind the promotion (its delay kept it there): re-pointed, the delay kept
+
+    unknown = _RepointClient(p, "0-180682783-20", old_down=True)
+    out = failover.apply(p, unknown, steps)
+    assert not out["ok"] and unknown.executed == [] and "run this runbook again once db1 answers" in out["error"]
+
     behind = _RepointClient(p, "0-180682783-15")
     out = failover.apply(p, behind, steps)
-    assert out["ok"] and [h for h, _ in behind.executed] == ["db3"] and any("MASTER_DELAY = 2592000" in s for s in behind.executed[0][1])
+    assert out["ok"] and [h for h, _ in behind.executed] == ["db3"] and behind.executed[0][1][0] != "RESET MASTER"
