@@ -71,6 +71,19 @@ def logging_profile(directory: Path) -> str:
     return str(path)
 
 
+def foldin_profile(directory: Path) -> str:
+    """The small lab's RKE2 site cut to its cluster, one control-plane node and one worker (10 and 11 need no more: w1 is the node
+    that joins again and the node still at the previous release); the registry section stays for its secret reference."""
+    data = yaml.safe_load((ROOT / "params" / "lab-small.yaml").read_text())
+    data["environment"]["name"] = "lab-foldin"
+    data["inventory"]["hosts"] = [h for h in data["inventory"]["hosts"] if h["name"] in ("cp1", "w1")]
+    for section in ("database", "edge"):
+        data.pop(section, None)
+    path = directory / "foldin-lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path.as_posix()
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # the lab's name (moved aside by RUNBOOK_TEST_LAB_TAG)
@@ -93,6 +106,11 @@ STAGES = {
     # logging (12, 13)
     # an RKE1 cluster (cp1, w1) with Fluentd's DaemonSet, and elk1's real OpenSearch node with the typed template: 12, 13
     "logging": Stage("rbhlg", "10.112.0.0/24", logging_profile, ("vm", "kubernetes", "logging")),
+    # fold-in and upgrade (10, 11)
+    # an RKE2 cluster (cp1, w1) at the lab's default release: w1 leaves by hand and joins again (10); w1 is put back at the previous
+    # release by hand and upgraded (11). Every row's re-run (and a canary row's converging run) leaves w1 a Node at the stage's
+    # release, so the stage needs no restore step of its own: the row's perturb takes it back a step, the row brings it forward.
+    "foldin": Stage("rbhfi", "10.114.0.0/24", foldin_profile, ("vm", "kubernetes")),
 }
 
 # drift that gives a converged stage something to apply on a host, so that a fault can strike mid-apply
@@ -117,6 +135,25 @@ SHIPPER_EDITED = ("local", f"{KUBECTL} patch configmap fluentd-conf-d --type mer
 TEMPLATE_GONE = ("elk1", "curl -sSf -X DELETE \"http://$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1):9200/_index_template/logs-typed\"")
 LOGGING, RETENTION = "notebooks/12-logging.ipynb", "notebooks/13-log-retention.ipynb"
 DRILL_PARAMS = (("edge.failure", {"node": "edge1", "mode": "drill"}),)
+# 10: w1 left the cluster by hand (RKE2's uninstaller, as 10's own leave runs it, and its Node deleted): a node to join again.
+# Repeatable: a plan row leaves it so, and the next row takes it again.
+RKE2_KUBECTL = "bin/kubectl --kubeconfig kubernetes/rke2.yaml"
+W1_LEFT = (("w1", "test ! -x /usr/local/bin/rke2-uninstall.sh || /usr/local/bin/rke2-uninstall.sh"),
+           ("local", f"{RKE2_KUBECTL} delete node w1 --ignore-not-found"))
+# 11: w1 put back at the previous release (v1.35.4, the folder the lab writes per release) by hand with RKE2's installer, and
+# Ready at it: a node still at the old version, within the skew policy (the upgrade test's v1.35.4 -> v1.36.3). The files go over
+# the lab's own SSH key and pinned host keys, as an operator would copy them.
+OLD_RELEASE = "v1.35.4"
+W1_SSH = ("ssh -i ssh/id_ed25519 -o UserKnownHostsFile=ssh/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes "
+          "root@$(awk '/name: w1$/ {getline; print $2}' params.yaml)")
+W1_OLD = (("local", f"tar -C rke2-artifacts/{OLD_RELEASE} -cf - rke2.linux-amd64.tar.gz sha256sum-amd64.txt install.sh | {W1_SSH} "
+                    "'rm -rf /root/rke2-old && mkdir -p /root/rke2-old && tar -C /root/rke2-old -xf - && "
+                    "INSTALL_RKE2_ARTIFACT_PATH=/root/rke2-old INSTALL_RKE2_TYPE=agent sh /root/rke2-old/install.sh >/dev/null && "
+                    "systemctl restart rke2-agent' && for i in $(seq 90); do "
+                    f"{RKE2_KUBECTL} get node w1 -o jsonpath='{{.status.nodeInfo.kubeletVersion}} "
+                    "{.status.conditions[?(@.type==\"Ready\")].status}' "
+                    f"| grep -q '^{OLD_RELEASE}.* True$' && exit 0; sleep 2; done; exit 1"),)
+FOLDIN, UPGRADE = "notebooks/10-capacity-fold-in.ipynb", "notebooks/11-upgrade.ipynb"
 
 
 @dataclass(frozen=True)
@@ -178,6 +215,19 @@ MATRIX = [
     Row("logging", RETENTION, "vm stopped during", "elk1", perturb=(TEMPLATE_GONE,)),
     Row("logging", RETENTION, "link cut mid-command", "elk1", perturb=(TEMPLATE_GONE,)),
     Row("logging", RETENTION, "SIGINT mid-phase", "elk1", perturb=(TEMPLATE_GONE,)),
+    # fold-in and upgrade (10, 11)
+    # w1 is the host of every row: it is the only node 10 and 11 log in to with something to apply (cp1's part is one etcd
+    # snapshot in 11, and reading the join token in 10). A fault on cp1 is 03's and the cluster stage's (cp1 runs the only API).
+    Row("foldin", FOLDIN, "vm stopped before", "w1", perturb=W1_LEFT),
+    Row("foldin", FOLDIN, "vm stopped during", "w1", perturb=W1_LEFT),
+    Row("foldin", FOLDIN, "link cut mid-command", "w1", perturb=W1_LEFT),
+    Row("foldin", FOLDIN, "host key changed", "w1", perturb=W1_LEFT),
+    Row("foldin", FOLDIN, "SIGTERM mid-phase", "w1", perturb=W1_LEFT),
+    Row("foldin", UPGRADE, "vm stopped before", "w1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "vm stopped during", "w1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "link cut mid-command", "w1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "host key changed", "w1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "SIGINT mid-phase", "w1", perturb=W1_OLD),
 ]
 
 
@@ -228,6 +278,15 @@ CANARIES = [
     CanaryRow("logging", RETENTION, apply=False),
     CanaryRow("logging", RETENTION, apply=True, perturb=(TEMPLATE_GONE,)),
     CanaryRow("logging", RETENTION, apply=True, codes=(1, 4), stop="elk1", perturb=(TEMPLATE_GONE,)),
+    # fold-in and upgrade (10, 11)
+    # the one secret reference 10 and 11 use is ssh.key (the lab's own key: it must log in, and is a needle all the same); the
+    # stage's registry.json_key gets a canary too, which neither may carry anywhere. Neither keeps a reference's value on a host.
+    CanaryRow("foldin", FOLDIN, apply=False, perturb=W1_LEFT),
+    CanaryRow("foldin", FOLDIN, apply=True, perturb=W1_LEFT),
+    CanaryRow("foldin", FOLDIN, apply=True, codes=(1, 4), stop="w1", perturb=W1_LEFT),
+    CanaryRow("foldin", UPGRADE, apply=False, perturb=W1_OLD),
+    CanaryRow("foldin", UPGRADE, apply=True, perturb=W1_OLD),
+    CanaryRow("foldin", UPGRADE, apply=True, codes=(1, 4), stop="w1", perturb=W1_OLD),
 ]
 
 
