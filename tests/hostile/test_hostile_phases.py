@@ -242,12 +242,15 @@ class CanaryRow:
     params: tuple[tuple[str, object], ...] = ()
     belongs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # field -> VM paths where the value is kept by design
     slow: bool = True
+    read: tuple[tuple[str, str, str], ...] = ()  # (name, vm, command): a secret that is no reference, read on the stage: a needle too
 
     @property
     def id(self) -> str:
         return f"{self.stage}-{Path(self.runbook).stem}-{'apply' if self.apply else 'plan'}" + (f"-{self.stop}-stopped" if self.stop else "")
 
 
+JOIN_TOKEN = (("rke2 join token", "cp1", "cat /var/lib/rancher/rke2/server/node-token"),)  # what 10 writes to a joining node
+TOKEN_KEPT = (("rke2 join token", ("/etc/rancher/rke2/join-token",)),)  # its file there (0600), as RKE2 reads it
 REG_KEPT = (("registry.json_key", ("/etc/rancher/rke2/registries.yaml", "/var/lib/rancher/rke2/server/db/*")),)  # the node file; etcd's data
 REDIS_KEPT = (("cache.password", ("/etc/redis/runbooklib.conf",)),)  # Redis reads its password from its configuration
 # 12 puts logging.password in the cluster's Secret, which etcd stores (on cp1); 13 sends it to the engine, which keeps it nowhere
@@ -281,9 +284,11 @@ CANARIES = [
     # fold-in and upgrade (10, 11)
     # the one secret reference 10 and 11 use is ssh.key (the lab's own key: it must log in, and is a needle all the same); the
     # stage's registry.json_key gets a canary too, which neither may carry anywhere. Neither keeps a reference's value on a host.
-    CanaryRow("foldin", FOLDIN, apply=False, perturb=W1_LEFT),
-    CanaryRow("foldin", FOLDIN, apply=True, perturb=W1_LEFT),
-    CanaryRow("foldin", FOLDIN, apply=True, codes=(1, 4), stop="w1", perturb=W1_LEFT),
+    # 10 also carries a secret that is no reference: the cluster's join token, read from cp1 and written to the joining node;
+    # it is read on the stage as a needle (JOIN_TOKEN), allowed only in the joining node's token file (TOKEN_KEPT).
+    CanaryRow("foldin", FOLDIN, apply=False, perturb=W1_LEFT, read=JOIN_TOKEN),
+    CanaryRow("foldin", FOLDIN, apply=True, perturb=W1_LEFT, read=JOIN_TOKEN, belongs=TOKEN_KEPT),
+    CanaryRow("foldin", FOLDIN, apply=True, codes=(1, 4), stop="w1", perturb=W1_LEFT, read=JOIN_TOKEN, belongs=TOKEN_KEPT),
     CanaryRow("foldin", UPGRADE, apply=False, perturb=W1_OLD),
     CanaryRow("foldin", UPGRADE, apply=True, perturb=W1_OLD),
     CanaryRow("foldin", UPGRADE, apply=True, codes=(1, 4), stop="w1", perturb=W1_OLD),
@@ -361,6 +366,7 @@ def test_no_canary_after_a_run_on_a_staged_lab(stage, row, tmp_path):
     restore(stage)
     source = row_params(stage, row, f"canary-source-{row.id}")
     params, values = canary_params(stage, tmp_path / "canaries", source)
+    values.update({name: sh(stage, vm, command).strip() for name, vm, command in row.read})
     for vm, command in row.perturb:
         sh(stage, vm, command)
     before = vm_files(stage)
