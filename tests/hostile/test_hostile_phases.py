@@ -17,7 +17,9 @@ sequence. The promise allows the sharing because every row starts from the stage
 - the canary rows (plan and apply, succeeding and failing) check the terminal, the archive, the report site
   and what the run wrote on the VMs (``check_no_canary``); a secret kept on a host by design (Redis's password
   in its configuration, the pull key in RKE2's ``registries.yaml`` and in etcd, which stores the Secret) is
-  allowed there only, and the row checks it is there (so the canary really was used).
+  allowed there only, and the row checks it is there (so the canary really was used). A secret that is no reference
+  (RKE2's join token, which 10 carries from the first server to a joining node) is read on the stage and looked for
+  the same way (``read``).
 
 Pytest runs the rows of one stage together (the stage is a module-scoped parameter). The default suite runs a
 representative subset; the rest is ``slow`` (``RUNBOOK_SLOW=1``).
