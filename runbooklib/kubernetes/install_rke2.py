@@ -53,6 +53,12 @@ class Artifacts:
     tarball_sha256: str
     files: tuple[str, ...]  # what is copied to every node
 
+    @property
+    def staged_sum(self) -> str:
+        """What :data:`STAGED` reads on a node that holds exactly these files in :data:`REMOTE_ARTIFACTS`."""
+        lines = "".join(f"{hashlib.sha256((self.folder / n).read_bytes()).hexdigest()}  {n}\n" for n in self.files)
+        return hashlib.sha256(lines.encode()).hexdigest()
+
 
 def load_artifacts(params, given: str | None = None, field: str = "kubernetes.artifacts") -> Artifacts:
     """The artifact folder, every file its checksum file lists verified here, before any node sees it.
@@ -93,7 +99,10 @@ def _token_sum(path: str) -> str:
     return f"test -s {path} && tr -d '\\n' < {path} | sha256sum | cut -d' ' -f1"
 
 
+# the files already copied to the node (a run that stopped between the copy and the install): one checksum of their checksums
+STAGED = f"cd {REMOTE_ARTIFACTS} 2>/dev/null && sha256sum {TARBALL} {SUMS} {INSTALLER} 2>/dev/null | sha256sum | cut -d' ' -f1"
 FACTS = (f"printf 'artifact=%s\\n' \"$(cat {INSTALLED} 2>/dev/null)\"; "
+         f"printf 'staged=%s\\n' \"$({STAGED})\"; "
          f"printf 'config=%s\\n' \"$(sha256sum {CONFIG} 2>/dev/null | cut -d' ' -f1)\"; "
          f"printf 'config_b64=%s\\n' \"$(base64 -w0 {CONFIG} 2>/dev/null)\"; "  # it holds no secret: the token is in a file of its own
          f"printf 'token=%s\\n' \"$({_token_sum(JOIN_TOKEN)})\"; "
@@ -132,8 +141,9 @@ def plan_rke2(params, facts: dict[str, dict], errors: dict[str, str], artifacts:
         installed = f.get("artifact") == artifacts.tarball_sha256
         if not installed:
             env = f"INSTALL_RKE2_ARTIFACT_PATH={REMOTE_ARTIFACTS}" + (" INSTALL_RKE2_TYPE=agent" if kind == "agent" else "")
-            out.append(Step(name, "rke2 artifacts", f"copy {', '.join(artifacts.files)} to {REMOTE_ARTIFACTS}", "upload",
-                            undo=f"rm -rf {REMOTE_ARTIFACTS}"))
+            if f.get("staged") != artifacts.staged_sum:  # a run that stopped after the copy copied them already
+                out.append(Step(name, "rke2 artifacts", f"copy {', '.join(artifacts.files)} to {REMOTE_ARTIFACTS}", "upload",
+                                undo=f"rm -rf {REMOTE_ARTIFACTS}"))
             out.append(Step(name, "rke2 install", f"install RKE2 ({kind}) from the artifacts, checksums verified",
                             f"{env} sh {REMOTE_ARTIFACTS}/{INSTALLER} && mkdir -p {INSTALLED.rsplit('/', 1)[0]} && "
                             f"echo {artifacts.tarball_sha256} > {INSTALLED}",

@@ -46,6 +46,7 @@ workloads available, etcd healthy); the first failure stops the run with a resum
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import shlex
@@ -541,10 +542,14 @@ def _rke2_groups(params, running: Running, steps: Sequence[PathStep], artifacts:
                 n = info[name]
                 service = "rke2-server" if n.server else "rke2-agent"
                 if n.worker:
-                    mine.append(Step(name, "cordon and drain", f"cordon {name} and evict its pods (timeout "
-                                                               f"{params.kubernetes.drain_timeout_seconds} s)"
-                                     + (" (already cordoned: it stays cordoned)" if n.unschedulable and not n.cordoned_for else ""),
-                                     "drain", undo=f"kubectl uncordon {name}"))
+                    timeout = params.kubernetes.drain_timeout_seconds
+                    if n.unschedulable and n.cordoned_for == str(v):  # a run that stopped cordoned it: not cordoned again
+                        change = (f"drain {name} again: cordoned for {v} by a run that stopped (it stays cordoned), "
+                                  f"evict what is left on it (timeout {timeout} s)")
+                    else:
+                        change = (f"cordon {name} and evict its pods (timeout {timeout} s)"
+                                  + (" (already cordoned: it stays cordoned)" if n.unschedulable and not n.cordoned_for else ""))
+                    mine.append(Step(name, "cordon and drain", change, "drain", undo=f"kubectl uncordon {name}"))
                 env = f"INSTALL_RKE2_ARTIFACT_PATH={install_rke2.REMOTE_ARTIFACTS}" + ("" if n.server else " INSTALL_RKE2_TYPE=agent")
                 mine += [
                     Step(name, "rke2 artifacts", f"copy RKE2 {v}'s artifacts ({a.folder.name}) to {install_rke2.REMOTE_ARTIFACTS}",
@@ -586,8 +591,14 @@ def apply(params, fleet, plan: UpgradePlan, kubeconfig: Path, on_change: Callabl
     if plan.blockers:
         out.error = "nothing was changed: the plan is blocked (" + "; ".join(plan.blockers) + ")"
         return out
-    client, api = verify.api_client(kubeconfig)
     hosts = {h.name: h for h in params.hosts}
+    unreachable = _unreachable(fleet, plan, hosts)
+    if unreachable:
+        out.error = ("nothing was changed: " + "; ".join(unreachable) + ". The upgrade logs in to every node it upgrades: a node "
+                     "is cordoned and drained only when it can then be installed on. Start the host or fix its SSH (a changed host "
+                     "key: check why, then pin the new one in ssh.known_hosts), then run this runbook again")
+        return _stopped(params, plan, out, kubeconfig, ", ".join(u.split(":")[0] for u in unreachable), 0)
+    client, api = verify.api_client(kubeconfig)
     pending: Release | None = None  # a release whose nodes are done and that is not verified yet
     for i, group in enumerate(plan.groups):
         if pending is not None and group.release != pending:
@@ -597,8 +608,10 @@ def apply(params, fleet, plan: UpgradePlan, kubeconfig: Path, on_change: Callabl
         try:
             if group.kind == "snapshot":
                 error = _snapshot(params, fleet, plan, group.steps[0], out, on_line)
-                if not error and on_change:
-                    on_change(group.steps[0])
+                if not error and on_change:  # the record names the snapshot taken (each run that changes something takes its own)
+                    step = group.steps[0]
+                    on_change(dataclasses.replace(step, change=step.change.replace(plan.snapshot, out.snapshot, 1))
+                              if out.snapshot and out.snapshot != plan.snapshot else step)
             elif group.kind == "rke1":
                 error = _rke1(params, group, on_line, on_change)
             else:
@@ -613,6 +626,17 @@ def apply(params, fleet, plan: UpgradePlan, kubeconfig: Path, on_change: Callabl
     if pending is not None and not _verified(params, fleet, kubeconfig, pending, out, on_line):
         return _stopped(params, plan, out, kubeconfig, f"the verification at {pending.version}", len(plan.groups))
     return out
+
+
+def _unreachable(fleet, plan: UpgradePlan, hosts: dict) -> list[str]:
+    """Every host the plan logs in to (RKE2: the snapshot's etcd node and each node it upgrades), tried once before anything
+    changes: a host stopped, cut off or whose host key changed is named here, not after its node was cordoned and drained."""
+    names = list(dict.fromkeys(s.host for g in plan.groups if g.kind in ("snapshot", "node", "batch") for s in g.steps if s.host in hosts))
+    if not names:
+        return []
+    tried = fleet.run("true", hosts=[hosts[n] for n in names], desc="upgrade: the nodes answer")
+    return [f"{name}: cannot log in ({r.error or r.exit_code})" if not r.error.startswith(f"{name}:") else r.error
+            for name, r in tried.items() if not r.ok]
 
 
 def _summary(group: Group) -> str:

@@ -20,7 +20,9 @@ sequence. The promise allows the sharing because every row starts from the stage
 - the canary rows (plan and apply, succeeding and failing) check the terminal, the archive, the report site
   and what the run wrote on the VMs (``check_no_canary``); a secret kept on a host by design (Redis's password
   in its configuration, the pull key in RKE2's ``registries.yaml`` and in etcd, which stores the Secret) is
-  allowed there only, and the row checks it is there (so the canary really was used).
+  allowed there only, and the row checks it is there (so the canary really was used). A secret that is no reference
+  (RKE2's join token, which 10 carries from the first server to a joining node) is read on the stage and looked for
+  the same way (``read``).
 
 Pytest runs the rows of one stage together (the stage is a module-scoped parameter). The default suite runs a
 representative subset; the rest is ``slow`` (``RUNBOOK_SLOW=1``).
@@ -74,6 +76,19 @@ def logging_profile(directory: Path) -> str:
     return str(path)
 
 
+def foldin_profile(directory: Path) -> str:
+    """The small lab's RKE2 site cut to its cluster, one control-plane node and one worker (10 and 11 need no more: w1 is the node
+    that joins again and the node still at the previous release); the registry section stays for its secret reference."""
+    data = yaml.safe_load((ROOT / "params" / "lab-small.yaml").read_text())
+    data["environment"]["name"] = "lab-foldin"
+    data["inventory"]["hosts"] = [h for h in data["inventory"]["hosts"] if h["name"] in ("cp1", "w1")]
+    for section in ("database", "edge"):
+        data.pop(section, None)
+    path = directory / "foldin-lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path.as_posix()
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # the lab's name (moved aside by RUNBOOK_TEST_LAB_TAG)
@@ -110,6 +125,11 @@ STAGES = {
     # follow (error 1236: the GTID it asks for is no longer in that binlog); 5 s behind, it is past the promotion
     "database-failover": Stage("rbhdf", "10.116.0.0/24", lambda d: database_profile(d, delay_seconds=5), ("vm", "database"),
                                put_back=lambda lab: database_put_back(lab)),
+    # fold-in and upgrade (10, 11)
+    # an RKE2 cluster (cp1, w1) at the lab's default release: w1 leaves by hand and joins again (10); w1 is put back at the previous
+    # release by hand and upgraded (11). Every row's re-run (and a canary row's converging run) leaves w1 a Node at the stage's
+    # release, so the stage needs no restore step of its own: the row's perturb takes it back a step, the row brings it forward.
+    "foldin": Stage("rbhfi", "10.114.0.0/24", foldin_profile, ("vm", "kubernetes")),
 }
 
 # drift that gives a converged stage something to apply on a host, so that a fault can strike mid-apply
@@ -150,6 +170,25 @@ DB_VMS = ("db1", "db2", "db3")
 REDIS_FAILOVER = (("cache.failover", {}),)
 # the failover rewrites both drop-ins, keeping each previous one beside it (`cp -a`: mode 0640, owner redis) for its undo
 REDIS_FAILOVER_KEPT = (("cache.password", ("/etc/redis/runbooklib.conf", "/etc/redis/runbooklib.conf.runbook-prev")),)
+# 10: w1 left the cluster by hand (RKE2's uninstaller, as 10's own leave runs it, and its Node deleted): a node to join again.
+# Repeatable: a plan row leaves it so, and the next row takes it again.
+RKE2_KUBECTL = "bin/kubectl --kubeconfig kubernetes/rke2.yaml"
+W1_LEFT = (("w1", "test ! -x /usr/local/bin/rke2-uninstall.sh || /usr/local/bin/rke2-uninstall.sh"),
+           ("local", f"{RKE2_KUBECTL} delete node w1 --ignore-not-found"))
+# 11: w1 put back at the previous release (v1.35.4, the folder the lab writes per release) by hand with RKE2's installer, and
+# Ready at it: a node still at the old version, within the skew policy (the upgrade test's v1.35.4 -> v1.36.3). The files go over
+# the lab's own SSH key and pinned host keys, as an operator would copy them.
+OLD_RELEASE = "v1.35.4"
+W1_SSH = ("ssh -i ssh/id_ed25519 -o UserKnownHostsFile=ssh/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes "
+          "root@$(awk '/name: w1$/ {getline; print $2}' params.yaml)")
+W1_OLD = (("local", f"tar -C rke2-artifacts/{OLD_RELEASE} -cf - rke2.linux-amd64.tar.gz sha256sum-amd64.txt install.sh | {W1_SSH} "
+                    "'rm -rf /root/rke2-old && mkdir -p /root/rke2-old && tar -C /root/rke2-old -xf - && "
+                    "INSTALL_RKE2_ARTIFACT_PATH=/root/rke2-old INSTALL_RKE2_TYPE=agent sh /root/rke2-old/install.sh >/dev/null && "
+                    "systemctl restart rke2-agent' && for i in $(seq 90); do "
+                    f"{RKE2_KUBECTL} get node w1 -o jsonpath='{{.status.nodeInfo.kubeletVersion}} "
+                    "{.status.conditions[?(@.type==\"Ready\")].status}' "
+                    f"| grep -q '^{OLD_RELEASE}.* True$' && exit 0; sleep 2; done; exit 1"),)
+FOLDIN, UPGRADE = "notebooks/10-capacity-fold-in.ipynb", "notebooks/11-upgrade.ipynb"
 
 
 @dataclass(frozen=True)
@@ -238,6 +277,19 @@ MATRIX = [
     # "during", cut or signal row: its two steps (REPLICAOF, drop-in) take well under a second after the first change
     Row("services", FAILOVER, "vm stopped before", "cache2", params=REDIS_FAILOVER, back=lambda lab, params: redis_back(lab, params)),
     Row("services", FAILOVER, "host key changed", "cache2", params=REDIS_FAILOVER, back=lambda lab, params: redis_back(lab, params)),
+    # fold-in and upgrade (10, 11)
+    # w1 is the host of every row: it is the only node 10 and 11 log in to with something to apply (cp1's part is one etcd
+    # snapshot in 11, and reading the join token in 10). A fault on cp1 is 03's and the cluster stage's (cp1 runs the only API).
+    Row("foldin", FOLDIN, "vm stopped before", "w1", perturb=W1_LEFT),
+    Row("foldin", FOLDIN, "vm stopped during", "w1", perturb=W1_LEFT),
+    Row("foldin", FOLDIN, "link cut mid-command", "w1", perturb=W1_LEFT),
+    Row("foldin", FOLDIN, "host key changed", "w1", perturb=W1_LEFT),
+    Row("foldin", FOLDIN, "SIGTERM mid-phase", "w1", perturb=W1_LEFT),
+    Row("foldin", UPGRADE, "vm stopped before", "w1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "vm stopped during", "w1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "link cut mid-command", "w1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "host key changed", "w1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "SIGINT mid-phase", "w1", perturb=W1_OLD),
 ]
 
 
@@ -254,12 +306,15 @@ class CanaryRow:
     slow: bool = True
     own: tuple[tuple[str, str], ...] = ()  # field -> environment variable: the canary is the stage's own secret (made as a canary)
     back: Callable | None = None  # (lab, canary parameters): puts the stage back, instead of the runbook run again with the stage's
+    read: tuple[tuple[str, str, str], ...] = ()  # (name, vm, command): a secret that is no reference, read on the stage: a needle too
 
     @property
     def id(self) -> str:
         return f"{self.stage}-{Path(self.runbook).stem}-{'apply' if self.apply else 'plan'}" + (f"-{self.stop}-stopped" if self.stop else "")
 
 
+JOIN_TOKEN = (("rke2 join token", "cp1", "cat /var/lib/rancher/rke2/server/node-token"),)  # what 10 writes to a joining node
+TOKEN_KEPT = (("rke2 join token", ("/etc/rancher/rke2/join-token",)),)  # its file there (0600), as RKE2 reads it
 REG_KEPT = (("registry.json_key", ("/etc/rancher/rke2/registries.yaml", "/var/lib/rancher/rke2/server/db/*")),)  # the node file; etcd's data
 REDIS_KEPT = (("cache.password", ("/etc/redis/runbooklib.conf",)),)  # Redis reads its password from its configuration
 # 12 puts logging.password in the cluster's Secret, which etcd stores (on cp1); 13 sends it to the engine, which keeps it nowhere
@@ -309,6 +364,17 @@ CANARIES = [
     # uses the pair's password, it does not set one: a fresh canary is refused by both servers, WRONGPASS)
     CanaryRow("services", FAILOVER, apply=True, params=REDIS_FAILOVER, belongs=REDIS_FAILOVER_KEPT, own=(("cache.password", CACHE_PASSWORD),),
               back=lambda lab, params: redis_back(lab, params)),
+    # fold-in and upgrade (10, 11)
+    # the one secret reference 10 and 11 use is ssh.key (the lab's own key: it must log in, and is a needle all the same); the
+    # stage's registry.json_key gets a canary too, which neither may carry anywhere. Neither keeps a reference's value on a host.
+    # 10 also carries a secret that is no reference: the cluster's join token, read from cp1 and written to the joining node;
+    # it is read on the stage as a needle (JOIN_TOKEN), allowed only in the joining node's token file (TOKEN_KEPT).
+    CanaryRow("foldin", FOLDIN, apply=False, perturb=W1_LEFT, read=JOIN_TOKEN),
+    CanaryRow("foldin", FOLDIN, apply=True, perturb=W1_LEFT, read=JOIN_TOKEN, belongs=TOKEN_KEPT),
+    CanaryRow("foldin", FOLDIN, apply=True, codes=(1, 4), stop="w1", perturb=W1_LEFT, read=JOIN_TOKEN, belongs=TOKEN_KEPT),
+    CanaryRow("foldin", UPGRADE, apply=False, perturb=W1_OLD),
+    CanaryRow("foldin", UPGRADE, apply=True, perturb=W1_OLD),
+    CanaryRow("foldin", UPGRADE, apply=True, codes=(1, 4), stop="w1", perturb=W1_OLD),
 ]
 
 
@@ -391,6 +457,7 @@ def test_no_canary_after_a_run_on_a_staged_lab(stage, row, tmp_path):
     restore(stage)
     source = row_params(stage, row, f"canary-source-{row.id}")
     params, values = canary_params(stage, tmp_path / "canaries", source, fixed={field: os.environ[var] for field, var in row.own})
+    values.update({name: sh(stage, vm, command).strip() for name, vm, command in row.read})
     for vm, command in row.perturb:
         sh(stage, vm, command)
     before = vm_files(stage)
@@ -419,8 +486,6 @@ def test_no_canary_after_a_run_on_a_staged_lab(stage, row, tmp_path):
 
 
 # -- database incidents -----------------------------------------------------------------------------
-
-
 
 def database_profile(directory: Path, **database) -> str:
     """The hostile services' database lab (tests/data/database/lab-db.yaml), its passwords the stage's own: canaries

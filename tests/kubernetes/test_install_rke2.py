@@ -60,6 +60,29 @@ def test_a_converged_node_plans_nothing_and_a_stopped_service_only_its_start(par
     assert [(s.host, s.command, s.blocked) for s in blocked] == [("w1", None, "unreachable: connection refused")]
 
 
+def test_artifacts_already_staged_are_not_copied_again_only_installed(params, tmp_path):
+    """A run that stopped after the copy and before the install (a VM stopped, a signal): the re-run installs from the
+    files already on the node and does not copy them again; a staged file that differs (another release, damaged) is copied."""
+    import subprocess
+
+    artifacts = install_rke2.load_artifacts(params)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for name in artifacts.files:
+        (staged / name).write_bytes((artifacts.folder / name).read_bytes())
+    command = install_rke2.STAGED.replace(install_rke2.REMOTE_ARTIFACTS, str(staged))  # the node's own shell command, here
+    read = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.strip()
+    assert read == artifacts.staged_sum
+    facts = {"w1": {"staged": read}}
+    w1 = [s.operation for s in install_rke2.plan_rke2(params, facts, {}, artifacts) if s.host == "w1"]
+    assert w1 == ["rke2 install", "rke2 config", "join token", "rke2 service"]
+    (staged / install_rke2.INSTALLER).write_text("#!/bin/sh\n# another release\n")
+    facts["w1"]["staged"] = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.strip()
+    w1 = [s.operation for s in install_rke2.plan_rke2(params, facts, {}, artifacts) if s.host == "w1"]
+    assert w1[:2] == ["rke2 artifacts", "rke2 install"]
+    assert [s.operation for s in install_rke2.plan_rke2(params, {}, {}, artifacts) if s.host == "cp1"][:2] == ["rke2 artifacts", "rke2 install"]
+
+
 def test_damaged_or_missing_artifacts_are_refused_naming_the_file(params):
     folder = Path(params.source_dir) / "artifacts"
     (folder / "rke2.linux-amd64.tar.gz").write_bytes(b"tampered")

@@ -226,3 +226,46 @@ def test_the_lab_releases_are_ones_rke2_ships(tmp_path, version):
     findings = lint.lint(params_for(tmp_path, kubernetes__version=version))
     assert [f for f in findings if f.rule == "version-not-shipped"] == []
     assert [f.rule for f in lint.lint(params_for(tmp_path, kubernetes__version="v1.30.14"))] == ["version-not-shipped", "etcd-quorum"]
+
+
+def test_a_node_cordoned_for_this_release_by_a_stopped_run_is_drained_again_not_cordoned_again(tmp_path, monkeypatch):
+    params = params_for(tmp_path, kubernetes__artifacts=artifacts(tmp_path / "a", "v1.36.3"))
+    running(monkeypatch, NodeVersion("cp1", V("v1.36.3"), **CP1), NodeVersion("w1", V("v1.35.4")))
+    fresh = next(s for s in upgrade.plan(params, state.kubeconfig_path(params)).steps if s.operation == "cordon and drain")
+    running(monkeypatch, NodeVersion("cp1", V("v1.36.3"), **CP1), NodeVersion("w1", V("v1.35.4"), unschedulable=True, cordoned_for="v1.36.3"))
+    steps = upgrade.plan(params, state.kubeconfig_path(params)).steps
+    resumed = next(s for s in steps if s.operation == "cordon and drain")
+    assert fresh.change == "cordon w1 and evict its pods (timeout 300 s)"
+    assert resumed.change == "drain w1 again: cordoned for v1.36.3 by a run that stopped (it stays cordoned), evict what is left on it (timeout 300 s)"
+    assert [s.operation for s in steps if s.host == "w1"][-1] == "uncordon"  # it was this runbook's cordon: undone once upgraded
+
+
+def test_the_upgrade_logs_in_to_every_node_it_upgrades_before_anything_changes(tmp_path, monkeypatch):
+    """A node whose host does not answer over SSH (stopped, cut off, a changed host key) is named before the snapshot and before
+    any node is cordoned: nothing is changed. Real SSH to a loopback port where nothing listens."""
+    import socket
+
+    from conftest import lab_key_material
+    from runbooklib.ssh import Fleet
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    made = lab_key_material(tmp_path / "keys")
+    params = params_for(tmp_path, kubernetes__artifacts=artifacts(tmp_path / "a", "v1.36.3"), ssh__key=f"file:{made['key']}",
+                        ssh__known_hosts=str(made["known_hosts"]), ssh__connect_timeout=2,
+                        inventory__hosts=[{"name": name, "address": f"127.0.0.{i}", "ssh_port": port, "roles": roles,
+                                           "location": {"country": "RU", "site": "lab"}}  # db1 and edge1: never dialled (not upgraded)
+                                          for i, (name, roles) in enumerate([("cp1", ["etcd", "controlplane"]), ("w1", ["worker"]),
+                                                                             ("db1", ["database"]), ("edge1", ["edge"])], 1)])
+    running(monkeypatch, NodeVersion("cp1", V("v1.36.3"), **CP1), NodeVersion("w1", V("v1.35.4")))
+    plan = upgrade.plan(params, state.kubeconfig_path(params))
+    assert [s.host for s in plan.steps][:2] == ["cp1", "w1"]
+    recorded = []
+    with Fleet.from_params(params, progress=None) as fleet:
+        result = upgrade.apply(params, fleet, plan, state.kubeconfig_path(params), on_change=recorded.append, on_line=lambda line: None)
+    assert recorded == [] and result.snapshot == ""
+    assert result.error.startswith("nothing was changed: cp1: connection refused at 127.0.0.1") and "; w1: connection refused at 127.0.0.2" in result.error
+    assert result.resume.startswith("Stopped at cp1, w1 (group 1 of ")
+    verdict, problems = upgrade.verdict(plan, "applied", result, [])
+    assert verdict == "incomplete" and problems[0] == result.error
