@@ -284,9 +284,10 @@ def _past_promotion(p, client, host, promoted: str | None, old: str, candidate: 
     try:
         if not promoted:  # a later run: the promotion position is in the new primary's marker
             promoted = parse_marker(client.shell(client.host(candidate), f"cat {FAILOVER_MARKER}").check().stdout).get("position", "")
-        applied = client.query(host, f"SELECT {switchover._applied_expr(d)} AS applied")[0]["applied"]
-    except (HostError, IndexError, KeyError) as e:
+        rows = client.query(host, f"SELECT {switchover._applied_expr(d)} AS applied")
+    except (HostError, KeyError) as e:
         return f"{host.name}: cannot read what it applied against the promotion position ({e}); not re-pointed, nothing else done", ""
+    applied = (rows[0].get("applied") or "") if rows else ""  # empty: a delayed replica that has applied nothing yet
     ahead = d.behind(promoted, applied) if promoted and applied else 0
     if not ahead:
         return "", ""

@@ -191,7 +191,7 @@ class _RepointClient:
 
     def query(self, host, sql, timeout=None):
         assert host.name == "db3" and "gtid_slave_pos" in sql
-        return [{"applied": self.applied}]
+        return [{"applied": self.applied}] if self.applied is not None else []  # the client gives no row for an empty value
 
     def execute(self, host, statements):
         from runbooklib.ssh import HostResult
@@ -232,3 +232,7 @@ def test_a_delayed_replica_past_the_promotion_is_re_pointed_only_if_it_applied_n
     behind = _RepointClient(p, "0-180682783-15")
     out = failover.apply(p, behind, steps)
     assert out["ok"] and [h for h, _ in behind.executed] == ["db3"] and behind.executed[0][1][0] != "RESET MASTER"
+    for nothing in ("", None):  # a delayed replica that has applied nothing yet (a lab minutes old, a long delay)
+        fresh = _RepointClient(p, nothing)
+        out = failover.apply(p, fresh, steps)
+        assert out["ok"] and [h for h, _ in fresh.executed] == ["db3"] and fresh.executed[0][1][0] != "RESET MASTER"
