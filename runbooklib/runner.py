@@ -165,7 +165,7 @@ def _ready_client_class():
             while True:
                 msg_id = self.kernel_info()
                 reply = await self._reply_to(msg_id, deadline)
-                if reply is not None and await self._idle_after(msg_id):
+                if reply is not None and await self._idle_after(msg_id, deadline):
                     self._handle_kernel_info_reply(reply)
                     return
                 if not await self.is_alive():
@@ -185,9 +185,10 @@ def _ready_client_class():
                     return msg
             return None
 
-        async def _idle_after(self, msg_id: str) -> bool:
-            """Whether the kernel's ``idle`` status for ``msg_id`` arrives on IOPub (no message for 0.2 s: not subscribed yet)."""
-            while True:
+        async def _idle_after(self, msg_id: str, deadline: float) -> bool:
+            """Whether the kernel's ``idle`` status for ``msg_id`` arrives on IOPub (no message for 0.2 s: not subscribed yet;
+            other messages are skipped until the handshake's deadline)."""
+            while time.monotonic() < deadline:
                 try:
                     msg = await self.iopub_channel.get_msg(timeout=0.2)
                 except Empty:
@@ -195,6 +196,7 @@ def _ready_client_class():
                 if (msg.get("parent_header", {}).get("msg_id") == msg_id and msg.get("msg_type") == "status"
                         and msg.get("content", {}).get("execution_state") == "idle"):
                     return True
+            return False
 
     return ReadyClient
 
@@ -264,7 +266,7 @@ def discard_spare_kernel(spare: _Spare | None = None) -> None:
 def _cpu_seconds(pid: int | None) -> float:
     """User and system CPU seconds a process has used so far (0 if it cannot be read)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+        fields = _proc_stat(pid)
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, TypeError):
         return 0.0
@@ -951,12 +953,16 @@ def _stop_kernel(events: list[dict]) -> None:
             time.sleep(0.05)
 
 
+def _proc_stat(pid) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state first); OSError when it cannot be read."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+
+
 def _is_our_child(pid: int) -> bool:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = _proc_stat(pid)
     except OSError:
         return False
-    fields = stat.rsplit(")", 1)[-1].split()
     return len(fields) > 1 and fields[0] != "Z" and fields[1] == str(os.getpid())
 
 
