@@ -85,7 +85,7 @@ def connect(params):
     if not kubeconfig.exists():
         raise RunbookError(f"{params.source}: no kubeconfig at {kubeconfig} (kubernetes.state_dir): bring the cluster up with "
                            "03-kubernetes-cluster first, or point kubernetes.state_dir at the folder that has it")
-    return api_client(kubeconfig)[1]
+    return api_client(kubeconfig, params)[1]
 
 
 def running_nodes(api, distribution: str) -> list[NodeInfo]:

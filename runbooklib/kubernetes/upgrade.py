@@ -156,7 +156,7 @@ def read_running(params, kubeconfig: Path) -> Running:
     from . import verify
 
     try:
-        client, api = verify.api_client(kubeconfig)
+        client, api = verify.api_client(kubeconfig, params)
         reported = client.VersionApi(api).get_code().git_version
         items = client.CoreV1Api(api).list_node().items
     except Exception as e:  # any failure to read is the same thing for the plan: it cannot know what runs
@@ -598,7 +598,7 @@ def apply(params, fleet, plan: UpgradePlan, kubeconfig: Path, on_change: Callabl
                      "is cordoned and drained only when it can then be installed on. Start the host or fix its SSH (a changed host "
                      "key: check why, then pin the new one in ssh.known_hosts), then run this runbook again")
         return _stopped(params, plan, out, kubeconfig, ", ".join(u.split(":")[0] for u in unreachable), 0)
-    client, api = verify.api_client(kubeconfig)
+    client, api = verify.api_client(kubeconfig, params)
     pending: Release | None = None  # a release whose nodes are done and that is not verified yet
     for i, group in enumerate(plan.groups):
         if pending is not None and group.release != pending:
@@ -791,7 +791,7 @@ def release_rows(params, kubeconfig: Path, version: Version) -> list[dict]:
     from . import verify
 
     try:
-        client, api = verify.api_client(kubeconfig)
+        client, api = verify.api_client(kubeconfig, params)
         nodes = {n.metadata.name: n for n in client.CoreV1Api(api).list_node().items}
     except Exception as e:  # noqa: BLE001 - a failing row, never a crash
         return [verify.row("node version", "cluster", False, f"the API did not answer: {type(e).__name__}")]

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import RunbookError
 from ..schema import K8S_ROLES
 
 DNS_SERVICES = {"rke1": ("kube-system", "kube-dns"), "rke2": ("kube-system", "rke2-coredns-rke2-coredns")}
@@ -50,7 +51,6 @@ def api_host(params, kubeconfig: Path) -> str:
     balancer), the kubeconfig's path when it cannot be read."""
     from urllib.parse import urlsplit
 
-    from ..errors import RunbookError
     from .state import summarize_kubeconfig
 
     try:
@@ -62,10 +62,60 @@ def api_host(params, kubeconfig: Path) -> str:
     return f"{name} ({server})" if name else server or str(kubeconfig)
 
 
-def api_client(kubeconfig: Path):
-    from kubernetes import client, config
+# a request to the API: connected within 10 s, answered within 60 s (a cut link must not hold a run for TCP's 15 minutes)
+REQUEST_TIMEOUT = (10, 60)
 
-    return client, config.new_client_from_config(str(kubeconfig))
+
+def _http_error():
+    import urllib3
+
+    return urllib3.exceptions.HTTPError
+
+
+class ApiUnanswered(RunbookError, _http_error()):
+    """The Kubernetes API did not answer (refused, unreachable, timed out): the message names where it is (the inventory host
+    and URL) and what to do. Also an urllib3 ``HTTPError``, what the client raised before, so a caller that turns an API
+    without an answer into a failing row still does, now with the host named."""
+
+    def __init__(self, api_at: str, reason: str):
+        self.api_at, self.reason = api_at, reason
+        super().__init__(f"the Kubernetes API on {api_at} does not answer ({reason}): start that host or heal its link, then run the runbook again")
+
+
+def api_client(kubeconfig: Path, params=None):
+    """``(kubernetes.client, an ApiClient)`` for the cluster the kubeconfig reaches. Every request is bounded
+    (:data:`REQUEST_TIMEOUT` unless the call sets its own) and, when the API does not answer, raises
+    :class:`ApiUnanswered` naming where it is: with ``params``, the inventory host at the server's address
+    (:func:`api_host`), else the server's URL."""
+    import urllib3
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    at = api_host(params, kubeconfig) if params is not None else _server(kubeconfig)
+
+    class Client(client.ApiClient):
+        def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
+            try:
+                return super().call_api(method, url, header_params, body, post_params,
+                                        REQUEST_TIMEOUT if _request_timeout is None else _request_timeout)
+            except ApiException:
+                raise  # the API answered: its status and reason are the caller's to read
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                reason = getattr(e, "reason", None) or e
+                raise ApiUnanswered(at, f"{type(reason).__name__}: {str(reason)[-300:]}") from None
+
+    configuration = type.__call__(client.Configuration)  # a fresh one, not a copy of the process-wide default
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration, persist_config=False)
+    return client, Client(configuration=configuration)
+
+
+def _server(kubeconfig: Path) -> str:
+    from .state import summarize_kubeconfig
+
+    try:
+        return summarize_kubeconfig(kubeconfig).server or str(kubeconfig)
+    except (RunbookError, OSError):
+        return str(kubeconfig)
 
 
 def verify_api(params, kubeconfig: Path, version: str | None = None) -> list[dict]:
@@ -78,8 +128,10 @@ def verify_api(params, kubeconfig: Path, version: str | None = None) -> list[dic
     k = params.kubernetes
     wanted = version or k.version
     try:
-        client, api = api_client(kubeconfig)
+        client, api = api_client(kubeconfig, params)
         reported = client.VersionApi(api).get_code().git_version
+    except ApiUnanswered as e:
+        return [row("API answers", e.api_at, False, str(e)[:400])]
     except (urllib3.exceptions.HTTPError, OSError) as e:
         return [row("API answers", str(kubeconfig), False, f"{type(e).__name__}: {e}"[:300])]
     except Exception as e:  # an ApiException or a broken kubeconfig: say which
@@ -87,6 +139,8 @@ def verify_api(params, kubeconfig: Path, version: str | None = None) -> list[dic
     rows = [row("API version", wanted, reported.split("+")[0] == wanted, f"the API reports {reported}")]
     try:
         return rows + _cluster_rows(params, client, api)
+    except ApiUnanswered as e:
+        return rows + [row("API answers", e.api_at, False, str(e)[:400])]
     except (urllib3.exceptions.HTTPError, OSError, client.ApiException) as e:  # every check is a row, never a crash
         return rows + [row("API answers", str(kubeconfig), False, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
 

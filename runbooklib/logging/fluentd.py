@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 
-from ..errors import RunbookError
+from ..kubernetes.verify import REQUEST_TIMEOUT, ApiUnanswered
 from ..phase.steps import Part
 from .settings import CASTS, endpoint_parts
 
@@ -295,17 +295,9 @@ def daemonset_rows(nodes: Sequence[dict], pods: Iterable[dict]) -> list[dict]:
 
 # -- the cluster: facts, plan, apply, verify -----------------------------------------------------------
 
-class ApiUnanswered(RunbookError):
-    """The Kubernetes API did not answer (refused, unreachable, timed out): the message names where it is and what to do."""
-
-
-# a request to the API: connected within 10 s, answered within 60 s (a cut link must not hold the run for TCP's 15 minutes)
-REQUEST_TIMEOUT = (10, 60)
-
-
 def _api_call(api_at: str, call, *args, **kwargs):
-    """``call`` with :data:`REQUEST_TIMEOUT`; what the client raises when the API does not answer becomes
-    :class:`ApiUnanswered` naming ``api_at`` (the inventory host and URL, from ``verify.api_host``)."""
+    """``call`` with the API's :data:`~runbooklib.kubernetes.verify.REQUEST_TIMEOUT`; an API that does not answer raises
+    :class:`~runbooklib.kubernetes.verify.ApiUnanswered` naming ``api_at`` (the inventory host and URL, from ``verify.api_host``)."""
     import urllib3
     from kubernetes.client.rest import ApiException
 
@@ -313,10 +305,11 @@ def _api_call(api_at: str, call, *args, **kwargs):
         return call(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
     except ApiException:
         raise
-    except (urllib3.exceptions.HTTPError, OSError) as e:
+    except ApiUnanswered as e:
+        raise ApiUnanswered(api_at, e.reason) from None
+    except (urllib3.exceptions.HTTPError, OSError) as e:  # a client of another making
         reason = getattr(e, "reason", None) or e
-        raise ApiUnanswered(f"the Kubernetes API on {api_at} does not answer ({type(reason).__name__}: {str(reason)[-300:]}): "
-                            "start that host or heal its link, then run 12-logging again") from None
+        raise ApiUnanswered(api_at, f"{type(reason).__name__}: {str(reason)[-300:]}") from None
 
 
 def nodes(api_client, api_at: str = "the cluster") -> list[dict]:

@@ -337,8 +337,9 @@ def plan(p, engine: Engine | None, engine_facts: dict | None) -> list[EngineStep
                           diff=diff, method="PUT", path=path, body=body, seq=seq)
     if engine is None or not (engine_facts or {}).get("reachable"):
         why = (engine_facts or {}).get("error") or "no engine endpoint reachable from here"
-        reason = f"the engine at {lg.api_url()} does not answer ({why}): rendered for review; apply when it answers " \
-                 "(set logging.api_endpoint to an address this machine reaches)"
+        # the client's error names the engine's host already when nothing answered ("elk1 does not answer at URL: ...")
+        said = why if f" does not answer at {lg.api_url()}" in why else f"the engine at {lg.api_url()} does not answer ({why})"
+        reason = f"{said}: rendered for review; apply when it answers (set logging.api_endpoint to an address this machine reaches)"
         return [step("index template", what_t, tpath, tbody, _json(tbody), tundo, reason),
                 step("retention policy", what_p, ppath, pbody, _json(pbody), pundo, reason)]
     steps = []

@@ -190,7 +190,7 @@ def read_cluster(params, kubeconfig: Path | None) -> dict[str, NamespaceState]:
     if not kubeconfig.exists():
         raise RunbookError(f"no kubeconfig at {kubeconfig}: the cluster has not been brought up; run 03-kubernetes-cluster first")
     try:
-        client, api = verify.api_client(kubeconfig)
+        client, api = verify.api_client(kubeconfig, params)
     except Exception as e:
         raise RunbookError(f"{kubeconfig}: not a usable kubeconfig ({type(e).__name__}); run 03-kubernetes-cluster again") from None
     try:
@@ -471,7 +471,7 @@ def _record(step: Step, on_change, out: AccessApply) -> None:
 def _apply_api(params, steps: Sequence[Step], creds: Credentials, kubeconfig: Path, on_change, out: AccessApply) -> None:
     from ..kubernetes import verify
 
-    client, api = verify.api_client(kubeconfig)
+    client, api = verify.api_client(kubeconfig, params)
     try:
         v1 = client.CoreV1Api(api)
         for ns in dict.fromkeys(s.host.removeprefix("namespace/") for s in steps):
@@ -653,7 +653,7 @@ def verify_cluster(params, kubeconfig: Path, creds: Credentials) -> list[dict]:
     if not kubeconfig.exists():
         return [row("API answers", str(kubeconfig), "fail", "no kubeconfig there: the cluster has not been brought up (03-kubernetes-cluster)")]
     try:
-        client, api = verify.api_client(kubeconfig)
+        client, api = verify.api_client(kubeconfig, params)
     except Exception as e:
         return [row("API answers", str(kubeconfig), "fail", f"{type(e).__name__}: not a usable kubeconfig")]
     try:

@@ -278,8 +278,9 @@ MATRIX = [
     Row("services", FAILOVER, "vm stopped before", "cache2", params=REDIS_FAILOVER, back=lambda lab, params: redis_back(lab, params)),
     Row("services", FAILOVER, "host key changed", "cache2", params=REDIS_FAILOVER, back=lambda lab, params: redis_back(lab, params)),
     # fold-in and upgrade (10, 11)
-    # w1 is the host of every row: it is the only node 10 and 11 log in to with something to apply (cp1's part is one etcd
-    # snapshot in 11, and reading the join token in 10). A fault on cp1 is 03's and the cluster stage's (cp1 runs the only API).
+    # w1 is the node 10 and 11 change (it joins again; it is upgraded). cp1 runs the only API server: 10 reads the join token
+    # there, 11 takes its etcd snapshot there, and both read the cluster through it. Its rows are the faults struck before
+    # anything changes on w1: stopped, or its host key changed (11's snapshot, first, must not be taken through it).
     Row("foldin", FOLDIN, "vm stopped before", "w1", perturb=W1_LEFT),
     Row("foldin", FOLDIN, "vm stopped during", "w1", perturb=W1_LEFT),
     Row("foldin", FOLDIN, "link cut mid-command", "w1", perturb=W1_LEFT),
@@ -290,6 +291,10 @@ MATRIX = [
     Row("foldin", UPGRADE, "link cut mid-command", "w1", perturb=W1_OLD),
     Row("foldin", UPGRADE, "host key changed", "w1", perturb=W1_OLD),
     Row("foldin", UPGRADE, "SIGINT mid-phase", "w1", perturb=W1_OLD),
+    Row("foldin", FOLDIN, "vm stopped before", "cp1", perturb=W1_LEFT),
+    Row("foldin", FOLDIN, "host key changed", "cp1", perturb=W1_LEFT),
+    Row("foldin", UPGRADE, "vm stopped before", "cp1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "host key changed", "cp1", perturb=W1_OLD),
 ]
 
 

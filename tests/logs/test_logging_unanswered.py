@@ -96,7 +96,9 @@ def test_an_engine_that_does_not_answer_is_named_by_its_host_and_one_that_answer
     got = search.facts(engine)
     assert not got["reachable"] and got["error"].startswith(f"elk1 does not answer at {p.logging.api_url()}: ConnectionError"), got
     steps = search.plan(p, engine, got)
-    assert all("(elk1 does not answer at" in s.blocked for s in steps)
+    assert all(s.blocked.startswith(f"elk1 does not answer at {p.logging.api_url()}: ConnectionError") for s in steps), steps
+    assert all(s.blocked.count("does not answer") == 1 for s in steps), "the reason says it once"
+
 
     # a link cut under a connection: the engine's address takes the connection (a listening socket never read) and never answers
     with socket.socket() as silent:
@@ -120,3 +122,43 @@ def test_an_engine_that_does_not_answer_is_named_by_its_host_and_one_that_answer
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_every_runbooks_api_client_names_the_host_and_bounds_each_request(tmp_path, monkeypatch):
+    """The client every runbook gets (``verify.api_client``, with the parameters): 10 read its first Node list through it
+    and crashed on the client's MaxRetryError naming only an address when cp1 was stopped (the fold-in stage's row)."""
+    import urllib3
+
+    from runbooklib.kubernetes import capacity
+
+    data = resolvable_lab_data(tmp_path)
+    cp1 = next(h for h in data["inventory"]["hosts"] if h["name"] == "cp1")
+    cp1["address"] = "127.0.0.1"
+    p = load_params(write_params(tmp_path, data))
+    port = closed_port()
+    config = kubeconfig(tmp_path / "kc.yml", f"https://127.0.0.1:{port}")
+    client, api = k8s_verify.api_client(config, p)
+    with pytest.raises(k8s_verify.ApiUnanswered, match=rf"^the Kubernetes API on cp1 \(https://127.0.0.1:{port}\) does not answer "
+                                                        r"\(NewConnectionError: .*refused.*\): start that host or heal its link") as refused:
+        capacity.running_nodes(api, "rke2")
+    # a RunbookError (a cell stops on it with its message), and an urllib3 HTTPError (the callers that make a row of it still do)
+    assert isinstance(refused.value, RunbookError) and isinstance(refused.value, urllib3.exceptions.HTTPError)
+    assert refused.value.api_at == f"cp1 (https://127.0.0.1:{port})"
+    rows = k8s_verify.verify_api(p, config)
+    assert rows == [{"check": "API answers", "target": f"cp1 (https://127.0.0.1:{port})", "status": "fail", "detail": str(refused.value)[:400]}]
+    # without the parameters, the server's URL
+    with pytest.raises(k8s_verify.ApiUnanswered, match=rf"^the Kubernetes API on https://127.0.0.1:{port} does not answer"):
+        client.CoreV1Api(k8s_verify.api_client(config)[1]).list_node()
+
+    # a server that takes the connection and never answers: each request is bounded (REQUEST_TIMEOUT, here 1 s)
+    monkeypatch.setattr(k8s_verify, "REQUEST_TIMEOUT", (1, 1))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        config = kubeconfig(tmp_path / "silent.yml", f"https://127.0.0.1:{silent.getsockname()[1]}")
+        _, api = k8s_verify.api_client(config, p)
+        t0 = time.monotonic()
+        with pytest.raises(k8s_verify.ApiUnanswered, match=r"^the Kubernetes API on cp1 .* does not answer \((ReadTimeoutError|SSLError|TimeoutError)"):
+            client.CoreV1Api(api).list_node()
+        took = time.monotonic() - t0
+    assert took < 15, f"{took:.1f} s: not bounded by REQUEST_TIMEOUT (urllib3 retries 3 times: at most 4 s here)"
