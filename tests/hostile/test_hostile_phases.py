@@ -280,7 +280,8 @@ MATRIX = [
     # fold-in and upgrade (10, 11)
     # w1 is the node 10 and 11 change (it joins again; it is upgraded). cp1 runs the only API server: 10 reads the join token
     # there, 11 takes its etcd snapshot there, and both read the cluster through it. Its rows are the faults struck before
-    # anything changes on w1: stopped, or its host key changed (11's snapshot, first, must not be taken through it).
+    # anything changes on w1: stopped, or its host key changed (11's snapshot, first, must not be taken through it); and for
+    # 11, stopped or cut while w1 is being upgraded (the API and etcd gone mid-phase).
     Row("foldin", FOLDIN, "vm stopped before", "w1", perturb=W1_LEFT),
     Row("foldin", FOLDIN, "vm stopped during", "w1", perturb=W1_LEFT),
     Row("foldin", FOLDIN, "link cut mid-command", "w1", perturb=W1_LEFT),
@@ -295,6 +296,8 @@ MATRIX = [
     Row("foldin", FOLDIN, "host key changed", "cp1", perturb=W1_LEFT),
     Row("foldin", UPGRADE, "vm stopped before", "cp1", perturb=W1_OLD),
     Row("foldin", UPGRADE, "host key changed", "cp1", perturb=W1_OLD),
+    Row("foldin", UPGRADE, "vm stopped during", "cp1", perturb=W1_OLD),  # the API gone while w1 is upgraded
+    Row("foldin", UPGRADE, "link cut mid-command", "cp1", perturb=W1_OLD),
 ]
 
 
