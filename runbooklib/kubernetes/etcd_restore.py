@@ -194,7 +194,7 @@ def wait_for_api(kubeconfig: Path, timeout: float = 300.0) -> str:
             client.CoreV1Api(api).list_namespace(limit=1, _request_timeout=10)
             return ""
         except Exception as e:  # starting: refused, 503, a timeout; remember the last
-            last = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            last = verify.api_failure(e)
             time.sleep(2)
     return f"the API did not answer within {timeout:g} s ({last})"
 

@@ -159,6 +159,8 @@ def read_running(params, kubeconfig: Path) -> Running:
         client, api = verify.api_client(kubeconfig, params)
         reported = client.VersionApi(api).get_code().git_version
         items = client.CoreV1Api(api).list_node().items
+    except verify.ApiUnanswered as e:  # names the host itself
+        raise RunbookError(f"{e}; an upgrade starts from a running cluster (03-kubernetes-cluster brings it up)") from None
     except Exception as e:  # any failure to read is the same thing for the plan: it cannot know what runs
         first = str(e).splitlines()[0][:300] if str(e) else ""
         raise RunbookError(f"the cluster's API does not answer through {kubeconfig} ({type(e).__name__}: {first}); an upgrade "
@@ -758,7 +760,7 @@ def wait_upgraded(fleet, host, kubeconfig: Path, version: Version, timeout: floa
                 if not last:
                     return ""
             except Exception as e:  # the API is restarting: keep waiting, remember why
-                last = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                last = verify.api_failure(e)
         time.sleep(2)
     return (f"{host.name} not back at {version} within {timeout:g} s ({last}); see `systemctl status {service}` and "
             f"/var/log/pods on {host.name}; are the artifacts those of {version}?")
@@ -794,7 +796,7 @@ def release_rows(params, kubeconfig: Path, version: Version) -> list[dict]:
         client, api = verify.api_client(kubeconfig, params)
         nodes = {n.metadata.name: n for n in client.CoreV1Api(api).list_node().items}
     except Exception as e:  # noqa: BLE001 - a failing row, never a crash
-        return [verify.row("node version", "cluster", False, f"the API did not answer: {type(e).__name__}")]
+        return [verify.row("node version", "cluster", False, f"the API did not answer: {verify.api_failure(e)}")]
     rows = []
     for h in (h for h in params.hosts if h.in_cluster):
         n = nodes.get(h.name)

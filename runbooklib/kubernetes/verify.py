@@ -49,20 +49,32 @@ def api_host(params, kubeconfig: Path) -> str:
     """Where the kubeconfig's API server is, for a message an operator acts on: the inventory host at the server's
     address with the URL (``cp1 (https://10.77.0.11:6443)``); the URL alone when no host has that address (a load
     balancer), the kubeconfig's path when it cannot be read."""
+    server = _server(kubeconfig)
+    return _named(params, server) if server != str(kubeconfig) else server
+
+
+def _named(params, server: str) -> str:
+    """``cp1 (https://10.77.0.11:6443)``: the inventory host at the URL's address with the URL; the URL alone when none is."""
     from urllib.parse import urlsplit
 
+    address = urlsplit(server).hostname or ""
+    hosts = params.inventory.hosts if params is not None else ()
+    name = next((h.name for h in hosts if address and (str(h.address) == address or h.name == address)), None)
+    return f"{name} ({server})" if name else server
+
+
+def _server(kubeconfig: Path) -> str:
+    """The kubeconfig's server URL, or its path when it cannot be read."""
     from .state import summarize_kubeconfig
 
     try:
-        server = summarize_kubeconfig(kubeconfig).server
+        return summarize_kubeconfig(kubeconfig).server or str(kubeconfig)
     except (RunbookError, OSError):
         return str(kubeconfig)
-    address = urlsplit(server).hostname or ""
-    name = next((h.name for h in params.inventory.hosts if address and (str(h.address) == address or h.name == address)), None)
-    return f"{name} ({server})" if name else server or str(kubeconfig)
 
 
-# a request to the API: connected within 10 s, answered within 60 s (a cut link must not hold a run for TCP's 15 minutes)
+# a request to the API: connected within 10 s, answered within 60 s (a cut link must not hold a run for TCP's 15 minutes);
+# urllib3 retries a connection that failed (three times), each try with these bounds
 REQUEST_TIMEOUT = (10, 60)
 
 
@@ -73,49 +85,56 @@ def _http_error():
 
 
 class ApiUnanswered(RunbookError, _http_error()):
-    """The Kubernetes API did not answer (refused, unreachable, timed out): the message names where it is (the inventory host
-    and URL) and what to do. Also an urllib3 ``HTTPError``, what the client raised before, so a caller that turns an API
-    without an answer into a failing row still does, now with the host named."""
+    """The Kubernetes API did not answer (refused, unreachable, timed out, cut mid-answer), or answered with a certificate the
+    kubeconfig does not trust: the message names where it is (the inventory host and URL) and what to do. Also an urllib3
+    ``HTTPError``, what the client raised before, so a caller that turns an API without an answer into a failing row still
+    does, now with the host named."""
 
     def __init__(self, api_at: str, reason: str):
         self.api_at, self.reason = api_at, reason
-        super().__init__(f"the Kubernetes API on {api_at} does not answer ({reason}): start that host or heal its link, then run the runbook again")
+        if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate verify failed" in reason:
+            said = (f"the Kubernetes API on {api_at} answered with a certificate the kubeconfig does not trust ({reason}): "
+                    "was the cluster rebuilt? Use its current kubeconfig")
+        else:
+            said = f"the Kubernetes API on {api_at} does not answer ({reason}): start that host or heal its link"
+        super().__init__(said)
+
+    def __reduce__(self):
+        return type(self), (self.api_at, self.reason)
+
+
+def api_failure(e: BaseException) -> str:
+    """A failed API call in one line: an :class:`ApiUnanswered` as it says itself (host named), anything else with its type."""
+    if isinstance(e, ApiUnanswered):
+        return str(e)
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
 
 
 def api_client(kubeconfig: Path, params=None):
     """``(kubernetes.client, an ApiClient)`` for the cluster the kubeconfig reaches. Every request is bounded
-    (:data:`REQUEST_TIMEOUT` unless the call sets its own) and, when the API does not answer, raises
-    :class:`ApiUnanswered` naming where it is: with ``params``, the inventory host at the server's address
-    (:func:`api_host`), else the server's URL."""
+    (:data:`REQUEST_TIMEOUT` unless the call sets its own) and, when the API does not answer (or its answer is cut
+    off), raises :class:`ApiUnanswered` naming the server the request went to: with ``params``, the inventory host at
+    its address and the URL, else the URL (a caller may point the client at another server: the name follows it)."""
     import urllib3
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
-    at = api_host(params, kubeconfig) if params is not None else _server(kubeconfig)
-
     class Client(client.ApiClient):
         def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
             try:
-                return super().call_api(method, url, header_params, body, post_params,
-                                        REQUEST_TIMEOUT if _request_timeout is None else _request_timeout)
+                response = super().call_api(method, url, header_params, body, post_params,
+                                            REQUEST_TIMEOUT if _request_timeout is None else _request_timeout)
+                response.read()  # the body, here: a link cut or a server stalled mid-answer is named too (no caller streams)
+                return response
             except ApiException:
                 raise  # the API answered: its status and reason are the caller's to read
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 reason = getattr(e, "reason", None) or e
-                raise ApiUnanswered(at, f"{type(reason).__name__}: {str(reason)[-300:]}") from None
+                raise ApiUnanswered(_named(params, self.configuration.host), f"{type(reason).__name__}: {str(reason)[-300:]}") from None
 
     configuration = type.__call__(client.Configuration)  # a fresh one, not a copy of the process-wide default
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration, persist_config=False)
     return client, Client(configuration=configuration)
-
-
-def _server(kubeconfig: Path) -> str:
-    from .state import summarize_kubeconfig
-
-    try:
-        return summarize_kubeconfig(kubeconfig).server or str(kubeconfig)
-    except (RunbookError, OSError):
-        return str(kubeconfig)
 
 
 def verify_api(params, kubeconfig: Path, version: str | None = None) -> list[dict]:

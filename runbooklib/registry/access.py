@@ -129,6 +129,8 @@ def api_error(e: Exception) -> str:
     """An API failure in one line: status and the server's message (never a request body)."""
     import json
 
+    from ..kubernetes.verify import api_failure
+
     status = getattr(e, "status", None)
     if status is not None:
         try:
@@ -136,7 +138,7 @@ def api_error(e: Exception) -> str:
         except ValueError:
             message = ""
         return f"HTTP {status} {getattr(e, 'reason', '')}".strip() + (f": {message[:300]}" if message else "")
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    return api_failure(e)
 
 
 def read_namespace(v1, params, ns: str) -> NamespaceState:

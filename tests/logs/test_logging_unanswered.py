@@ -39,9 +39,9 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def kubeconfig(path, server: str):
+def kubeconfig(path, server: str, insecure: bool = True):
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "c",
-                                    "clusters": [{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+                                    "clusters": [{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": insecure}}],
                                     "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
                                     "users": [{"name": "u", "user": {"token": "not-a-secret"}}]}))
     return path
@@ -150,15 +150,108 @@ def test_every_runbooks_api_client_names_the_host_and_bounds_each_request(tmp_pa
     with pytest.raises(k8s_verify.ApiUnanswered, match=rf"^the Kubernetes API on https://127.0.0.1:{port} does not answer"):
         client.CoreV1Api(k8s_verify.api_client(config)[1]).list_node()
 
-    # a server that takes the connection and never answers: each request is bounded (REQUEST_TIMEOUT, here 1 s)
+    # a server that takes the connection and never answers, and one that stalls mid-answer: each request is bounded
+    # (REQUEST_TIMEOUT, here 1 s) and named, the body's read included
     monkeypatch.setattr(k8s_verify, "REQUEST_TIMEOUT", (1, 1))
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        config = kubeconfig(tmp_path / "silent.yml", f"https://127.0.0.1:{silent.getsockname()[1]}")
-        _, api = k8s_verify.api_client(config, p)
-        t0 = time.monotonic()
-        with pytest.raises(k8s_verify.ApiUnanswered, match=r"^the Kubernetes API on cp1 .* does not answer \((ReadTimeoutError|SSLError|TimeoutError)"):
+    cert = tls_material(tmp_path)
+    for server in (silent_server, lambda: stalling_server(cert)):
+        with server() as port:
+            _, api = k8s_verify.api_client(kubeconfig(tmp_path / "slow.yml", f"https://127.0.0.1:{port}"), p)
+            err, took = bounded(lambda: client.CoreV1Api(api).list_node(), within=30)
+            assert isinstance(err, k8s_verify.ApiUnanswered), err
+            assert str(err).startswith(f"the Kubernetes API on cp1 (https://127.0.0.1:{port}) does not answer ("), err
+            assert took < 15, f"{took:.1f} s: not bounded by REQUEST_TIMEOUT (urllib3 tries 4 times: about 4 s here)"
+
+
+def test_an_api_whose_certificate_the_kubeconfig_does_not_trust_is_told_apart(tmp_path):
+    """A certificate refused is an API that answered: the advice is the kubeconfig's, not to start the host."""
+    data = resolvable_lab_data(tmp_path)
+    next(h for h in data["inventory"]["hosts"] if h["name"] == "cp1")["address"] = "127.0.0.1"
+    p = load_params(write_params(tmp_path, data))
+    with stalling_server(tls_material(tmp_path)) as port:
+        config = kubeconfig(tmp_path / "kc.yml", f"https://127.0.0.1:{port}", insecure=False)
+        client, api = k8s_verify.api_client(config, p)
+        with pytest.raises(k8s_verify.ApiUnanswered, match=rf"^the Kubernetes API on cp1 \(https://127.0.0.1:{port}\) answered with a "
+                                                            r"certificate the kubeconfig does not trust \(SSLError: .*CERTIFICATE_VERIFY_FAILED"
+                                                            r".*was the cluster rebuilt\? Use its current kubeconfig$"):
             client.CoreV1Api(api).list_node()
-        took = time.monotonic() - t0
-    assert took < 15, f"{took:.1f} s: not bounded by REQUEST_TIMEOUT (urllib3 retries 3 times: at most 4 s here)"
+
+
+def bounded(call, within: float):
+    """``call``'s exception and how long it took, in a thread (a missing bound fails the test instead of hanging it)."""
+    got: dict = {}
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 - the caller checks which
+            got["error"] = e
+        got["took"] = time.monotonic() - t0
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(within)
+    assert not t.is_alive(), f"the call did not end within {within} s: not bounded"
+    return got.get("error"), got["took"]
+
+
+def tls_material(tmp_path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl), as a test API server's."""
+    import subprocess
+
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+class _Serving:
+    def __init__(self, handle):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.handle, self.held, self.stop = handle, [], threading.Event()
+
+    def __enter__(self) -> int:
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self.sock.getsockname()[1]
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.held.append(conn)
+            threading.Thread(target=self.handle, args=(conn, self.stop), daemon=True).start()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for c in self.held:
+            c.close()
+        self.sock.close()
+
+
+def silent_server():
+    """Takes each connection and says nothing (not even TLS's hello)."""
+    return _Serving(lambda conn, stop: stop.wait())
+
+
+def stalling_server(cert: tuple[str, str]):
+    """TLS, then the head of a 200 answer and part of its body, then nothing."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*cert)
+
+    def handle(conn, stop):
+        try:
+            tls = context.wrap_socket(conn, server_side=True)
+            tls.recv(65536)
+            tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"kind\": ")
+        except (OSError, ssl.SSLError):
+            return  # a client that refused our certificate
+        stop.wait()
+    return _Serving(handle)
