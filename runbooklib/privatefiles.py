@@ -29,8 +29,7 @@ def private_folder(sftp, name: str) -> str:
 
 def upload(fleet, host, folder_name: str, files: Mapping[str, str]) -> dict[str, str]:
     """Write ``files`` (name -> content) into ``~/<folder_name>`` on ``host``, mode 600; their absolute paths by name."""
-    try:
-        sftp = fleet.connection(host).sftp()
+    with fleet.sftp(host, f"cannot write the client's files into ~/{folder_name} over SFTP") as sftp:
         folder = private_folder(sftp, folder_name)
         token = secrets.token_hex(6)
         paths = {}
@@ -41,13 +40,6 @@ def upload(fleet, host, folder_name: str, files: Mapping[str, str]) -> dict[str,
                 f.write(content)
             paths[name] = path
         return paths
-    except (OSError, EOFError) as e:
-        raise HostError(host.name, f"cannot write the client's files into ~/{folder_name} over SFTP: {why(e)}") from None
-
-
-def why(e: BaseException) -> str:
-    """An exception's words; a bare one (a cut link ends SFTP with an empty EOFError or timeout) by what it is."""
-    return str(e) or {"EOFError": "the connection ended (EOFError)", "TimeoutError": "timed out"}.get(type(e).__name__, type(e).__name__)
 
 
 def remove(fleet, host, paths: Iterable[str]) -> None:

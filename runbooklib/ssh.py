@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -67,6 +68,15 @@ class HostResult:
         if not self.ok:
             raise HostError(self.host, self.error or f"exit code {self.exit_code}: {self.stderr.strip()[:500]}")
         return self
+
+
+def _words(e: BaseException) -> str:
+    """An exception's words; a bare one (a cut link ends SFTP with an empty EOFError or timeout; paramiko's "Server
+    connection dropped: " has nothing after its colon) by what it is."""
+    text = str(e).strip().rstrip(":")
+    if type(e).__name__ == "SSHException" and text == "Server connection dropped":
+        return "Server connection dropped (the host stopped or its link was cut)"
+    return text or {"EOFError": "the connection ended (EOFError)", "TimeoutError": "timed out"}.get(type(e).__name__, type(e).__name__)
 
 
 class FleetResult(dict):
@@ -286,15 +296,26 @@ class Fleet:
         finally:
             chan.close()
 
+    @contextmanager
+    def sftp(self, host: Host, what: str):
+        """The SFTP session of ``host``'s connection; ``what`` begins the message of its failure ("cannot copy A to B"). A failure of the transfer, or of a
+        connection that died under it (the host stopped, the link cut: paramiko says "Server connection dropped", an
+        empty ``EOFError``, a timeout) is a :class:`HostError` naming the host and ``what``, and the connection is
+        dropped so that the next command reconnects; errors of the connection itself (unreachable, a changed host key)
+        pass as they are."""
+        try:
+            # a connection that cannot be made raises its own HostError (unreachable, host key), which passes; a stale one
+            # (the host stopped since its last command) fails opening the session: "Server connection dropped"
+            yield self.connection(host).sftp()
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            self._drop(host.name)
+            raise HostError(host.name, f"{what}: {_words(e)}") from None
+
     def put(self, host: Host, local: str | Path, remote: str, mode: int = 0o644) -> None:
         """Copy a local file to ``host`` over SFTP (the parent folder must exist)."""
-        conn = self.connection(host)
-        try:
-            sftp = conn.sftp()
+        with self.sftp(host, f"cannot copy {local} to {remote}") as sftp:
             sftp.put(str(local), remote)
             sftp.chmod(remote, mode)
-        except (OSError, paramiko.SSHException) as e:
-            raise HostError(host.name, f"cannot copy {local} to {remote}: {e}") from None
 
     # -- many hosts --------------------------------------------------------------------------
     def each(self, fn: Callable[[Host], T], hosts: Iterable[Host] | None = None, desc: str = "") -> dict[str, T]:

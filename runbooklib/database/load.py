@@ -142,13 +142,14 @@ def _apply(p, client, step: Step, dump: Dump, workdir: Path, on_change) -> dict[
     local = write_loadable(dump, workdir / f"{dump.sha256[:12]}.sql", None if dump.names_databases else dump.databases[0])
     remote = None
     try:
-        conn = client.fleet.connection(host)
-        sftp = conn.sftp()
-        folder = secret_folder(sftp)  # a dump holds the application's data: the same private folder
-        remote = f"{folder}/load-{dump.sha256[:12]}.sql"
-        sftp.put(str(local), remote)
-        sftp.chmod(remote, 0o600)
-    except (OSError, HostError) as e:
+        with client.fleet.sftp(host, "cannot copy the dump") as sftp:
+            folder = secret_folder(sftp)  # a dump holds the application's data: the same private folder
+            remote = f"{folder}/load-{dump.sha256[:12]}.sql"
+            sftp.put(str(local), remote)
+            sftp.chmod(remote, 0o600)
+    except HostError as e:  # names the host
+        return {"ok": False, "error": str(e), "position": None}
+    except OSError as e:
         return {"ok": False, "error": f"{host.name}: cannot copy the dump: {e}", "position": None}
     finally:
         local.unlink(missing_ok=True)

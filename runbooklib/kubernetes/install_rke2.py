@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import RunbookError
+from ..errors import HostError, RunbookError
 from ..phase import steps as phase_steps
 from ..phase.steps import Step, file_diff
 from ..ssh import HostResult
@@ -223,9 +223,9 @@ def apply_rke2(params, fleet, steps: list[Step], artifacts: Artifacts, on_change
             if i == 0 and results.get(first, phase_steps.HostApply(first)).ok and out.kubeconfig is None:
                 try:
                     out.kubeconfig = fetch_kubeconfig(params, fleet, hosts[first])
-                except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
-                    out.error = (f"{first}: cannot read {REMOTE_KUBECONFIG} ({type(e).__name__}: {e}); see "
-                                 "`systemctl status rke2-server` there; nothing else was started")
+                except (OSError, HostError, yaml.YAMLError, KeyError, TypeError) as e:
+                    said = str(e) if isinstance(e, HostError) else f"{first}: cannot read {REMOTE_KUBECONFIG} ({type(e).__name__}: {e})"
+                    out.error = f"{said}; see `systemctl status rke2-server` there; nothing else was started"
                     return out
             if out.kubeconfig is not None:
                 for name, why in wait_ready(out.kubeconfig, [n for n in batch if results.get(n, phase_steps.HostApply(n)).ok], wait).items():
@@ -270,12 +270,12 @@ def wait_ready(kubeconfig: Path, names: list[str], timeout: float) -> dict[str, 
 
 
 def write_remote(fleet, host, path: str, data: bytes, mode: int) -> None:
-    sftp = fleet.connection(host).sftp()
     tmp = f"{path}.runbook-tmp"
-    with sftp.open(tmp, "wb") as f:
-        f.chmod(mode)  # before a byte is written: the join token is never readable by others, not even briefly
-        f.write(data)
-    sftp.posix_rename(tmp, path)
+    with fleet.sftp(host, f"cannot write {path}") as sftp:
+        with sftp.open(tmp, "wb") as f:
+            f.chmod(mode)  # before a byte is written: the join token is never readable by others, not even briefly
+            f.write(data)
+        sftp.posix_rename(tmp, path)
 
 
 def read_token(fleet, host) -> str | None:
@@ -308,8 +308,7 @@ def wait_for_node(fleet, host, first: bool, timeout: float) -> HostResult:
 
 def fetch_kubeconfig(params, fleet, host) -> Path:
     """``rke2.yaml`` from the first server into the state folder (0600), pointed at that server's address."""
-    sftp = fleet.connection(host).sftp()
-    with sftp.open(REMOTE_KUBECONFIG, "rb") as f:
+    with fleet.sftp(host, f"cannot read {REMOTE_KUBECONFIG}") as sftp, sftp.open(REMOTE_KUBECONFIG, "rb") as f:
         data = yaml.safe_load(f.read())
     for c in data.get("clusters", []):
         c["cluster"]["server"] = f"https://{host.address}:6443"
