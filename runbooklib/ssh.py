@@ -48,7 +48,11 @@ class Unreachable(HostError):
 
 @dataclass
 class _Deadline(Exception):
-    """A command's deadline passed (ssh.command_timeout)."""
+    """A command's deadline passed (ssh.command_timeout), or (``silent``) nothing came back for its ``idle`` bound."""
+
+    def __init__(self, silent: bool = False, out: bytes = b"", err: bytes = b""):
+        super().__init__()
+        self.silent, self.out, self.err = silent, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 @dataclass
@@ -225,26 +229,34 @@ class Fleet:
             self.handshakes += 1
         return conn
 
-    def run_on(self, host: Host, command: str, timeout: float | None = None) -> HostResult:
+    def run_on(self, host: Host, command: str, timeout: float | None = None, idle: float | None = None) -> HostResult:
         """Run ``command`` on one host; errors come back in the result, naming the host.
 
         The command is bounded by ``timeout`` (default ``ssh.command_timeout``) whatever the network
         does: a host whose link goes down mid-command is reported after the deadline, and its
-        connection is dropped so that the next command reconnects.
+        connection is dropped so that the next command reconnects. With ``idle``, also by silence:
+        nothing received for that long ends it the same way (a batch of steps that says when each
+        one starts and ends, each step bounded as if it ran alone, see ``phase.steps.batch_script``).
         """
         t0 = time.monotonic()
         limit = timeout or self.ssh.command_timeout
         try:
             conn = self.connection(host)
-            code, out, err = self._exec(conn, command, limit)
+            code, out, err = self._exec(conn, command, limit, idle)
             return HostResult(host.name, code == 0, out, err, code,
                               "" if code == 0 else f"{command.split()[0]!r} exited {code}: {err.strip()[-300:]}",
                               time.monotonic() - t0)
         except HostError as e:
             return HostResult(host.name, False, error=str(e), seconds=time.monotonic() - t0)
-        except _Deadline:
+        except _Deadline as d:
             self._drop(host.name)
-            return HostResult(host.name, False, error=(
+            # what came back before is kept: a batch's markers say which of its steps finished
+            if d.silent:
+                return HostResult(host.name, False, d.out, d.err, error=(
+                    f"{host.name}: nothing came back for {idle:g} s (ssh.command_timeout) while a step ran; the host stopped "
+                    "answering or the step hangs. The connection was dropped; check the host and re-run"),
+                    seconds=time.monotonic() - t0)
+            return HostResult(host.name, False, d.out, d.err, error=(
                 f"{host.name}: command did not finish within {limit:g} s (ssh.command_timeout); the host stopped "
                 "answering or the command hangs. The connection was dropped; check the host and re-run"),
                 seconds=time.monotonic() - t0)
@@ -255,7 +267,7 @@ class Fleet:
                               seconds=time.monotonic() - t0)
 
     @staticmethod
-    def _exec(conn, command: str, limit: float) -> tuple[int, str, str]:
+    def _exec(conn, command: str, limit: float, idle: float | None = None) -> tuple[int, str, str]:
         """Execute on an open connection's transport with a deadline on every wait (not invoke's runner).
 
         A channel read on a link that went down blocks until TCP gives up (many minutes); here each
@@ -271,11 +283,14 @@ class Fleet:
             chan.shutdown_write()  # no stdin: a command that reads it sees end of file
             out, err = bytearray(), bytearray()
             exited_at = None
+            heard = time.monotonic()  # when something last came back (``idle``)
             while True:
                 while chan.recv_ready():
                     out += chan.recv(65536)
+                    heard = time.monotonic()
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
+                    heard = time.monotonic()
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                     # sshd may send the exit status before the last of the output it still reads from the
                     # command's pipes: the output is whole at end of file. A command that leaves a process
@@ -285,7 +300,9 @@ class Fleet:
                         break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise _Deadline()
+                    raise _Deadline(False, out, err)
+                if idle is not None and exited_at is None and time.monotonic() - heard > idle:
+                    raise _Deadline(True, out, err)
                 if not transport.is_active():
                     raise paramiko.SSHException("the transport closed")
                 select.select([chan], [], [], min(left, 0.05 if exited_at else 0.5))

@@ -135,7 +135,7 @@ class FakeFleet:
                 return Sftp()
         return Conn()
 
-    def run_on(self, host, command, timeout=None):
+    def run_on(self, host, command, timeout=None, idle=None):
         self.commands.append(command)
         return HostResult(host.name, True, stdout="OK\n", exit_code=0)
 

@@ -227,7 +227,7 @@ class LocalFleet:
         self.env = env or {}
         self.commands: list[str] = []
 
-    def run_on(self, host, command, timeout=None):
+    def run_on(self, host, command, timeout=None, idle=None):
         self.commands.append(command)
         done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env={**os.environ, **self.env}, timeout=120)
         return HostResult(host.name, done.returncode == 0, done.stdout, done.stderr, done.returncode,

@@ -111,7 +111,7 @@ class _Answers:
     def __init__(self, *results):
         self.results, self.asked = list(results), 0
 
-    def run_on(self, host, command, timeout=None):
+    def run_on(self, host, command, timeout=None, idle=None):
         self.asked += 1
         return self.results.pop(0)
 

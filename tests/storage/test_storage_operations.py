@@ -140,7 +140,7 @@ class RecordingFleet:
     def each(self, fn, hosts=None, desc=""):
         return {h.name: fn(h) for h in (hosts if hosts is not None else self.hosts)}
 
-    def run_on(self, host, command, timeout=None):
+    def run_on(self, host, command, timeout=None, idle=None):
         import subprocess
 
         from runbooklib.ssh import HostResult

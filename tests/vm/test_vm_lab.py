@@ -180,6 +180,28 @@ def test_batched_steps_over_ssh_stop_at_the_failing_one_on_the_one_connection(la
         assert fleet.handshakes == len(params.hosts)  # facts, apply and the check on the connections of the first
 
 
+def test_a_batch_is_bounded_step_by_step_by_the_silence_between_its_markers(lab):
+    """A host's steps go in one round trip, bounded as a whole by ssh.command_timeout per step; a step that hangs (or a
+    link cut under it) ends the batch once nothing came back for one command_timeout, not after all the steps' time
+    (the hostile row that cut w1 mid-baseline waited 220 s with a 20 s command_timeout)."""
+    import time
+
+    params = load_params(lab.params_file)
+    ssh = params.ssh.model_copy(update={"command_timeout": 4})
+    S = phase_steps.Step
+    steps = [S("w1", "first", "write it", "rm -f /tmp/rb-idle-*; echo one > /tmp/rb-idle-1"), S("w1", "second", "hangs", "sleep 60"),
+             *[S("w1", f"later {i}", "never runs", "echo later > /tmp/rb-idle-later") for i in range(8)]]
+    with Fleet(params.hosts, ssh, params.source_dir, progress=None) as fleet:
+        t0 = time.monotonic()
+        results = phase_steps.apply(fleet, steps)
+        took = time.monotonic() - t0
+        left = fleet.run_on(params.host("w1"), "cat /tmp/rb-idle-1; test ! -e /tmp/rb-idle-later && echo none later; pkill -f 'sleep 60' || true")
+    assert [s.operation for s in results["w1"].applied] == ["first"]
+    assert results["w1"].error.startswith("w1: second (hangs) failed: w1: nothing came back for 4 s (ssh.command_timeout)"), results["w1"].error
+    assert took < 20, f"{took:.1f} s: the batch waited for more than one step's bound (10 steps x 4 s = 40 s)"
+    assert left.stdout == "one\nnone later\n", left
+
+
 def test_host_stopped_mid_apply_fails_alone_and_a_rerun_converges(tmp_path):
     with running_lab(tmp_path / "lab", "rbmid", "10.82.0.0/24") as lab:
         params = load_params(lab.params_file)

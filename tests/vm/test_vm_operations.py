@@ -187,7 +187,7 @@ class LocalShellFleet:
     def each(self, fn, hosts, desc=""):
         return {h.name: fn(h) for h in hosts}
 
-    def run_on(self, host, command, timeout=None):
+    def run_on(self, host, command, timeout=None, idle=None):
         from runbooklib.ssh import HostResult
 
         self.round_trips += 1
