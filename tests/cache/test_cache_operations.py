@@ -6,6 +6,7 @@ plan, the drop-in's shape, and that no command line or diff carries the password
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,10 @@ class FakeFleet:
             def sftp(self):
                 return Sftp()
         return Conn()
+
+    @contextlib.contextmanager
+    def sftp(self, host, what):
+        yield self.connection(host).sftp()
 
     def run_on(self, host, command, timeout=None, idle=None):
         self.commands.append(command)
