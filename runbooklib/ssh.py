@@ -235,8 +235,8 @@ class Fleet:
         The command is bounded by ``timeout`` (default ``ssh.command_timeout``) whatever the network
         does: a host whose link goes down mid-command is reported after the deadline, and its
         connection is dropped so that the next command reconnects. With ``idle``, also by silence:
-        nothing received for that long ends it the same way (a batch of steps that says when each
-        one starts and ends, each step bounded as if it ran alone, see ``phase.steps.batch_script``).
+        nothing received for that long ends it the same way, with what came back before kept (a batch
+        of steps that prints a marker as each starts and ends, see ``phase.steps.batch_script``).
         """
         t0 = time.monotonic()
         limit = timeout or self.ssh.command_timeout

@@ -187,7 +187,8 @@ def apply(fleet, steps: Sequence[Step], on_change: Callable[[Step], Any] | None 
         runnable = list(itertools.takewhile(lambda s: s.command is not None, mine))
         if runnable:
             script, token = batch_script(runnable)
-            # each step bounded as if it ran alone: the batch as a whole, and the silence between two markers
+            # bounded as a whole (command_timeout per step), and by silence: each step prints a marker as it starts and ends,
+            # so a step that hangs, or a link cut under it, ends the batch after one command_timeout without an answer
             r = fleet.run_on(host, script, timeout=fleet.ssh.command_timeout * len(runnable), idle=fleet.ssh.command_timeout)
             done, failure = batch_outcome(runnable, r, token)
             if not record(result, done, []):
