@@ -43,7 +43,7 @@ from typing import BinaryIO
 
 import yaml
 
-from ..errors import RunbookError
+from ..errors import HostError, RunbookError
 from ..phase.steps import Step
 from . import state
 
@@ -527,12 +527,12 @@ def copy_off(params, fleet, verified: Verified) -> Copied:
     where = target(params)
     snap = verified.snapshot
     base = snap.path.rsplit("/", 1)[1]
-    sftp = fleet.connection(params.host(snap.node)).sftp()
+    node = params.host(snap.node)
     if where.host is None:
         folder = backup_dir(params, create=True) / params.kubernetes.cluster_name
         folder.mkdir(mode=0o700, exist_ok=True)
         final, part = folder / base, folder / f"{base}.part"
-        _get(sftp, snap, part)
+        _get(fleet, node, snap, part)
         sha = sha256_file(part)
         if sha != verified.sha256:
             part.unlink(missing_ok=True)
@@ -546,7 +546,7 @@ def copy_off(params, fleet, verified: Verified) -> Copied:
     folder = f"{where.path.rstrip('/')}/{params.kubernetes.cluster_name}"
     with tempfile.TemporaryDirectory(prefix="runbook-etcd-") as tmp:  # 0700: the relay through this machine
         local = Path(tmp) / base
-        _get(sftp, snap, local)
+        _get(fleet, node, snap, local)
         integrity = file_integrity(local)
         fleet.run_on(host, f"mkdir -p {shlex.quote(folder)} && chmod 700 {shlex.quote(where.path)} {shlex.quote(folder)}").check()
         remote = f"{folder}/{base}"
@@ -564,14 +564,17 @@ def copy_off(params, fleet, verified: Verified) -> Copied:
     return Copied(verified, f"{host.name}:{remote}", sha, integrity)
 
 
-def _get(sftp, snap: NodeSnapshot, local: Path) -> None:
+def _get(fleet, node, snap: NodeSnapshot, local: Path) -> None:
+    """The node's snapshot file into ``local`` (0600 before a byte is written) over the fleet's SFTP; any failure, a dead
+    connection included, is a SnapshotError naming the node (``Fleet.sftp``)."""
     fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private before a byte is written
     os.close(fd)
     try:
-        sftp.get(snap.path, str(local))
-    except OSError as e:
+        with fleet.sftp(node, f"cannot copy {snap.path} off the node") as sftp:
+            sftp.get(snap.path, str(local))
+    except HostError as e:
         local.unlink(missing_ok=True)
-        raise SnapshotError(f"{snap.node}: cannot copy {snap.path} off the node: {e}") from None
+        raise SnapshotError(str(e)) from None
     local.chmod(0o600)
 
 

@@ -4,6 +4,7 @@ that the verification script reads with the real etcdutl, out of a zip packed as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -237,13 +238,14 @@ class LocalFleet:
         shutil.copyfile(local, remote)
         os.chmod(remote, mode)
 
-    def connection(self, host):
+    @contextlib.contextmanager
+    def sftp(self, host, what):
         class Sftp:
             @staticmethod
             def get(remote, local):
                 shutil.copyfile(remote, local)
 
-        return type("Conn", (), {"sftp": staticmethod(lambda: Sftp())})()
+        yield Sftp()
 
 
 @pytest.fixture(scope="module")
