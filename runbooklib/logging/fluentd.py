@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 
-from ..kubernetes.verify import REQUEST_TIMEOUT, ApiUnanswered
+from ..kubernetes.verify import ApiUnanswered
 from ..phase.steps import Part
 from .settings import CASTS, endpoint_parts
 
@@ -296,20 +296,13 @@ def daemonset_rows(nodes: Sequence[dict], pods: Iterable[dict]) -> list[dict]:
 # -- the cluster: facts, plan, apply, verify -----------------------------------------------------------
 
 def _api_call(api_at: str, call, *args, **kwargs):
-    """``call`` with the API's :data:`~runbooklib.kubernetes.verify.REQUEST_TIMEOUT`; an API that does not answer raises
-    :class:`~runbooklib.kubernetes.verify.ApiUnanswered` naming ``api_at`` (the inventory host and URL, from ``verify.api_host``)."""
-    import urllib3
-    from kubernetes.client.rest import ApiException
-
+    """``call`` through a client of ``verify.api_client`` (which bounds it and raises
+    :class:`~runbooklib.kubernetes.verify.ApiUnanswered` when the API does not answer), the failure naming ``api_at``:
+    the caller's own words for where the API is (the inventory host and URL, from ``verify.api_host``)."""
     try:
-        return call(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-    except ApiException:
-        raise
+        return call(*args, **kwargs)
     except ApiUnanswered as e:
         raise ApiUnanswered(api_at, e.reason) from None
-    except (urllib3.exceptions.HTTPError, OSError) as e:  # a client of another making
-        reason = getattr(e, "reason", None) or e
-        raise ApiUnanswered(api_at, f"{type(reason).__name__}: {str(reason)[-300:]}") from None
 
 
 def nodes(api_client, api_at: str = "the cluster") -> list[dict]:
