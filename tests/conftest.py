@@ -141,9 +141,16 @@ def make_notebook(path: Path, *cells: str, parameters: str | None = None) -> Pat
 
 
 def runbook(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real command line, in a child process, as an operator would run it."""
+    """The real command line, in a child process, as an operator would run it. One that outlasts ``timeout`` fails the
+    test with the last of what it said (the runbook's progress: what it was waiting for), not a bare timeout."""
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([*RUNBOOK, *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=timeout)
+    try:
+        return subprocess.run([*RUNBOOK, *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        said = {name: (text.decode(errors="replace") if isinstance(text, bytes) else text or "")[-4000:]
+                for name, text in (("stderr", e.stderr), ("stdout", e.output))}
+        pytest.fail(f"`runbook {' '.join(args)}` did not end within {timeout:g} s; the last of what it said:\n"
+                    f"--- stderr ---\n{said['stderr']}\n--- stdout ---\n{said['stdout']}", pytrace=False)
 
 
 def require_lab(*tools: str) -> None:

@@ -426,6 +426,7 @@ def test_node_goes_not_ready_when_its_vm_stops(cluster, client):
     finally:
         cluster.start("w4")
     wait_for(lambda: node_states(cluster)["w4"] == "Ready", timeout=60, what="w4 Ready again after lab start")
+    wait_for(lambda: ready_on_w4() == "True", what="the pod on w4 ready again (as its kubelet would say once back)")
 
 
 def test_rke_rejects_what_rke_rejects(cluster):

@@ -303,9 +303,52 @@ def scheduler_flags(kubeconfig: str) -> dict[str, str]:
             "leader-elect": "true", "bind-address": "127.0.0.1", "profiling": "false"}
 
 
+# LAB SIMULATION of what a kubelet does when it comes back (its service restarted, its VM started, its link healed):
+# its status sync says again that the pods it runs are ready. While the node was NotReady the node lifecycle
+# controller set their Ready condition to False; KWOK's own stages make a pod Ready only once, when it starts (Pending),
+# so without this a Deployment stayed short of available for good after its node came back (a Job's pods are
+# left to KWOK's pod-complete stage)
+POD_READY_AGAIN = """apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: lab-pod-ready-again
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Running'
+    - key: '.metadata.ownerReferences.[].kind'
+      operator: 'NotIn'
+      values:
+      - 'Job'
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'NotIn'
+      values:
+      - 'True'
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Ready
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: ContainersReady
+"""
+
+
 def kwok_stages_config(version: str) -> str:
-    """KWOK's ``--config``: the Stage documents saved with its build (nodes Ready with a lease, pods Running)."""
-    return "---\n".join(p.read_text() for p in sorted(parts.kwok_stages(version).glob("*.yaml")))
+    """KWOK's ``--config``: the Stage documents saved with its build (nodes Ready with a lease, pods Running), and the
+    lab's :data:`POD_READY_AGAIN` (a node back from NotReady makes its pods ready again, as a kubelet does)."""
+    return "---\n".join([*(p.read_text() for p in sorted(parts.kwok_stages(version).glob("*.yaml"))), POD_READY_AGAIN])
 
 
 def kwok_argv(version: str, kubeconfig: str, config: str, node: str, address: str) -> list[str]:
