@@ -60,6 +60,16 @@ if [ ! -e "$R/etc/runbook-lab/base-image" ]; then
   rm -rf "$R/etc/systemd/system/multi-user.target.wants" && mkdir -p "$R/etc/systemd/system/multi-user.target.wants"
   mkdir -p "$R/etc/runbook-lab" && echo "first boot of {vm}: no service enabled but ssh" > "$R/etc/runbook-lab/base-image"
 fi
+# root's shell startup files as a fresh Debian VM has them (base-files' dot.bashrc and dot.profile), not those of the
+# machine running the lab: a command over SSH runs root's ~/.bashrc, and the lab machine's may set up tools of its own
+# (pyenv's rehash there waited a minute on every command, on a lock that a VM stopped mid-command had left behind)
+if [ ! -e "$R/etc/runbook-lab/root-home" ]; then
+  rm -f "$R/root/.bash_profile" "$R/root/.bash_login" "$R/root/.bash_logout"
+  for f in bashrc profile; do
+    if [ -e /usr/share/base-files/dot.$f ]; then cp /usr/share/base-files/dot.$f "$R/root/.$f"; else : > "$R/root/.$f"; fi
+  done
+  mkdir -p "$R/etc/runbook-lab" && echo "root's ~/.bashrc and ~/.profile: Debian's (base-files)" > "$R/etc/runbook-lab/root-home"
+fi
 ln -sfn {project}/runbooklab/systemctl.py "$R/usr/local/sbin/systemctl"
 echo 1 > "$R/run/lab-systemd/ssh.service.pid"
 hostname {vm}

@@ -88,6 +88,18 @@ def test_files_written_in_one_vm_stay_there(lab, fleet):
     assert not Path(marker).exists(), "the host sees the file"
 
 
+def test_roots_shell_startup_files_are_a_fresh_debian_vms_not_the_lab_machines(lab, fleet):
+    """A command over SSH runs root's ~/.bashrc: the VM's is Debian's (base-files), whatever the machine running the
+    lab has in its own (here pyenv's set-up, whose rehash waited on a lock a stopped VM left behind)."""
+    debian = {f: (Path("/usr/share/base-files") / f"dot.{f}") for f in ("bashrc", "profile")}
+    r = fleet.run_on(host(fleet, "w1"), "cat ~/.bashrc; echo ---; cat ~/.profile; echo ---; ls -A ~").check()
+    bashrc, profile, listing = r.stdout.split("---\n")
+    assert bashrc == (debian["bashrc"].read_text() if debian["bashrc"].exists() else "")
+    assert profile == (debian["profile"].read_text() if debian["profile"].exists() else "")
+    assert not {".bash_profile", ".bash_login", ".bash_logout"} & set(listing.split())
+    assert "PYENV" not in fleet.run_on(host(fleet, "w1"), "env").check().stdout
+
+
 def test_vms_have_their_own_pid_namespace_and_no_route_out(lab, fleet):
     r = fleet.run_on(host(fleet, "w1"), "cat /proc/1/comm; ip route").check()
     first, *routes = r.stdout.strip().splitlines()
