@@ -64,7 +64,8 @@ fi
 # machine running the lab: a command over SSH runs root's ~/.bashrc, and the lab machine's may set up tools of its own
 # (pyenv's rehash there waited a minute on every command, on a lock that a VM stopped mid-command had left behind)
 if [ ! -e "$R/etc/runbook-lab/root-home" ]; then
-  rm -f "$R/root/.bash_profile" "$R/root/.bash_login" "$R/root/.bash_logout"
+  # (removed first: a symlink there, the lab machine's dotfile manager's, must not be written through to its target)
+  rm -f "$R/root/.bash_profile" "$R/root/.bash_login" "$R/root/.bash_logout" "$R/root/.bashrc" "$R/root/.profile"
   for f in bashrc profile; do
     if [ -e /usr/share/base-files/dot.$f ]; then cp /usr/share/base-files/dot.$f "$R/root/.$f"; else : > "$R/root/.$f"; fi
   done

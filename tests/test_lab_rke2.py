@@ -324,30 +324,38 @@ def test_running_the_whole_install_again_changes_nothing(cluster):
     assert len(json.loads(cluster.sh(FIRST, f"{ETCDCTL} member list -w json").stdout)["members"]) == 3
 
 
-def pod_ready(cluster, selector: str) -> str:
-    """The Ready condition of the pod the label ``selector`` picks ("" while there is none)."""
-    done = cluster.kubectl("get", "pods", "-l", selector, "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}", check=False)
-    return done.stdout.strip() if done.returncode == 0 else ""
+def pods_on(cluster, node: str, selector: str) -> dict[str, str]:
+    """uid -> its Ready condition, of the pods the label ``selector`` picks on ``node``."""
+    done = cluster.kubectl("get", "pods", "-l", selector, "--field-selector", f"spec.nodeName={node}", "-o", "json", check=False)
+    items = json.loads(done.stdout)["items"] if done.returncode == 0 else []
+    return {p["metadata"]["uid"]: {c["type"]: c["status"] for c in p["status"].get("conditions") or []}.get("Ready", "")
+            for p in items if not p["metadata"].get("deletionTimestamp")}
 
 
-def test_the_agents_node_goes_not_ready_when_its_vm_stops_and_its_pods_ready_again_when_it_is_back(cluster):
+def test_the_agents_node_goes_not_ready_when_its_vm_stops_and_its_pods_ready_again_when_it_is_back(cluster, tmp_path):
     """As with a kubelet: the node goes NotReady, the node lifecycle controller marks its pods not ready, and once the
-    node is back its pods are ready again (a Deployment on it is available again: a runbook's check waits for that)."""
-    cluster.kubectl("create", "deployment", "on-the-agent", "--image=registry.lab.internal/pause:3.10")
-    cluster.kubectl("patch", "deployment", "on-the-agent", "--type=merge",
-                    "-p", json.dumps({"spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": AGENT}}}}}))
-    wait_for(lambda: pod_ready(cluster, "app=on-the-agent") == "True", 60, "the pod on the agent Ready", every=1)
-    cluster.lab.stop(AGENT)  # its KWOK stops with it: nothing renews the node's lease
+    node is back the same pods are ready again (a Deployment on it available again: a runbook's check waits for that)."""
+    made = json.loads(cluster.kubectl("create", "deployment", "on-the-agent", "--image=registry.lab.internal/pause:3.10",
+                                      "--dry-run=client", "-o", "json").stdout)
+    made["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": AGENT}
+    (tmp_path / "on-the-agent.json").write_text(json.dumps(made))
+    cluster.kubectl("apply", "-f", str(tmp_path / "on-the-agent.json"))
     try:
-        started = time.monotonic()
-        wait_for(lambda: cluster.node_states().get(AGENT) == "NotReady", 120, f"{AGENT} NotReady", every=2)
-        print(f"\n{AGENT} NotReady {time.monotonic() - started:.0f} s after its VM stopped")
-        assert all(cluster.node_states()[s] == "Ready" for s in SERVERS)
-        wait_for(lambda: pod_ready(cluster, "app=on-the-agent") == "False", 60, "the pod on the stopped agent not ready", every=1)
+        cluster.kubectl("rollout", "status", "deployment/on-the-agent", "--timeout=60s")
+        (uid, state), = pods_on(cluster, AGENT, "app=on-the-agent").items()
+        assert state == "True"
+        cluster.lab.stop(AGENT)  # its KWOK stops with it: nothing renews the node's lease
+        try:
+            started = time.monotonic()
+            wait_for(lambda: cluster.node_states().get(AGENT) == "NotReady", 120, f"{AGENT} NotReady", every=2)
+            print(f"\n{AGENT} NotReady {time.monotonic() - started:.0f} s after its VM stopped")
+            assert all(cluster.node_states()[s] == "Ready" for s in SERVERS)
+            wait_for(lambda: pods_on(cluster, AGENT, "app=on-the-agent") == {uid: "False"}, 60, "the pod on the stopped agent not ready", every=1)
+        finally:
+            cluster.lab.start(AGENT)
+        wait_for(lambda: cluster.node_states().get(AGENT) == "Ready", 90, f"{AGENT} Ready again after lab start", every=1)
+        wait_for(lambda: pods_on(cluster, AGENT, "app=on-the-agent") == {uid: "True"}, 60, "the same pod on the agent ready again", every=1)
+        wait_for(lambda: cluster.kubectl("get", "deployment", "on-the-agent", "-o", "jsonpath={.status.availableReplicas}").stdout == "1",
+                 30, "the Deployment available again", every=1)
     finally:
-        cluster.lab.start(AGENT)
-    wait_for(lambda: cluster.node_states().get(AGENT) == "Ready", 90, f"{AGENT} Ready again after lab start", every=1)
-    wait_for(lambda: pod_ready(cluster, "app=on-the-agent") == "True", 60, "the pod on the agent Ready again", every=1)
-    available = cluster.kubectl("get", "deployment", "on-the-agent", "-o", "jsonpath={.status.availableReplicas}").stdout
-    assert available == "1"
-    cluster.kubectl("delete", "deployment", "on-the-agent", "--wait=false")
+        cluster.kubectl("delete", "deployment", "on-the-agent", "--wait=false", check=False)

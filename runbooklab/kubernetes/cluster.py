@@ -306,8 +306,9 @@ def scheduler_flags(kubeconfig: str) -> dict[str, str]:
 # LAB SIMULATION of what a kubelet does when it comes back (its service restarted, its VM started, its link healed):
 # its status sync says again that the pods it runs are ready. While the node was NotReady the node lifecycle
 # controller set their Ready condition to False; KWOK's own stages make a pod Ready only once, when it starts (Pending),
-# so without this a Deployment stayed short of available for good after its node came back (a Job's pods are
-# left to KWOK's pod-complete stage)
+# so without this a Deployment stayed short of available for good after its node came back. Only the Ready condition
+# (what the controller changed) is set back; a Job's pods are left to KWOK's pod-complete stage, and a pod with
+# readiness gates to the controllers that own its gates (a kubelet would not call it ready on its containers alone)
 POD_READY_AGAIN = """apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
@@ -328,6 +329,8 @@ spec:
       operator: 'NotIn'
       values:
       - 'Job'
+    - key: '.spec.readinessGates'
+      operator: 'DoesNotExist'
     - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
       operator: 'NotIn'
       values:
@@ -339,9 +342,6 @@ spec:
       - lastTransitionTime: {{ $now | Quote }}
         status: "True"
         type: Ready
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "True"
-        type: ContainersReady
 """
 
 
@@ -554,8 +554,11 @@ def prepare_node(fleet, host, pki: Pki, spec: ClusterSpec, n: NodeSpec) -> NodeC
     return NodeChanges(units, changed)
 
 
-def start_units(fleet, host, n: NodeSpec, plan: NodeChanges, plane: str) -> list[str]:
-    """The plane's units on the node: restarted when their files changed, else enabled and started if not running."""
+def start_units(fleet, host, n: NodeSpec, plan: NodeChanges, plane: str, api_healthy=None) -> list[str]:
+    """The plane's units on the node: restarted when their files changed, else enabled and started if not running.
+    ``api_healthy()``, when given, is called once kube-apiserver is started, before the units after it: RKE's
+    healthcheck of kube-apiserver (``runKubeAPI``) before the controller manager, which exits at once when the API
+    it looks its authentication up in does not answer yet."""
     done = []
     for unit, inputs in plan.units:
         if unit not in PLANES[plane]:
@@ -567,6 +570,8 @@ def start_units(fleet, host, n: NodeSpec, plan: NodeChanges, plane: str) -> list
             raise ClusterError(f"{n.name}: {unit} did not start: {(r.stderr or r.error or '').strip()[-400:]} "
                                f"(see /var/log/lab-systemd/{unit}.service.log on {n.name})")
         done.append(f"{unit} {'restarted' if verb == 'restart' else 'running'}")
+        if unit == "rke-kube-apiserver" and api_healthy is not None:
+            api_healthy()
     return done
 
 

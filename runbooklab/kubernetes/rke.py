@@ -324,6 +324,9 @@ def cmd_up(args, log: Log) -> None:
             log.info("[certificates] Deployed certificates and configuration to the nodes")
             servers = [f"https://{n.address}:{lab_cluster.API_PORT}" for n in cp_nodes]
             api = lab_cluster.ApiClient(servers, pki)
+
+            def own_api(n):  # RKE's healthcheck of a node's kube-apiserver, before its controller manager starts
+                return lambda: lab_cluster.wait_ready(lab_cluster.ApiClient([f"https://{n.address}:{lab_cluster.API_PORT}"], pki))
             if not args.update_only:
                 log.info("[etcd] Building up etcd plane..")
                 _each(fleet, hosts, etcd_nodes, lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name], "etcd"))
@@ -331,14 +334,14 @@ def cmd_up(args, log: Log) -> None:
                 log.info("[etcd] Successfully started etcd plane.. Checking etcd cluster health")
                 log.info("[controlplane] Building up Controller Plane..")
                 if state is None:
-                    _each(fleet, hosts, cp_nodes, lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name], "controlplane"))
+                    _each(fleet, hosts, cp_nodes, lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name], "controlplane", own_api(n)))
                 else:  # an update (an upgrade among them): one control-plane node at a time, as max_unavailable_controlplane 1
                     before = k8s_version(state["currentState"]["rkeConfig"])
                     if before != spec.kubernetes:
                         log.info(f"[controlplane] Upgrading the control plane from {before} to {spec.kubernetes}, one node at a time")
                     for n in cp_nodes:
                         for done in _each(fleet, hosts, [n], lambda n, h: lab_cluster.start_units(fleet, h, n, plans[h.name],
-                                                                                                   "controlplane")).values():
+                                                                                                   "controlplane", own_api(n))).values():
                             if done:
                                 log.info(f"[controlplane] {n.name}: {', '.join(done)}")
                         lab_cluster.wait_ready(lab_cluster.ApiClient([f"https://{n.address}:{lab_cluster.API_PORT}"], pki))
